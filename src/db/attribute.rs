@@ -1,0 +1,220 @@
+//! Attribute definitions in the s3db.js shorthand (`string|required|maxlength:10`,
+//! `number|min:1`, `boolean|default:false`): parsing here, validation of values on write in the
+//! resource layer. The manifest validator uses the same parser, so a definition that validates is
+//! one the database accepts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::manifest::suggest::did_you_mean;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttributeType {
+    String,
+    Number,
+    Boolean,
+    Json,
+    Object,
+    Array,
+    Date,
+    Any,
+}
+
+const TYPE_NAMES: &[&str] = &[
+    "string", "number", "boolean", "json", "object", "array", "date", "any",
+];
+const RULE_NAMES: &[&str] = &[
+    "required",
+    "optional",
+    "min",
+    "max",
+    "minlength",
+    "maxlength",
+    "default",
+    "integer",
+];
+
+impl AttributeType {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttributeType::String => "string",
+            AttributeType::Number => "number",
+            AttributeType::Boolean => "boolean",
+            AttributeType::Json => "json",
+            AttributeType::Object => "object",
+            AttributeType::Array => "array",
+            AttributeType::Date => "date",
+            AttributeType::Any => "any",
+        }
+    }
+}
+
+/// A parsed attribute definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttributeSpec {
+    pub kind: AttributeType,
+    pub required: bool,
+    pub integer: bool,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub min_length: Option<usize>,
+    pub max_length: Option<usize>,
+    pub default: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttributeError {
+    pub message: String,
+    pub help: String,
+}
+
+impl fmt::Display for AttributeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AttributeError {}
+
+impl FromStr for AttributeSpec {
+    type Err = AttributeError;
+
+    fn from_str(text: &str) -> Result<Self, AttributeError> {
+        let mut parts = text.split('|').map(str::trim);
+        let type_name = parts.next().unwrap_or_default();
+        let kind = match type_name {
+            "string" => AttributeType::String,
+            "number" => AttributeType::Number,
+            "boolean" => AttributeType::Boolean,
+            "json" => AttributeType::Json,
+            "object" => AttributeType::Object,
+            "array" => AttributeType::Array,
+            "date" => AttributeType::Date,
+            "any" => AttributeType::Any,
+            other => {
+                return Err(AttributeError {
+                    message: format!("`{other}` is not an attribute type"),
+                    help: did_you_mean(other, TYPE_NAMES.iter().copied())
+                        .unwrap_or_else(|| format!("start with one of {}", TYPE_NAMES.join(", "))),
+                })
+            }
+        };
+        let mut spec = AttributeSpec {
+            kind,
+            required: false,
+            integer: false,
+            min: None,
+            max: None,
+            min_length: None,
+            max_length: None,
+            default: None,
+        };
+        for rule in parts {
+            let (name, arg) = match rule.split_once(':') {
+                Some((n, a)) => (n.trim(), Some(a.trim())),
+                None => (rule, None),
+            };
+            let number = |what: &str| -> Result<f64, AttributeError> {
+                arg.and_then(|a| a.parse::<f64>().ok())
+                    .filter(|n| n.is_finite())
+                    .ok_or_else(|| AttributeError {
+                        message: format!("`{rule}` needs a number"),
+                        help: format!("write `{what}:N`"),
+                    })
+            };
+            let count = |what: &str| -> Result<usize, AttributeError> {
+                arg.and_then(|a| a.parse::<usize>().ok())
+                    .ok_or_else(|| AttributeError {
+                        message: format!("`{rule}` needs a whole number"),
+                        help: format!("write `{what}:N`"),
+                    })
+            };
+            match name {
+                "required" => spec.required = true,
+                "optional" => spec.required = false,
+                "integer" => spec.integer = true,
+                "min" => spec.min = Some(number("min")?),
+                "max" => spec.max = Some(number("max")?),
+                "minlength" => spec.min_length = Some(count("minlength")?),
+                "maxlength" => spec.max_length = Some(count("maxlength")?),
+                "default" => {
+                    let raw = arg.unwrap_or_default();
+                    spec.default =
+                        Some(default_value(kind, raw).ok_or_else(|| AttributeError {
+                            message: format!("`{raw}` is not a {} default", kind.name()),
+                            help: format!("give a default of type {}", kind.name()),
+                        })?);
+                }
+                other => {
+                    return Err(AttributeError {
+                        message: format!("`{other}` is not an attribute rule"),
+                        help: did_you_mean(other, RULE_NAMES.iter().copied())
+                            .unwrap_or_else(|| format!("the rules are {}", RULE_NAMES.join(", "))),
+                    })
+                }
+            }
+        }
+        if let (Some(min), Some(max)) = (spec.min, spec.max) {
+            if min > max {
+                return Err(AttributeError {
+                    message: format!("`min:{min}` is greater than `max:{max}`"),
+                    help: "swap the bounds".into(),
+                });
+            }
+        }
+        if let (Some(min), Some(max)) = (spec.min_length, spec.max_length) {
+            if min > max {
+                return Err(AttributeError {
+                    message: format!("`minlength:{min}` is greater than `maxlength:{max}`"),
+                    help: "swap the bounds".into(),
+                });
+            }
+        }
+        Ok(spec)
+    }
+}
+
+fn default_value(kind: AttributeType, raw: &str) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    match kind {
+        AttributeType::String | AttributeType::Date => Some(Value::String(raw.to_string())),
+        AttributeType::Number => raw
+            .parse::<f64>()
+            .ok()
+            .and_then(|n| serde_json::Number::from_f64(n).map(Value::Number))
+            .map(|v| match raw.parse::<i64>() {
+                Ok(i) => Value::from(i),
+                Err(_) => v,
+            }),
+        AttributeType::Boolean => raw.parse::<bool>().ok().map(Value::Bool),
+        AttributeType::Json | AttributeType::Object | AttributeType::Array | AttributeType::Any => {
+            serde_json::from_str(raw).ok()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_shorthand() {
+        let s: AttributeSpec = "string|required|maxlength:10".parse().unwrap();
+        assert!(s.required);
+        assert_eq!(s.max_length, Some(10));
+        let n: AttributeSpec = "number|min:1|default:5".parse().unwrap();
+        assert_eq!(n.min, Some(1.0));
+        assert_eq!(n.default, Some(serde_json::json!(5)));
+    }
+
+    #[test]
+    fn rejects_unknown_types_and_rules_with_suggestions() {
+        let e = "strng|required".parse::<AttributeSpec>().unwrap_err();
+        assert_eq!(e.help, "did you mean `string`?");
+        let e = "number|requird".parse::<AttributeSpec>().unwrap_err();
+        assert_eq!(e.help, "did you mean `required`?");
+        assert!("number|min:x".parse::<AttributeSpec>().is_err());
+        assert!("number|min:5|max:1".parse::<AttributeSpec>().is_err());
+        assert!("boolean|default:maybe".parse::<AttributeSpec>().is_err());
+    }
+}

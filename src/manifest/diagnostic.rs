@@ -1,0 +1,248 @@
+//! Diagnostics: what the manifest layer tells a user about their file. Each has a rule code
+//! (`manifest::unknown_state`), a severity, a span in the source, a message and a help line.
+//! This module owns their rendering (human via miette, JSON lines for tools); it never decides
+//! what is wrong.
+
+use std::fmt;
+
+use serde::Serialize;
+
+/// A byte range in the manifest text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Span {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Span {
+    pub fn new(start: usize, end: usize) -> Self {
+        Self {
+            start,
+            end: end.max(start),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostic {
+    pub code: &'static str,
+    pub severity: Severity,
+    pub span: Span,
+    pub message: String,
+    /// Text shown under the span; defaults to a short form of the message.
+    pub label: Option<String>,
+    pub help: Option<String>,
+    pub related: Vec<(Span, String)>,
+}
+
+impl Diagnostic {
+    pub fn error(code: &'static str, span: Span, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            severity: Severity::Error,
+            span,
+            message: message.into(),
+            label: None,
+            help: None,
+            related: Vec::new(),
+        }
+    }
+
+    pub fn warning(code: &'static str, span: Span, message: impl Into<String>) -> Self {
+        Self {
+            severity: Severity::Warning,
+            ..Self::error(code, span, message)
+        }
+    }
+
+    pub fn with_help(mut self, help: impl Into<String>) -> Self {
+        self.help = Some(help.into());
+        self
+    }
+
+    pub fn with_optional_help(mut self, help: Option<String>) -> Self {
+        if help.is_some() {
+            self.help = help;
+        }
+        self
+    }
+
+    pub fn with_label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    pub fn with_related(mut self, span: Span, label: impl Into<String>) -> Self {
+        self.related.push((span, label.into()));
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+/// Line and column (both 1-based; the column counts characters) of byte offsets in a text.
+pub struct LineIndex<'a> {
+    text: &'a str,
+    line_starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    pub fn new(text: &'a str) -> Self {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Self { text, line_starts }
+    }
+
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.text.len());
+        let line = self.line_starts.partition_point(|&s| s <= offset) - 1;
+        let start = self.line_starts[line];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(offset - start, |s| s.chars().count());
+        (line + 1, column + 1)
+    }
+}
+
+/// One diagnostic as a JSON object: the `--format json` line of `validate`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DiagnosticRecord {
+    pub code: String,
+    pub severity: Severity,
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// The diagnostics of one manifest file, with the text they point into.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub file: String,
+    pub text: String,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl Report {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+
+    pub fn records(&self) -> Vec<DiagnosticRecord> {
+        let index = LineIndex::new(&self.text);
+        self.diagnostics
+            .iter()
+            .map(|d| {
+                let (line, column) = index.line_col(d.span.start);
+                DiagnosticRecord {
+                    code: d.code.to_string(),
+                    severity: d.severity,
+                    file: self.file.clone(),
+                    line,
+                    column,
+                    message: d.message.clone(),
+                    help: d.help.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Renders every diagnostic the way miette draws them, with the source excerpt.
+    pub fn render_human(&self, color: bool) -> String {
+        let theme = if color {
+            miette::GraphicalTheme::unicode()
+        } else {
+            miette::GraphicalTheme::unicode_nocolor()
+        };
+        let handler = miette::GraphicalReportHandler::new_themed(theme).with_context_lines(1);
+        let mut out = String::new();
+        for d in &self.diagnostics {
+            let shown = Shown {
+                diagnostic: d,
+                source: miette::NamedSource::new(&self.file, self.text.clone()),
+            };
+            if handler.render_report(&mut out, &shown).is_err() {
+                out.push_str(&format!("{}: {}: {}\n", self.file, d.code, d.message));
+            }
+        }
+        out
+    }
+}
+
+struct Shown<'a> {
+    diagnostic: &'a Diagnostic,
+    source: miette::NamedSource<String>,
+}
+
+impl fmt::Debug for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.diagnostic.message)
+    }
+}
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.diagnostic.message)
+    }
+}
+
+impl std::error::Error for Shown<'_> {}
+
+impl miette::Diagnostic for Shown<'_> {
+    fn code<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        Some(Box::new(self.diagnostic.code))
+    }
+
+    fn severity(&self) -> Option<miette::Severity> {
+        Some(match self.diagnostic.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+        })
+    }
+
+    fn help<'a>(&'a self) -> Option<Box<dyn fmt::Display + 'a>> {
+        self.diagnostic
+            .help
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn miette::SourceCode> {
+        Some(&self.source)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = miette::LabeledSpan> + '_>> {
+        let d = self.diagnostic;
+        let primary = miette::LabeledSpan::new_primary_with_span(
+            Some(d.label.clone().unwrap_or_else(|| "here".to_string())),
+            (d.span.start, d.span.end - d.span.start),
+        );
+        let related = d.related.iter().map(|(span, label)| {
+            miette::LabeledSpan::new_with_span(
+                Some(label.clone()),
+                (span.start, span.end - span.start),
+            )
+        });
+        Some(Box::new(std::iter::once(primary).chain(related)))
+    }
+}

@@ -1,0 +1,307 @@
+//! The manifest: loading (YAML or TOML, with spans), environment interpolation, reading into the
+//! model, semantic checks, the JSON Schema. Everything else in s3db-run starts from a
+//! `CheckedManifest`; nothing downstream sees raw YAML or TOML.
+
+pub mod check;
+pub mod de;
+pub mod diagnostic;
+pub mod env;
+pub mod model;
+pub mod suggest;
+pub mod tree;
+pub mod types;
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+pub use diagnostic::{Diagnostic, DiagnosticRecord, Report, Severity, Span};
+pub use env::{Env, ProcessEnv};
+pub use model::Manifest;
+
+use check::Broken;
+use de::{DeError, NodeDe, Sink};
+use tree::{Node, Value};
+
+/// The two manifest syntaxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Yaml,
+    Toml,
+}
+
+impl Format {
+    /// The format a file name implies: `.toml` is TOML, anything else YAML.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(ext) if ext.eq_ignore_ascii_case("toml") => Format::Toml,
+            _ => Format::Yaml,
+        }
+    }
+}
+
+/// A manifest that parsed and passed every rule (warnings allowed).
+#[derive(Debug, Clone)]
+pub struct CheckedManifest {
+    pub manifest: Manifest,
+    /// The manifest's folder: shell hooks run there and relative paths start there.
+    pub base_dir: PathBuf,
+    /// SHA-256 of the manifest text, hex.
+    pub sha256: String,
+}
+
+/// The outcome of loading one manifest: every diagnostic, and the manifest when there was no
+/// error.
+#[derive(Debug)]
+pub struct Loaded {
+    pub report: Report,
+    pub manifest: Option<CheckedManifest>,
+}
+
+/// Loads a manifest file (`-` is standard input, which then needs `format`).
+pub fn load_path(path: &Path, format: Option<Format>, env: &dyn Env) -> std::io::Result<Loaded> {
+    let (text, name, base_dir) = if path == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+        (text, "<stdin>".to_string(), std::env::current_dir()?)
+    } else {
+        let text = std::fs::read_to_string(path)?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        (text, path.display().to_string(), base)
+    };
+    let format = format.unwrap_or_else(|| Format::from_path(path));
+    Ok(load_str(&name, text, format, &base_dir, env))
+}
+
+/// Loads a manifest from text. `file` is the name diagnostics show.
+pub fn load_str(
+    file: &str,
+    text: String,
+    format: Format,
+    base_dir: &Path,
+    env: &dyn Env,
+) -> Loaded {
+    let (diagnostics, manifest) = load_inner(&text, format, base_dir, env);
+    let mut diagnostics = dedupe(diagnostics);
+    diagnostics.sort_by(|a, b| (a.span.start, a.code).cmp(&(b.span.start, b.code)));
+    let ok = !diagnostics.iter().any(Diagnostic::is_error);
+    let sha256 = hex(&Sha256::digest(text.as_bytes()));
+    let manifest = manifest.filter(|_| ok).map(|manifest| CheckedManifest {
+        manifest,
+        base_dir: base_dir.to_path_buf(),
+        sha256,
+    });
+    Loaded {
+        report: Report {
+            file: file.to_string(),
+            text,
+            diagnostics,
+        },
+        manifest,
+    }
+}
+
+fn load_inner(
+    text: &str,
+    format: Format,
+    base_dir: &Path,
+    env: &dyn Env,
+) -> (Vec<Diagnostic>, Option<Manifest>) {
+    let parsed = match format {
+        Format::Yaml => tree::parse_yaml(text),
+        Format::Toml => tree::parse_toml(text),
+    };
+    let mut root = match parsed {
+        Ok(root) => root,
+        Err(d) => return (vec![d], None),
+    };
+    if matches!(root.value, Value::Null) || matches!(&root.value, Value::Map(e) if e.is_empty()) {
+        let d = Diagnostic::error("manifest::missing_key", root.span, "the manifest is empty")
+            .with_help("start from `s3db-run init`, or write at least `version: 1` and `database: { connection: … }`");
+        return (vec![d], None);
+    }
+    let mut diagnostics = Vec::new();
+    env::interpolate(&mut root, env, &mut diagnostics);
+    let (mut model_diags, manifest, broken) = read_model(&mut root);
+    diagnostics.append(&mut model_diags);
+    let Some(mut manifest) = manifest else {
+        return (diagnostics, None);
+    };
+    diagnostics.extend(check::check(&manifest, &root, base_dir, &broken));
+    normalize(&mut manifest);
+    (diagnostics, Some(manifest))
+}
+
+/// Reads the tree into the model. Items of the named sections (a machine, a job, a hook, a
+/// resource) and whole sections are read on their own first, so a mistake in one does not hide
+/// the mistakes in others; a broken item is reported, removed, and remembered so that rules do
+/// not report it again.
+fn read_model(root: &mut Node) -> (Vec<Diagnostic>, Option<Manifest>, Broken) {
+    let sink = Sink::default();
+    let mut errors = Vec::new();
+    let mut broken = Broken::default();
+    let root_span = root.span;
+
+    fn probe<T: DeserializeOwned>(node: &Node, sink: &Sink) -> Result<(), DeError> {
+        T::deserialize(NodeDe::new(node, sink)).map(|_| ())
+    }
+    type Probe = fn(&Node, &Sink) -> Result<(), DeError>;
+    let item_sections: [(&[&str], &str, Probe); 5] = [
+        (
+            &["database", "resources"],
+            "resources",
+            probe::<model::ResourceDef>,
+        ),
+        (&["guards"], "guards", probe::<model::HookDef>),
+        (&["actions"], "actions", probe::<model::HookDef>),
+        (&["machines"], "machines", probe::<model::MachineDef>),
+        (&["jobs"], "jobs", probe::<model::JobDef>),
+    ];
+    for (path, section, check) in item_sections {
+        let Some(Node {
+            value: Value::Map(entries),
+            ..
+        }) = node_mut(root, path)
+        else {
+            continue;
+        };
+        entries.retain(|(key, node)| match check(node, &sink) {
+            Ok(()) => true,
+            Err(e) => {
+                errors.push(e.into_diagnostic(node.span));
+                broken.items.insert((section.to_string(), key.name.clone()));
+                false
+            }
+        });
+    }
+    let whole_sections: [(&str, Probe); 7] = [
+        ("version", probe::<u32>),
+        ("database", probe::<model::DatabaseConfig>),
+        ("stateMachine", probe::<model::StateMachineConfig>),
+        ("backup", probe::<Option<model::BackupConfig>>),
+        ("cache", probe::<Option<model::CacheConfig>>),
+        ("scheduler", probe::<model::SchedulerConfig>),
+        ("server", probe::<model::ServerConfig>),
+    ];
+    if let Value::Map(entries) = &mut root.value {
+        entries.retain(|(key, node)| {
+            let Some((_, check)) = whole_sections.iter().find(|(n, _)| *n == key.name) else {
+                return true;
+            };
+            match check(node, &sink) {
+                Ok(()) => true,
+                Err(e) => {
+                    errors.push(e.into_diagnostic(node.span));
+                    broken.sections.insert(key.name.clone());
+                    false
+                }
+            }
+        });
+    }
+    let manifest = match Manifest::deserialize(NodeDe::new(root, &sink)) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            let removed_required = e.code == "manifest::missing_key"
+                && broken
+                    .sections
+                    .iter()
+                    .any(|s| e.message.contains(&format!("`{s}`")));
+            if !removed_required {
+                errors.push(e.into_diagnostic(Span::new(root_span.start, root_span.start)));
+            }
+            None
+        }
+    };
+    let mut diagnostics = sink.into_inner();
+    diagnostics.append(&mut errors);
+    (diagnostics, manifest, broken)
+}
+
+fn node_mut<'a>(root: &'a mut Node, path: &[&str]) -> Option<&'a mut Node> {
+    let mut node = root;
+    for seg in path {
+        let Value::Map(entries) = &mut node.value else {
+            return None;
+        };
+        node = entries
+            .iter_mut()
+            .find(|(k, _)| k.name == *seg)
+            .map(|(_, n)| n)?;
+    }
+    Some(node)
+}
+
+/// Turns the legacy backup `destinations: [{type: …}]` form into the `multi` driver, and an
+/// empty API token into none.
+fn normalize(m: &mut Manifest) {
+    if let Some(backup) = &mut m.backup {
+        if let Some(legacy) = backup.destinations.take() {
+            backup.driver = model::BackupDriver::Multi;
+            backup
+                .config
+                .strategy
+                .get_or_insert(model::MultiStrategy::All);
+            backup.config.destinations = Some(
+                legacy
+                    .into_iter()
+                    .map(|d| model::BackupDestination {
+                        driver: d.kind,
+                        config: model::BackupDriverConfig {
+                            path: d.path,
+                            permissions: d.permissions,
+                            directory_permissions: d.directory_permissions,
+                            bucket: d.bucket,
+                            storage_class: d.storage_class,
+                            server_side_encryption: d.server_side_encryption,
+                            kms_key_id: d.kms_key_id,
+                            ..Default::default()
+                        },
+                    })
+                    .collect(),
+            );
+        }
+        if backup.driver == model::BackupDriver::Multi {
+            backup
+                .config
+                .strategy
+                .get_or_insert(model::MultiStrategy::All);
+        }
+    }
+    if m.server.token.as_ref().is_some_and(types::Secret::is_empty) {
+        m.server.token = None;
+    }
+}
+
+fn dedupe(diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
+    let mut seen = std::collections::HashSet::new();
+    diagnostics
+        .into_iter()
+        .filter(|d| seen.insert((d.code, d.span, d.message.clone())))
+        .collect()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The JSON Schema of the manifest (draft 2020-12), generated from the model.
+pub fn json_schema() -> serde_json::Value {
+    let mut schema = schemars::schema_for!(Manifest);
+    schema.insert(
+        "$id".into(),
+        "https://s3db-run.dev/schemas/s3db.schema.json".into(),
+    );
+    schema.to_value()
+}
+
+/// The schema as committed in `schemas/s3db.schema.json`: pretty JSON with a final newline.
+pub fn json_schema_text() -> String {
+    let mut text = serde_json::to_string_pretty(&json_schema()).unwrap_or_default();
+    text.push('\n');
+    text
+}

@@ -1,0 +1,4 @@
+//! The plugins: state machines, scheduler, backup and cache. Each is built from the checked
+//! manifest and uses the database; none parses YAML.
+
+pub mod scheduler;

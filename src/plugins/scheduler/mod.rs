@@ -1,0 +1,3 @@
+//! The scheduler plugin: cron schedules in a time zone, jobs, history.
+
+pub mod schedule;
