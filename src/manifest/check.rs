@@ -322,45 +322,11 @@ impl Checker<'_> {
             return;
         };
         if spec.kind != kind {
-            self.emit(
-                Diagnostic::error(
-                    "manifest::builtin_kind",
-                    name_span,
-                    format!(
-                        "`{name}` is a built-in {}, used here as a {}",
-                        kind_word(spec.kind),
-                        kind_word(kind)
-                    ),
-                )
-                .with_help(format!(
-                    "built-in {}s: {}",
-                    kind_word(kind),
-                    builtins::names(kind).collect::<Vec<_>>().join(", ")
-                )),
-            );
+            self.builtin_kind_mismatch(name, spec.kind, kind, name_span);
             return;
         }
         if let Some(plugin) = spec.needs {
-            let configured = match plugin {
-                RequiredPlugin::Backup => self.m.backup.is_some(),
-                RequiredPlugin::StateMachine => !self.m.machines.is_empty(),
-            };
-            if !configured {
-                self.emit(
-                    Diagnostic::error(
-                        "manifest::builtin_needs_plugin",
-                        name_span,
-                        format!(
-                            "`{name}` needs the `{}` section, which this manifest does not have",
-                            plugin.section()
-                        ),
-                    )
-                    .with_help(format!(
-                        "add a `{}:` section, or use another hook",
-                        plugin.section()
-                    )),
-                );
-            }
+            self.plugin_configured(name, plugin, name_span);
         }
         let empty = serde_json::Map::new();
         let params = with.unwrap_or(&empty);
@@ -550,8 +516,8 @@ impl Checker<'_> {
                     "manifest::unknown_hook",
                     span,
                     format!(
-                        "`{name}` is defined under `{other_section}`, but a {} is needed here",
-                        kind_word(kind)
+                        "`{name}` is defined under `{other_section}`, but {} is needed here",
+                        a_kind(kind)
                     ),
                 )
                 .with_help(format!("define it under `{own_section}:`")),
@@ -560,22 +526,7 @@ impl Checker<'_> {
         }
         if let Some(spec) = builtins::lookup(name) {
             if spec.kind != kind {
-                self.emit(
-                    Diagnostic::error(
-                        "manifest::builtin_kind",
-                        span,
-                        format!(
-                            "`{name}` is a built-in {}, used here as a {}",
-                            kind_word(spec.kind),
-                            kind_word(kind)
-                        ),
-                    )
-                    .with_help(format!(
-                        "built-in {}s: {}",
-                        kind_word(kind),
-                        builtins::names(kind).collect::<Vec<_>>().join(", ")
-                    )),
-                );
+                self.builtin_kind_mismatch(name, spec.kind, kind, span);
             } else if !spec.required.is_empty() {
                 self.emit(
                     Diagnostic::error(
@@ -591,20 +542,7 @@ impl Checker<'_> {
                     )),
                 );
             } else if let Some(plugin) = spec.needs {
-                let configured = match plugin {
-                    RequiredPlugin::Backup => self.m.backup.is_some(),
-                    RequiredPlugin::StateMachine => !self.m.machines.is_empty(),
-                };
-                if !configured {
-                    self.emit(
-                        Diagnostic::error(
-                            "manifest::builtin_needs_plugin",
-                            span,
-                            format!("`{name}` needs the `{}` section, which this manifest does not have", plugin.section()),
-                        )
-                        .with_help(format!("add a `{}:` section, or use another hook", plugin.section())),
-                    );
-                }
+                self.plugin_configured(name, plugin, span);
             }
             return;
         }
@@ -626,6 +564,54 @@ impl Checker<'_> {
             )
             .with_help(help),
         );
+    }
+
+    fn builtin_kind_mismatch(
+        &mut self,
+        name: &str,
+        is: BuiltinKind,
+        wanted: BuiltinKind,
+        span: Span,
+    ) {
+        self.emit(
+            Diagnostic::error(
+                "manifest::builtin_kind",
+                span,
+                format!(
+                    "`{name}` is a built-in {}, used here as {}",
+                    kind_word(is),
+                    a_kind(wanted)
+                ),
+            )
+            .with_help(format!(
+                "built-in {}s: {}",
+                kind_word(wanted),
+                builtins::names(wanted).collect::<Vec<_>>().join(", ")
+            )),
+        );
+    }
+
+    fn plugin_configured(&mut self, name: &str, plugin: RequiredPlugin, span: Span) {
+        let configured = match plugin {
+            RequiredPlugin::Backup => self.m.backup.is_some(),
+            RequiredPlugin::StateMachine => !self.m.machines.is_empty(),
+        };
+        if !configured {
+            self.emit(
+                Diagnostic::error(
+                    "manifest::builtin_needs_plugin",
+                    span,
+                    format!(
+                        "`{name}` needs the `{}` section, which this manifest does not have",
+                        plugin.section()
+                    ),
+                )
+                .with_help(format!(
+                    "add a `{}:` section, or use another hook",
+                    plugin.section()
+                )),
+            );
+        }
     }
 
     fn machines(&mut self) {
@@ -1202,6 +1188,13 @@ impl Checker<'_> {
                 .with_help("write IP:PORT, such as `127.0.0.1:7070` or `0.0.0.0:7070`"),
             );
         }
+    }
+}
+
+fn a_kind(kind: BuiltinKind) -> &'static str {
+    match kind {
+        BuiltinKind::Guard => "a guard",
+        BuiltinKind::Action => "an action",
     }
 }
 

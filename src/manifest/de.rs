@@ -153,7 +153,8 @@ impl de::Error for DeError {
         Self::new(
             "manifest::invalid_value",
             format!("`{variant}` is not one of {}", one_of(expected)),
-            did_you_mean(variant, expected.iter().copied()),
+            did_you_mean(variant, expected.iter().copied())
+                .or_else(|| Some(format!("use one of {}", one_of(expected)))),
         )
     }
 
@@ -351,7 +352,10 @@ impl<'de> de::SeqAccess<'de> for SeqDe<'_> {
         seed: T,
     ) -> Result<Option<T::Value>, DeError> {
         match self.items.next() {
-            Some(node) => seed.deserialize(NodeDe::new(node, self.sink)).map(Some),
+            Some(node) => seed
+                .deserialize(NodeDe::new(node, self.sink))
+                .map(Some)
+                .map_err(|e| e.at(node.span)),
             None => Ok(None),
         }
     }
@@ -387,7 +391,9 @@ impl<'de> de::MapAccess<'de> for MapDe<'_> {
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
         match self.value.take() {
-            Some(node) => seed.deserialize(NodeDe::new(node, self.sink)),
+            Some(node) => seed
+                .deserialize(NodeDe::new(node, self.sink))
+                .map_err(|e| e.at(node.span)),
             None => Err(<DeError as de::Error>::custom(
                 "a value was read before its key",
             )),

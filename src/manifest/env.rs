@@ -28,7 +28,14 @@ impl<F: Fn(&str) -> Option<String>> Env for F {
 
 /// Replaces every interpolation in the tree's string values, collecting one diagnostic per
 /// problem.
-pub fn interpolate(node: &mut Node, env: &dyn Env, diagnostics: &mut Vec<Diagnostic>) {
+/// Values that could not be resolved keep their `${…}` text; their spans are recorded in
+/// `unresolved` so later rules do not report the same value again.
+pub fn interpolate(
+    node: &mut Node,
+    env: &dyn Env,
+    diagnostics: &mut Vec<Diagnostic>,
+    unresolved: &mut Vec<super::diagnostic::Span>,
+) {
     match &mut node.value {
         Value::Str { text, interpolated } => {
             if !text.contains('$') {
@@ -40,15 +47,18 @@ pub fn interpolate(node: &mut Node, env: &dyn Env, diagnostics: &mut Vec<Diagnos
                     *interpolated = true;
                 }
                 Ok(None) => {}
-                Err(problems) => diagnostics.extend(problems.into_iter().map(|p| p.at(node.span))),
+                Err(problems) => {
+                    unresolved.push(node.span);
+                    diagnostics.extend(problems.into_iter().map(|p| p.at(node.span)));
+                }
             }
         }
         Value::Seq(items) => items
             .iter_mut()
-            .for_each(|n| interpolate(n, env, diagnostics)),
+            .for_each(|n| interpolate(n, env, diagnostics, unresolved)),
         Value::Map(entries) => entries
             .iter_mut()
-            .for_each(|(_, n)| interpolate(n, env, diagnostics)),
+            .for_each(|(_, n)| interpolate(n, env, diagnostics, unresolved)),
         _ => {}
     }
 }

@@ -126,15 +126,19 @@ fn load_inner(
         return (vec![d], None);
     }
     let mut diagnostics = Vec::new();
-    env::interpolate(&mut root, env, &mut diagnostics);
-    let (mut model_diags, manifest, broken) = read_model(&mut root);
-    diagnostics.append(&mut model_diags);
-    let Some(mut manifest) = manifest else {
-        return (diagnostics, None);
-    };
-    diagnostics.extend(check::check(&manifest, &root, base_dir, &broken));
-    normalize(&mut manifest);
-    (diagnostics, Some(manifest))
+    let mut unresolved = Vec::new();
+    env::interpolate(&mut root, env, &mut diagnostics, &mut unresolved);
+    let (mut later, manifest, broken) = read_model(&mut root);
+    let manifest = manifest.map(|mut manifest| {
+        later.extend(check::check(&manifest, &root, base_dir, &broken));
+        normalize(&mut manifest);
+        manifest
+    });
+    // A value whose variable is missing is reported once, as missing; what the rules would say
+    // about its unexpanded text is noise.
+    later.retain(|d| !unresolved.contains(&d.span));
+    diagnostics.append(&mut later);
+    (diagnostics, manifest)
 }
 
 /// Reads the tree into the model. Items of the named sections (a machine, a job, a hook, a
