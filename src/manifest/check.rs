@@ -12,7 +12,7 @@ use super::suggest::did_you_mean;
 use super::tree::Node;
 use crate::db::attribute::AttributeSpec;
 use crate::hooks::builtins::{self, BuiltinKind, RequiredPlugin};
-use crate::plugins::scheduler::schedule::Schedule;
+use crate::plugins::scheduler::schedule::{Schedule, ScheduleError};
 
 /// Path-template variables of backup paths.
 pub const PATH_TEMPLATE_VARS: &[&str] =
@@ -497,11 +497,11 @@ impl Checker<'_> {
     fn hook_ref(&mut self, r: &HookRef, kind: BuiltinKind, path: &[&str]) {
         match r {
             HookRef::Inline(def) => self.hook_def(def, kind, path),
-            HookRef::Named(name) => self.hook_name(name, kind, self.span(path)),
+            HookRef::Named(name) => self.hook_name(name, kind, path),
         }
     }
 
-    fn hook_name(&mut self, name: &str, kind: BuiltinKind, span: Span) {
+    fn hook_name(&mut self, name: &str, kind: BuiltinKind, path: &[&str]) {
         let m = self.m;
         let (own, other, own_section, other_section) = match kind {
             BuiltinKind::Guard => (&m.guards, &m.actions, "guards", "actions"),
@@ -510,6 +510,8 @@ impl Checker<'_> {
         if own.contains_key(name) || self.broken.item(own_section, name) {
             return;
         }
+        // Looked up only now: the common case above needs no span.
+        let span = self.span(path);
         if other.contains_key(name) {
             self.emit(
                 Diagnostic::error(
@@ -702,14 +704,13 @@ impl Checker<'_> {
                             .with_help(help),
                         );
                     }
-                    let span = self.span(&gpath);
-                    self.hook_name(guard, BuiltinKind::Guard, span);
+                    self.hook_name(guard, BuiltinKind::Guard, &gpath);
                 }
                 for (key, list) in [("entry", &state.entry), ("exit", &state.exit)] {
                     for (i, action) in list.iter().enumerate() {
                         let idx = i.to_string();
-                        let span = self.span(&[&sp[..], &[key, idx.as_str()]].concat());
-                        self.hook_name(action, BuiltinKind::Action, span);
+                        let path = [&sp[..], &[key, idx.as_str()]].concat();
+                        self.hook_name(action, BuiltinKind::Action, &path);
                     }
                 }
             }
@@ -746,8 +747,13 @@ impl Checker<'_> {
             }
         }
         for (sname, state) in &machine.states {
+            let unreachable = !seen.contains(sname.as_str());
+            let dead_end = !state.is_final() && state.on.is_empty() && state.after.is_empty();
+            if !unreachable && !dead_end {
+                continue;
+            }
             let span = self.key_span(&["machines", mname, "states", sname]);
-            if !seen.contains(sname.as_str()) {
+            if unreachable {
                 self.emit(
                     Diagnostic::warning(
                         "manifest::unreachable_state",
@@ -760,7 +766,7 @@ impl Checker<'_> {
                     .with_help("add a transition to it, or remove it"),
                 );
             }
-            if !state.is_final() && state.on.is_empty() && state.after.is_empty() {
+            if dead_end {
                 self.emit(
                     Diagnostic::warning(
                         "manifest::dead_end_state",
@@ -774,9 +780,16 @@ impl Checker<'_> {
     }
 
     fn jobs(&mut self) {
+        // Manifests repeat a few expressions across many jobs; parse each once.
+        let mut parsed: std::collections::HashMap<&str, Result<(), ScheduleError>> =
+            std::collections::HashMap::new();
         for (name, job) in &self.m.jobs {
             let base = ["jobs", name.as_str()];
-            if let Err(e) = Schedule::parse(&job.schedule) {
+            let result = parsed
+                .entry(job.schedule.as_str())
+                .or_insert_with(|| Schedule::parse(&job.schedule).map(|_| ()))
+                .clone();
+            if let Err(e) = result {
                 let span = self.span(&[&base[..], &["schedule"]].concat());
                 let code = if e.never_fires {
                     "manifest::cron_never_fires"

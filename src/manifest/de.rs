@@ -126,26 +126,20 @@ impl de::Error for DeError {
     }
 
     fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        let expected = expected_words(exp);
         Self::new(
             "manifest::wrong_type",
-            format!(
-                "expected {}, found {}",
-                expected_words(exp),
-                found_words(&unexp)
-            ),
-            None,
+            format!("expected {expected}, found {}", found_words(&unexp)),
+            Some(format!("write {expected} here")),
         )
     }
 
     fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        let expected = expected_words(exp);
         Self::new(
             "manifest::invalid_value",
-            format!(
-                "expected {}, found {}",
-                expected_words(exp),
-                found_words(&unexp)
-            ),
-            None,
+            format!("expected {expected}, found {}", found_words(&unexp)),
+            Some(format!("write {expected} here")),
         )
     }
 

@@ -141,6 +141,8 @@ pub struct Report {
     pub file: String,
     pub text: String,
     pub diagnostics: Vec<Diagnostic>,
+    /// Spans of secret values (API token, encryption key), masked in source excerpts.
+    pub secrets: Vec<Span>,
 }
 
 impl Report {
@@ -175,11 +177,12 @@ impl Report {
             miette::GraphicalTheme::unicode_nocolor()
         };
         let handler = miette::GraphicalReportHandler::new_themed(theme).with_context_lines(1);
+        let masked = mask_secrets(&self.text, &self.secrets);
         let mut out = String::new();
         for d in &self.diagnostics {
             let shown = Shown {
                 diagnostic: d,
-                source: miette::NamedSource::new(&self.file, self.text.clone()),
+                source: miette::NamedSource::new(&self.file, masked.clone()),
             };
             if handler.render_report(&mut out, &shown).is_err() {
                 out.push_str(&format!("{}: {}: {}\n", self.file, d.code, d.message));
@@ -187,6 +190,35 @@ impl Report {
         }
         out
     }
+}
+
+/// The text with every secret span and every URL's `user:password@` part replaced by `*`, byte
+/// for byte, so spans still point at the same places.
+pub fn mask_secrets(text: &str, secrets: &[Span]) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    let mut mask = |start: usize, end: usize| {
+        for i in start..end.min(bytes.len()) {
+            // Keep multi-byte characters whole: only ASCII bytes are replaced.
+            if bytes[i].is_ascii() && !bytes[i].is_ascii_whitespace() {
+                bytes[i] = b'*';
+            }
+        }
+    };
+    for s in secrets {
+        mask(s.start, s.end);
+    }
+    for (at, _) in text.match_indices("://") {
+        let rest = &text[at + 3..];
+        let authority = rest
+            .find(|c: char| {
+                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
+            })
+            .unwrap_or(rest.len());
+        if let Some(userinfo) = rest[..authority].rfind('@') {
+            mask(at + 3, at + 3 + userinfo);
+        }
+    }
+    String::from_utf8(bytes).unwrap_or_else(|_| text.to_string())
 }
 
 struct Shown<'a> {

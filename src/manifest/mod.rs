@@ -86,7 +86,7 @@ pub fn load_str(
     base_dir: &Path,
     env: &dyn Env,
 ) -> Loaded {
-    let (diagnostics, manifest) = load_inner(&text, format, base_dir, env);
+    let (diagnostics, manifest, secrets) = load_inner(&text, format, base_dir, env);
     let mut diagnostics = dedupe(diagnostics);
     diagnostics.sort_by(|a, b| (a.span.start, a.code).cmp(&(b.span.start, b.code)));
     let ok = !diagnostics.iter().any(Diagnostic::is_error);
@@ -101,29 +101,35 @@ pub fn load_str(
             file: file.to_string(),
             text,
             diagnostics,
+            secrets,
         },
         manifest,
     }
 }
 
-fn load_inner(
-    text: &str,
-    format: Format,
-    base_dir: &Path,
-    env: &dyn Env,
-) -> (Vec<Diagnostic>, Option<Manifest>) {
+/// Where secrets are written in the manifest text; human output masks them in source excerpts.
+const SECRET_PATHS: &[&[&str]] = &[&["server", "token"], &["backup", "encryption", "key"]];
+
+type Inner = (Vec<Diagnostic>, Option<Manifest>, Vec<Span>);
+
+fn load_inner(text: &str, format: Format, base_dir: &Path, env: &dyn Env) -> Inner {
     let parsed = match format {
         Format::Yaml => tree::parse_yaml(text),
         Format::Toml => tree::parse_toml(text),
     };
     let mut root = match parsed {
         Ok(root) => root,
-        Err(d) => return (vec![d], None),
+        Err(d) => return (vec![*d], None, Vec::new()),
     };
+    let secrets = SECRET_PATHS
+        .iter()
+        .filter_map(|path| path.iter().try_fold(&root, |node, key| node.get(key)))
+        .map(|node| node.span)
+        .collect();
     if matches!(root.value, Value::Null) || matches!(&root.value, Value::Map(e) if e.is_empty()) {
         let d = Diagnostic::error("manifest::missing_key", root.span, "the manifest is empty")
             .with_help("start from `s3db-run init`, or write at least `version: 1` and `database: { connection: … }`");
-        return (vec![d], None);
+        return (vec![d], None, secrets);
     }
     let mut diagnostics = Vec::new();
     let mut unresolved = Vec::new();
@@ -138,7 +144,7 @@ fn load_inner(
     // about its unexpanded text is noise.
     later.retain(|d| !unresolved.contains(&d.span));
     diagnostics.append(&mut later);
-    (diagnostics, manifest)
+    (diagnostics, manifest, secrets)
 }
 
 /// Reads the tree into the model. Items of the named sections (a machine, a job, a hook, a
@@ -146,6 +152,11 @@ fn load_inner(
 /// the mistakes in others; a broken item is reported, removed, and remembered so that rules do
 /// not report it again.
 fn read_model(root: &mut Node) -> (Vec<Diagnostic>, Option<Manifest>, Broken) {
+    // Most manifests read cleanly in one pass; only a failing one pays for reading item by item.
+    let sink = Sink::default();
+    if let Ok(manifest) = Manifest::deserialize(NodeDe::new(root, &sink)) {
+        return (sink.into_inner(), Some(manifest), Broken::default());
+    }
     let sink = Sink::default();
     let mut errors = Vec::new();
     let mut broken = Broken::default();

@@ -132,7 +132,7 @@ impl Node {
 
 /// Parses a YAML document into a span tree. Anchors and aliases are expanded; tags other than the
 /// core schema's, several documents in one file, and duplicate keys are errors.
-pub fn parse_yaml(text: &str) -> Result<Node, Diagnostic> {
+pub fn parse_yaml(text: &str) -> Result<Node, Box<Diagnostic>> {
     let chars = CharOffsets::new(text);
     let mut builder = YamlBuilder {
         stack: Vec::new(),
@@ -143,7 +143,7 @@ pub fn parse_yaml(text: &str) -> Result<Node, Diagnostic> {
     };
     let parser = Parser::new_from_str(text);
     for event in parser {
-        let (event, span) = event.map_err(|e| scan_error(&chars, &e))?;
+        let (event, span) = event.map_err(|e| Box::new(scan_error(&chars, &e)))?;
         let span = Span::new(chars.byte(span.start.index()), chars.byte(span.end.index()));
         builder.on_event(event, span)?;
     }
@@ -202,6 +202,9 @@ enum Frame {
         anchor: usize,
         entries: Vec<(Key, Node)>,
         pending_key: Option<Key>,
+        /// Key → position, built once a mapping is large enough that scanning it for duplicates
+        /// would make parsing quadratic.
+        index: Option<HashMap<String, usize>>,
     },
 }
 
@@ -214,17 +217,19 @@ struct YamlBuilder {
 }
 
 impl YamlBuilder {
-    fn on_event(&mut self, event: Event<'_>, span: Span) -> Result<(), Diagnostic> {
+    fn on_event(&mut self, event: Event<'_>, span: Span) -> Result<(), Box<Diagnostic>> {
         match event {
             Event::DocumentStart(_) => {
                 self.documents += 1;
                 if self.documents > 1 {
-                    return Err(Diagnostic::error(
-                        "manifest::syntax",
-                        span,
-                        "a manifest is one YAML document, but this file holds several",
-                    )
-                    .with_help("remove the `---` separator and merge the documents"));
+                    return Err(Box::new(
+                        Diagnostic::error(
+                            "manifest::syntax",
+                            span,
+                            "a manifest is one YAML document, but this file holds several",
+                        )
+                        .with_help("remove the `---` separator and merge the documents"),
+                    ));
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
@@ -248,6 +253,7 @@ impl YamlBuilder {
                     anchor,
                     entries: Vec::new(),
                     pending_key: None,
+                    index: None,
                 });
             }
             Event::SequenceEnd | Event::MappingEnd => {
@@ -280,20 +286,22 @@ impl YamlBuilder {
             }
             Event::Alias(id) => {
                 let Some(target) = self.anchors.get(&id) else {
-                    return Err(Diagnostic::error(
+                    return Err(Box::new(Diagnostic::error(
                         "manifest::syntax",
                         span,
                         "this alias refers to an anchor that is not defined before it",
-                    ));
+                    )));
                 };
                 self.alias_nodes += count_nodes(target);
                 if self.alias_nodes > MAX_ALIAS_NODES {
-                    return Err(Diagnostic::error(
-                        "manifest::syntax",
-                        span,
-                        "aliases expand to too many nodes",
-                    )
-                    .with_help("a manifest may expand at most 100000 nodes through aliases"));
+                    return Err(Box::new(
+                        Diagnostic::error(
+                            "manifest::syntax",
+                            span,
+                            "aliases expand to too many nodes",
+                        )
+                        .with_help("a manifest may expand at most 100000 nodes through aliases"),
+                    ));
                 }
                 let mut copy = target.clone();
                 copy.span = span;
@@ -304,18 +312,18 @@ impl YamlBuilder {
         Ok(())
     }
 
-    fn open(&self, span: Span) -> Result<(), Diagnostic> {
+    fn open(&self, span: Span) -> Result<(), Box<Diagnostic>> {
         if self.stack.len() >= MAX_DEPTH {
-            return Err(Diagnostic::error(
+            return Err(Box::new(Diagnostic::error(
                 "manifest::syntax",
                 span,
                 format!("the document nests deeper than {MAX_DEPTH} levels"),
-            ));
+            )));
         }
         Ok(())
     }
 
-    fn push(&mut self, node: Node, anchor: usize) -> Result<(), Diagnostic> {
+    fn push(&mut self, node: Node, anchor: usize) -> Result<(), Box<Diagnostic>> {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
@@ -325,39 +333,59 @@ impl YamlBuilder {
             Some(Frame::Map {
                 entries,
                 pending_key,
+                index,
                 ..
             }) => match pending_key.take() {
                 None => {
-                    let name = match &node.value {
-                        Value::Str { text, .. } => text.clone(),
+                    let span = node.span;
+                    let name = match node.value {
+                        Value::Str { text, .. } => text,
                         Value::Int(i) => i.to_string(),
                         Value::Float(f) => f.to_string(),
                         Value::Bool(b) => b.to_string(),
                         Value::Null => "null".to_string(),
                         Value::Seq(_) | Value::Map(_) => {
-                            return Err(Diagnostic::error(
+                            return Err(Box::new(Diagnostic::error(
                                 "manifest::syntax",
-                                node.span,
+                                span,
                                 "a mapping key must be a plain value, not a list or mapping",
-                            ))
+                            )))
                         }
                     };
-                    if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
-                        return Err(Diagnostic::error(
-                            "manifest::duplicate_key",
-                            node.span,
-                            format!("the key `{name}` appears twice in this mapping"),
-                        )
-                        .with_label("defined again here")
-                        .with_related(first.span, "first defined here")
-                        .with_help("remove one of them; YAML keeps only one value per key"));
+                    const SCAN_LIMIT: usize = 16;
+                    if index.is_none() && entries.len() >= SCAN_LIMIT {
+                        *index = Some(
+                            entries
+                                .iter()
+                                .enumerate()
+                                .map(|(i, (k, _))| (k.name.clone(), i))
+                                .collect(),
+                        );
                     }
-                    *pending_key = Some(Key {
-                        name,
-                        span: node.span,
-                    });
+                    let previous = match index {
+                        Some(index) => index.get(&name).map(|&i| &entries[i].0),
+                        None => entries.iter().find(|(k, _)| k.name == name).map(|(k, _)| k),
+                    };
+                    if let Some(first) = previous {
+                        return Err(Box::new(
+                            Diagnostic::error(
+                                "manifest::duplicate_key",
+                                span,
+                                format!("the key `{name}` appears twice in this mapping"),
+                            )
+                            .with_label("defined again here")
+                            .with_related(first.span, "first defined here")
+                            .with_help("remove one of them; YAML keeps only one value per key"),
+                        ));
+                    }
+                    *pending_key = Some(Key { name, span });
                 }
-                Some(key) => entries.push((key, node)),
+                Some(key) => {
+                    if let Some(index) = index {
+                        index.insert(key.name.clone(), entries.len());
+                    }
+                    entries.push((key, node));
+                }
             },
         }
         Ok(())
@@ -372,7 +400,10 @@ fn count_nodes(node: &Node) -> usize {
     }
 }
 
-fn check_collection_tag(tag: Option<&saphyr_parser::Tag>, span: Span) -> Result<(), Diagnostic> {
+fn check_collection_tag(
+    tag: Option<&saphyr_parser::Tag>,
+    span: Span,
+) -> Result<(), Box<Diagnostic>> {
     match tag {
         None => Ok(()),
         Some(t)
@@ -380,7 +411,7 @@ fn check_collection_tag(tag: Option<&saphyr_parser::Tag>, span: Span) -> Result<
         {
             Ok(())
         }
-        Some(t) => Err(unsupported_tag(t, span)),
+        Some(t) => Err(Box::new(unsupported_tag(t, span))),
     }
 }
 
@@ -403,7 +434,7 @@ fn resolve_scalar(
     style: ScalarStyle,
     tag: Option<&saphyr_parser::Tag>,
     span: Span,
-) -> Result<Value, Diagnostic> {
+) -> Result<Value, Box<Diagnostic>> {
     if let Some(tag) = tag {
         if tag.handle == "tag:yaml.org,2002:" && tag.suffix == "str" {
             return Ok(Value::Str {
@@ -414,7 +445,7 @@ fn resolve_scalar(
         if !(tag.handle == "tag:yaml.org,2002:"
             && matches!(tag.suffix.as_str(), "int" | "float" | "bool" | "null"))
         {
-            return Err(unsupported_tag(tag, span));
+            return Err(Box::new(unsupported_tag(tag, span)));
         }
     }
     if style != ScalarStyle::Plain {
@@ -473,17 +504,19 @@ pub fn resolve_plain(text: &str) -> Option<Value> {
 }
 
 /// Parses a TOML document into a span tree.
-pub fn parse_toml(text: &str) -> Result<Node, Diagnostic> {
-    let table = toml::de::DeTable::parse(text).map_err(|e| {
+pub fn parse_toml(text: &str) -> Result<Node, Box<Diagnostic>> {
+    let table = toml::de::DeTable::parse(text).map_err(|e| -> Box<Diagnostic> {
         let span = e
             .span()
             .map_or(Span::new(0, 0), |r| Span::new(r.start, r.end));
-        Diagnostic::error(
-            "manifest::syntax",
-            span,
-            format!("TOML syntax error: {}", e.message().trim()),
+        Box::new(
+            Diagnostic::error(
+                "manifest::syntax",
+                span,
+                format!("TOML syntax error: {}", e.message().trim()),
+            )
+            .with_help("check the quoting and the table headers around this position"),
         )
-        .with_help("check the quoting and the table headers around this position")
     })?;
     let span = table.span();
     Ok(toml_table(

@@ -110,6 +110,9 @@ impl<'de> Deserialize<'de> for Duration {
     }
 }
 
+/// The units humantime accepts, longest first so the alternation matches whole words.
+const DURATION_PATTERN: &str = "^\\s*(([0-9]+\\s*(nsec|ns|usec|us|µs|msec|ms|seconds|second|secs|sec|s|minutes|minute|mins|min|m|hours|hour|hrs|hr|h|days|day|d|weeks|week|w|months|month|M|years|year|y)\\s*)+|[0-9]+\\s*)$";
+
 impl JsonSchema for Duration {
     fn schema_name() -> Cow<'static, str> {
         "Duration".into()
@@ -120,7 +123,7 @@ impl JsonSchema for Duration {
             "description": "A duration: milliseconds as an integer (as in s3db.js), or a string with units such as `500ms`, `30s`, `5m`, `1h 30m`, `7d`.",
             "anyOf": [
                 { "type": "integer", "minimum": 0 },
-                { "type": "string", "pattern": "^\\s*(([0-9]+\\s*[a-zA-Zµ]+\\s*)+|[0-9]+)$" }
+                { "type": "string", "pattern": DURATION_PATTERN }
             ],
             "examples": ["5m", 300000]
         })

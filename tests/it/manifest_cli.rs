@@ -1,0 +1,159 @@
+//! The `validate`, `schema`, `init` and `completions` commands, run as a user runs them.
+
+use std::process::{Command, Output, Stdio};
+
+use crate::support::repo;
+
+fn s3db_run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(args)
+        .current_dir(repo())
+        .env_remove("S3DB_CONNECTION")
+        .output()
+        .expect("binary runs")
+}
+
+#[test]
+fn validate_exits_zero_on_valid_one_on_invalid_two_on_unreadable() {
+    assert_eq!(
+        s3db_run(&["validate", "manifests/s3db.yaml", "manifests/s3db.toml"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let invalid = s3db_run(&["validate", "tests/fixtures/invalid/unknown-guard.yaml"]);
+    assert_eq!(invalid.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&invalid.stderr);
+    assert!(stderr.contains("manifest::unknown_hook"), "{stderr}");
+    assert!(stderr.contains("did you mean `inStock`?"), "{stderr}");
+    assert!(!stderr.contains("\u{1b}["), "colour on a pipe: {stderr}");
+    assert_eq!(
+        s3db_run(&["validate", "does/not/exist.yaml"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(
+        s3db_run(&["validate", "--format", "xml", "manifests/s3db.yaml"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn validate_json_prints_one_object_per_diagnostic() {
+    let out = s3db_run(&[
+        "validate",
+        "--format",
+        "json",
+        "tests/fixtures/invalid/unknown-transition-target.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        let keys: Vec<&str> = line
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            ["code", "severity", "file", "line", "column", "message", "help"]
+        );
+    }
+    assert_eq!(lines[0]["code"], "manifest::unknown_state");
+    assert_eq!(
+        (lines[0]["line"].as_u64(), lines[0]["column"].as_u64()),
+        (Some(8), Some(33))
+    );
+}
+
+#[test]
+fn validate_reads_standard_input_in_either_syntax() {
+    let run = |text: &str, syntax: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+            .args(["validate", "--input-format", syntax, "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("wait").status.code()
+    };
+    assert_eq!(
+        run(
+            "version: 1\ndatabase: { connection: memory://b/p }\n",
+            "yaml"
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        run(
+            "version = 1\n[database]\nconnection = \"memory://b/p\"\n",
+            "toml"
+        ),
+        Some(0)
+    );
+    assert_eq!(
+        run(
+            "version = 1\n[database]\nconection = \"memory://b/p\"\n",
+            "toml"
+        ),
+        Some(1)
+    );
+}
+
+#[test]
+fn schema_command_prints_the_committed_schema() {
+    let out = s3db_run(&["schema"]);
+    assert_eq!(out.status.code(), Some(0));
+    let committed = std::fs::read(repo().join("schemas/s3db.schema.json")).expect("committed");
+    assert_eq!(out.stdout, committed);
+}
+
+#[test]
+fn init_writes_a_valid_starter_and_never_overwrites() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("project");
+    let target_s = target.to_string_lossy().to_string();
+    assert_eq!(s3db_run(&["init", &target_s]).status.code(), Some(0));
+    let manifest = target.join("s3db.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("written");
+    assert!(text.starts_with("# yaml-language-server: $schema=./s3db.schema.json"));
+    assert!(target.join("s3db.schema.json").exists());
+    let check = s3db_run(&["validate", &manifest.to_string_lossy()]);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    std::fs::write(&manifest, "# mine\n").expect("edit");
+    assert_eq!(s3db_run(&["init", &target_s]).status.code(), Some(1));
+    assert_eq!(
+        std::fs::read_to_string(&manifest).expect("kept"),
+        "# mine\n"
+    );
+}
+
+#[test]
+fn completions_are_generated_for_bash() {
+    let out = s3db_run(&["completions", "bash"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("validate"));
+}
+
+#[test]
+fn help_is_written_for_people() {
+    let out = s3db_run(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["validate", "schema", "init", "Examples:"] {
+        assert!(help.contains(needle), "{help}");
+    }
+}

@@ -1,0 +1,166 @@
+//! Loading: the YAML and TOML twins agree, interpolation never adds structure, the legacy backup
+//! form becomes `multi`, and secrets never print.
+
+use s3db_run::manifest::model::{BackupDriver, MultiStrategy};
+use s3db_run::manifest::Format;
+
+use crate::support::{example_manifests, load, load_text, repo};
+
+#[test]
+fn every_example_is_valid_without_warnings() {
+    for file in example_manifests() {
+        let loaded = load(&file);
+        assert!(
+            loaded.report.diagnostics.is_empty(),
+            "{}: {:#?}",
+            file.display(),
+            loaded.report.diagnostics
+        );
+        assert!(loaded.manifest.is_some());
+    }
+}
+
+#[test]
+fn yaml_and_toml_twins_load_to_the_same_manifest() {
+    let yaml = load(&repo().join("manifests/s3db.yaml"))
+        .manifest
+        .expect("valid");
+    let toml = load(&repo().join("manifests/s3db.toml"))
+        .manifest
+        .expect("valid");
+    assert_eq!(yaml.manifest, toml.manifest);
+}
+
+#[test]
+fn interpolated_values_cannot_inject_structure() {
+    let env = |name: &str| {
+        match name {
+        "EVIL" => Some("x\njobs:\n  pwn: { schedule: \"* * * * *\", action: { run: [\"touch\", \"/tmp/pwned\"] } }".to_string()),
+        _ => None,
+    }
+    };
+    let text = "version: 1\ndatabase:\n  connection: file://./data\nactions:\n  a: { builtin: log, with: { message: \"${EVIL}\" } }\n";
+    let loaded = s3db_run::manifest::load_str("t.yaml", text.into(), Format::Yaml, &repo(), &env);
+    let m = loaded.manifest.expect("valid").manifest;
+    assert!(m.jobs.is_empty());
+    let message = &m.actions["a"].with.as_ref().expect("with")["message"];
+    assert!(message.as_str().is_some_and(|s| s.starts_with("x\njobs:")));
+}
+
+#[test]
+fn escaped_interpolation_stays_literal() {
+    let text = "version: 1\ndatabase:\n  connection: file://./data\nactions:\n  a: { builtin: log, with: { message: \"cost $${PRESENT} and ${PRESENT}\" } }\n";
+    let m = load_text(text, Format::Yaml)
+        .manifest
+        .expect("valid")
+        .manifest;
+    assert_eq!(
+        m.actions["a"].with.as_ref().expect("with")["message"],
+        "cost ${PRESENT} and 3"
+    );
+}
+
+#[test]
+fn interpolated_numbers_are_read_as_numbers() {
+    let text = "version: 1\ndatabase:\n  connection: file://./data\njobs:\n  a: { schedule: \"@hourly\", action: log, retries: \"${PRESENT}\" }\n";
+    let m = load_text(text, Format::Yaml)
+        .manifest
+        .expect("valid")
+        .manifest;
+    assert_eq!(m.jobs["a"].retries, Some(3));
+}
+
+#[test]
+fn legacy_destinations_become_the_multi_driver() {
+    let text = "version: 1\ndatabase:\n  connection: file://./data\nbackup:\n  destinations:\n    - { type: filesystem, path: /backups/ }\n    - { type: s3, bucket: b, storageClass: GLACIER }\n";
+    let m = load_text(text, Format::Yaml)
+        .manifest
+        .expect("valid")
+        .manifest;
+    let backup = m.backup.expect("backup");
+    assert_eq!(backup.driver, BackupDriver::Multi);
+    assert_eq!(backup.config.strategy, Some(MultiStrategy::All));
+    let dests = backup.config.destinations.expect("destinations");
+    assert_eq!(dests.len(), 2);
+    assert_eq!(dests[0].driver, BackupDriver::Filesystem);
+    assert_eq!(dests[0].config.path.as_deref(), Some("/backups/"));
+    assert_eq!(dests[1].config.bucket.as_deref(), Some("b"));
+}
+
+#[test]
+fn defaults_follow_the_reference() {
+    let text = "version: 1\ndatabase:\n  connection: memory://bucket/db\nbackup: { config: { path: ./b/ } }\ncache: {}\n";
+    let m = load_text(text, Format::Yaml);
+    let m = m.manifest.expect("valid").manifest;
+    assert_eq!(m.state_machine.transition_log_resource, "transitions");
+    assert_eq!(m.state_machine.state_resource, "entity_states");
+    assert!(m.state_machine.persist_transitions);
+    assert_eq!(m.scheduler.default_timeout.as_millis(), 60_000);
+    assert_eq!(m.scheduler.default_retries, 1);
+    assert_eq!(m.scheduler.job_history_resource, "job_history");
+    assert_eq!(m.scheduler.timezone.to_string(), "UTC");
+    let cache = m.cache.expect("cache");
+    assert_eq!(cache.ttl.as_millis(), 300_000);
+    assert_eq!(cache.max_size, 1000);
+    assert!(cache.include_partitions);
+    let backup = m.backup.expect("backup");
+    assert_eq!(backup.driver, BackupDriver::Filesystem);
+    assert!(backup.verification);
+    assert_eq!(backup.temp_dir, "./tmp/backups");
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output_or_diagnostics() {
+    let text = "version: 1\ndatabase:\n  connection: s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/db?region=us-east-1\nserver: { token: tok-123-secret }\nbackup:\n  config: { path: ./b/ }\n  encryption: { algorithm: AES-256-GCM, key: super-secret-passphrase }\n";
+    let loaded = load_text(text, Format::Yaml);
+    let m = loaded.manifest.expect("valid");
+    let shown = format!(
+        "{:?} {}",
+        m,
+        serde_json::to_string(&m.manifest).expect("serializes")
+    );
+    for secret in [
+        "wJalrXUtnFEMI",
+        "AKIAEXAMPLE",
+        "tok-123-secret",
+        "super-secret-passphrase",
+    ] {
+        assert!(!shown.contains(secret), "{secret} leaked");
+    }
+    let bad = "version: 1\ndatabase:\n  connection: ftp://user:hunter2@host/x\n";
+    let report = load_text(bad, Format::Yaml).report;
+    let rendered = format!("{} {:?}", report.render_human(false), report.records());
+    assert!(!rendered.contains("hunter2"), "{rendered}");
+}
+
+#[test]
+fn yaml_anchors_and_aliases_are_expanded() {
+    let text = "version: 1\ndatabase:\n  connection: file://./data\nx-retry: &retry { retries: 2, timeout: 5s }\n";
+    // `x-retry` is not a manifest key: anchors are fine, unknown keys are not.
+    let loaded = load_text(text, Format::Yaml);
+    assert_eq!(loaded.report.diagnostics[0].code, "manifest::unknown_key");
+    let text = "version: 1\ndatabase:\n  connection: file://./data\nactions:\n  a: &hook { run: [\"true\"], retries: 2 }\n  b: *hook\n";
+    let m = load_text(text, Format::Yaml)
+        .manifest
+        .expect("valid")
+        .manifest;
+    assert_eq!(m.actions["a"], m.actions["b"]);
+}
+
+#[test]
+fn the_readme_manifest_example_is_valid() {
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let block = readme
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a yaml block");
+    let loaded = load_text(block, Format::Yaml);
+    let errors: Vec<_> = loaded
+        .report
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}

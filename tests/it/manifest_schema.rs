@@ -1,0 +1,90 @@
+//! The committed JSON Schema: generated from the model, accepted by an independent validator for
+//! every example, and rejecting every fixture whose mistake is one of shape.
+
+use s3db_run::manifest::{self, tree, Format};
+
+use crate::support::{example_manifests, invalid_fixtures, repo};
+
+fn validator() -> jsonschema::Validator {
+    let text =
+        std::fs::read_to_string(repo().join("schemas/s3db.schema.json")).expect("committed schema");
+    let schema: serde_json::Value = serde_json::from_str(&text).expect("schema is JSON");
+    jsonschema::draft202012::new(&schema).expect("schema compiles")
+}
+
+/// The document as an editor's language server sees it: the raw tree, before interpolation.
+fn as_json(path: &std::path::Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).expect("readable");
+    let node = match Format::from_path(path) {
+        Format::Yaml => tree::parse_yaml(&text),
+        Format::Toml => tree::parse_toml(&text),
+    }
+    .map_err(|d| d.message)?;
+    Ok(node.to_json())
+}
+
+#[test]
+fn committed_schema_is_what_the_code_generates() {
+    let committed =
+        std::fs::read_to_string(repo().join("schemas/s3db.schema.json")).expect("committed schema");
+    assert!(
+        committed == manifest::json_schema_text(),
+        "schemas/s3db.schema.json is stale: run `cargo run -- schema -o schemas/s3db.schema.json`"
+    );
+}
+
+#[test]
+fn schema_is_draft_2020_12_with_descriptions_defaults_and_enums() {
+    let schema = manifest::json_schema();
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    let defs = &schema["$defs"];
+    assert!(defs["JobDef"]["properties"]["schedule"]["description"]
+        .as_str()
+        .is_some_and(|d| d.contains("Cron")));
+    assert_eq!(
+        defs["SchedulerConfig"]["properties"]["defaultRetries"]["default"],
+        1
+    );
+    assert_eq!(
+        defs["BackupConfig"]["properties"]["compression"]["default"],
+        "gzip"
+    );
+    assert!(defs["TimeZone"]["enum"]
+        .as_array()
+        .is_some_and(|zones| zones.iter().any(|z| z == "Australia/Lord_Howe")));
+    assert!(defs["JobDef"]["properties"]["schedule"]["examples"].is_array());
+    assert_eq!(schema["additionalProperties"], false);
+}
+
+#[test]
+fn schema_accepts_every_example() {
+    let v = validator();
+    for file in example_manifests() {
+        let doc = as_json(&file).expect("example parses");
+        let errors: Vec<String> = v
+            .iter_errors(&doc)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}: {errors:#?}", file.display());
+    }
+}
+
+#[test]
+fn schema_rejects_every_shape_fixture() {
+    let v = validator();
+    let shape: Vec<_> = invalid_fixtures()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("shape-"))
+        })
+        .collect();
+    assert!(shape.len() >= 10, "only {} shape fixtures", shape.len());
+    for file in shape {
+        let doc = as_json(&file).expect("shape fixtures are well-formed");
+        assert!(!v.is_valid(&doc), "{} passes the schema", file.display());
+    }
+}

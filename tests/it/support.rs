@@ -1,0 +1,77 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+
+use s3db_run::manifest::{self, Format, Loaded};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The fixed environment the fixtures are checked in: only `PRESENT=3` is set.
+pub fn fixture_env(name: &str) -> Option<String> {
+    (name == "PRESENT").then(|| "3".to_string())
+}
+
+/// Loads a manifest file as `validate` would, in the fixture environment.
+pub fn load(path: &Path) -> Loaded {
+    manifest::load_path(path, None, &fixture_env).expect("fixture is readable")
+}
+
+pub fn load_text(text: &str, format: Format) -> Loaded {
+    manifest::load_str("test.yaml", text.to_string(), format, &repo(), &fixture_env)
+}
+
+/// Every example manifest the project ships.
+pub fn example_manifests() -> Vec<PathBuf> {
+    let root = repo();
+    let mut files = vec![
+        root.join("manifests/s3db.yaml"),
+        root.join("manifests/s3db.toml"),
+        root.join("src/cli/starter.yaml"),
+    ];
+    for entry in std::fs::read_dir(root.join("examples")).expect("examples/ exists") {
+        let dir = entry.expect("readable").path();
+        let manifest = dir.join("s3db.yaml");
+        if manifest.exists() {
+            files.push(manifest);
+        }
+    }
+    files
+}
+
+/// Every fixture under tests/fixtures/invalid.
+pub fn invalid_fixtures() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("tests/fixtures/invalid"))
+        .expect("fixtures exist")
+        .map(|e| e.expect("readable").path())
+        .filter(|p| {
+            matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "toml")
+            )
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The diagnostics of a report, one per line, as the snapshots hold them.
+pub fn render(loaded: &Loaded) -> String {
+    loaded
+        .report
+        .records()
+        .iter()
+        .map(|r| {
+            format!(
+                "{} {} {}:{} {}\n    help: {}\n",
+                r.severity,
+                r.code,
+                r.line,
+                r.column,
+                r.message,
+                r.help.as_deref().unwrap_or("-")
+            )
+        })
+        .collect()
+}
