@@ -129,7 +129,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-#[allow(dead_code)]
 fn phases(text: &str) {
     let t = Instant::now();
     let mut root = s3db_run::manifest::tree::parse_yaml(text).expect("parses");
