@@ -7,3 +7,4 @@ pub mod db;
 pub mod hooks;
 pub mod manifest;
 pub mod plugins;
+pub mod store;

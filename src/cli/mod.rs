@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Every command is a library function that
 //! returns an exit code, so tests call them directly; `main.rs` only calls `main()`.
 
+pub mod db;
 pub mod init;
 pub mod schema;
 pub mod validate;
@@ -48,6 +49,8 @@ pub enum Command {
     Schema(schema::Args),
     /// Write a commented starter manifest that validates as written.
     Init(init::Args),
+    /// Read and write records of the manifest's database.
+    Db(db::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to generate completions for.
@@ -74,6 +77,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Validate(args) => validate::run(&args),
         Command::Schema(args) => schema::run(&args),
         Command::Init(args) => init::run(&args),
+        Command::Db(args) => db::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

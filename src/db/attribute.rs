@@ -218,3 +218,71 @@ mod tests {
         assert!("boolean|default:maybe".parse::<AttributeSpec>().is_err());
     }
 }
+
+impl AttributeSpec {
+    /// Checks one value against the definition; the error says what was expected.
+    pub fn check(&self, value: Option<&serde_json::Value>) -> Result<(), String> {
+        use serde_json::Value;
+        let value = match value {
+            None | Some(Value::Null) => {
+                return if self.required {
+                    Err("is required".into())
+                } else {
+                    Ok(())
+                };
+            }
+            Some(v) => v,
+        };
+        let kind_ok = match self.kind {
+            AttributeType::String => value.is_string(),
+            AttributeType::Number => value.is_number(),
+            AttributeType::Boolean => value.is_boolean(),
+            AttributeType::Object => value.is_object(),
+            AttributeType::Array => value.is_array(),
+            AttributeType::Date => value.as_str().is_some_and(is_date),
+            AttributeType::Json | AttributeType::Any => true,
+        };
+        if !kind_ok {
+            let expected = match self.kind {
+                AttributeType::Date => "a date (YYYY-MM-DD or RFC 3339)",
+                AttributeType::String => "a string",
+                AttributeType::Number => "a number",
+                AttributeType::Boolean => "a boolean",
+                AttributeType::Object => "an object",
+                AttributeType::Array => "an array",
+                AttributeType::Json | AttributeType::Any => "a value",
+            };
+            return Err(format!("expected {expected}, got {value}"));
+        }
+        if let Some(n) = value.as_f64() {
+            if self.integer && n.fract() != 0.0 {
+                return Err(format!("expected a whole number, got {n}"));
+            }
+            if let Some(min) = self.min.filter(|m| n < *m) {
+                return Err(format!("must be at least {min}, got {n}"));
+            }
+            if let Some(max) = self.max.filter(|m| n > *m) {
+                return Err(format!("must be at most {max}, got {n}"));
+            }
+        }
+        let len = match value {
+            Value::String(s) => Some(s.chars().count()),
+            Value::Array(a) => Some(a.len()),
+            _ => None,
+        };
+        if let Some(len) = len {
+            if let Some(min) = self.min_length.filter(|m| len < *m) {
+                return Err(format!("must have at least {min} characters, has {len}"));
+            }
+            if let Some(max) = self.max_length.filter(|m| len > *m) {
+                return Err(format!("must have at most {max} characters, has {len}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn is_date(s: &str) -> bool {
+    chrono::DateTime::parse_from_rfc3339(s).is_ok()
+        || chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+}

@@ -1,0 +1,340 @@
+//! `s3db-run db …`: read and write records of the manifest's database from the shell.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use serde_json::{Map, Value};
+
+use super::exit;
+use crate::db::query::Filter;
+use crate::db::{Database, DbError, ListOptions};
+use crate::manifest::{self, ProcessEnv};
+use crate::store::Connection;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The manifest whose database to use.
+    #[arg(
+        short = 'f',
+        long = "manifest",
+        global = true,
+        default_value = "s3db.yaml"
+    )]
+    pub manifest: PathBuf,
+    /// Use this connection string instead of the manifest's (the manifest may then be absent).
+    #[arg(long, global = true, env = "S3DB_CONNECTION", hide_env_values = true)]
+    pub connection: Option<String>,
+    /// How many records are read or written at once.
+    #[arg(long, global = true, default_value_t = crate::db::DEFAULT_CONCURRENCY)]
+    pub concurrency: usize,
+    #[command(subcommand)]
+    pub command: DbCommand,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DbCommand {
+    /// List the resources.
+    Resources,
+    /// Print one record as JSON.
+    Get { resource: String, id: String },
+    /// Insert a record given as a JSON object (`-` reads it from standard input).
+    Put {
+        resource: String,
+        json: String,
+        /// Update the record if its id exists, instead of failing.
+        #[arg(long)]
+        upsert: bool,
+    },
+    /// Delete a record.
+    Delete { resource: String, id: String },
+    /// Print records as JSON lines, in id order.
+    List {
+        resource: String,
+        /// A filter such as '{"status":"paid","total":{"$gte":100}}'.
+        #[arg(long = "where", value_name = "JSON")]
+        filter: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// List a partition: NAME, with `--value FIELD=VALUE` for its fields.
+        #[arg(long)]
+        partition: Option<String>,
+        #[arg(long = "value", value_name = "FIELD=VALUE", requires = "partition")]
+        values: Vec<String>,
+    },
+    /// Print how many records there are (matching `--where`).
+    Count {
+        resource: String,
+        #[arg(long = "where", value_name = "JSON")]
+        filter: Option<String>,
+    },
+    /// Insert records from a JSON-lines file (`-` reads standard input).
+    Import {
+        resource: String,
+        file: PathBuf,
+        /// Update records whose id exists, instead of failing.
+        #[arg(long)]
+        upsert: bool,
+    },
+    /// Print every record as JSON lines.
+    Export { resource: String },
+}
+
+pub fn run(args: &Args) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    runtime.block_on(run_async(args))
+}
+
+/// Opens the database a `db`-style command names: the manifest's, or `--connection`'s.
+pub async fn open_database(
+    manifest_path: &Path,
+    connection: Option<&str>,
+    concurrency: usize,
+) -> Result<Database, u8> {
+    let manifest_present = manifest_path.exists();
+    let db = if !manifest_present && connection.is_some() {
+        let conn: Connection = match connection.unwrap_or_default().parse() {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Err(exit::USAGE);
+            }
+        };
+        let store = conn.open(Path::new(".")).await.map_err(|e| {
+            eprintln!("error: {e}");
+            exit::INVALID
+        })?;
+        Database::connect(store, &Default::default()).await
+    } else {
+        let loaded = match manifest::load_path(manifest_path, None, &ProcessEnv) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", manifest_path.display());
+                eprintln!("hint: pass -f MANIFEST, or --connection URL to use a database without a manifest");
+                return Err(exit::USAGE);
+            }
+        };
+        let Some(checked) = loaded.manifest else {
+            eprint!("{}", loaded.report.render_human(super::color_stderr()));
+            eprintln!("error: {} is invalid", manifest_path.display());
+            return Err(exit::INVALID);
+        };
+        Database::open(&checked, connection).await
+    };
+    db.map(|db| db.with_concurrency(concurrency)).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::INVALID
+    })
+}
+
+fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, String> {
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => Err(format!("{what} must be a JSON object, got {other}")),
+        Err(e) => Err(format!("{what} is not JSON: {e}")),
+    }
+}
+
+fn parse_filter(text: Option<&str>) -> Result<Option<Filter>, String> {
+    text.map(|t| {
+        let v: Value = serde_json::from_str(t).map_err(|e| format!("--where is not JSON: {e}"))?;
+        Filter::parse(&v).map_err(|e| e.to_string())
+    })
+    .transpose()
+}
+
+async fn run_async(args: &Args) -> u8 {
+    let db = match open_database(&args.manifest, args.connection.as_deref(), args.concurrency).await
+    {
+        Ok(db) => db,
+        Err(code) => return code,
+    };
+    match execute(&db, &args.command).await {
+        Ok(code) => code,
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            exit::USAGE
+        }
+        Err(Failure::Db(e)) => {
+            eprintln!("error: {e}");
+            exit::INVALID
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Db(DbError),
+}
+
+impl From<DbError> for Failure {
+    fn from(e: DbError) -> Self {
+        Failure::Db(e)
+    }
+}
+
+fn print_line(value: &Value) {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let _ = writeln!(out, "{value}");
+}
+
+async fn execute(db: &Database, command: &DbCommand) -> Result<u8, Failure> {
+    match command {
+        DbCommand::Resources => {
+            for name in db.resource_names() {
+                println!("{name}");
+            }
+        }
+        DbCommand::Get { resource, id } => match db.resource(resource)?.get(id).await? {
+            Some(record) => print_line(&record.to_json()),
+            None => {
+                eprintln!("error: {resource}/{id} not found");
+                return Ok(exit::INVALID);
+            }
+        },
+        DbCommand::Put {
+            resource,
+            json,
+            upsert,
+        } => {
+            let text = if json == "-" {
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                    .map_err(|e| Failure::Usage(e.to_string()))?;
+                s
+            } else {
+                json.clone()
+            };
+            let data = parse_object(&text, "the record").map_err(Failure::Usage)?;
+            let res = db.resource(resource)?;
+            let record = if *upsert {
+                let id = match data.get("id") {
+                    Some(Value::String(id)) => id.clone(),
+                    _ => return Err(Failure::Usage("--upsert needs the record's \"id\"".into())),
+                };
+                res.upsert(&id, data).await?
+            } else {
+                res.insert(data, None).await?
+            };
+            print_line(&record.to_json());
+        }
+        DbCommand::Delete { resource, id } => {
+            if !db.resource(resource)?.delete(id, None).await? {
+                eprintln!("error: {resource}/{id} not found");
+                return Ok(exit::INVALID);
+            }
+        }
+        DbCommand::List {
+            resource,
+            filter,
+            limit,
+            offset,
+            partition,
+            values,
+        } => {
+            let filter = parse_filter(filter.as_deref()).map_err(Failure::Usage)?;
+            let values = values
+                .iter()
+                .map(|v| {
+                    v.split_once('=')
+                        .map(|(f, v)| (f.to_string(), v.to_string()))
+                        .ok_or_else(|| {
+                            Failure::Usage(format!("--value takes FIELD=VALUE, got `{v}`"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let records = db
+                .resource(resource)?
+                .list(ListOptions {
+                    filter,
+                    limit: *limit,
+                    offset: *offset,
+                    partition: partition.clone().map(|p| (p, values)),
+                })
+                .await?;
+            for r in records {
+                print_line(&r.to_json());
+            }
+        }
+        DbCommand::Count { resource, filter } => {
+            let filter = parse_filter(filter.as_deref()).map_err(Failure::Usage)?;
+            println!("{}", db.resource(resource)?.count(filter).await?);
+        }
+        DbCommand::Import {
+            resource,
+            file,
+            upsert,
+        } => {
+            return import(db, resource, file, *upsert).await;
+        }
+        DbCommand::Export { resource } => {
+            for r in db.resource(resource)?.list(ListOptions::default()).await? {
+                print_line(&r.to_json());
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+async fn import(db: &Database, resource: &str, file: &Path, upsert: bool) -> Result<u8, Failure> {
+    let res = db.resource(resource)?;
+    let reader: Box<dyn BufRead> = if file == Path::new("-") {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        let f = std::fs::File::open(file)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
+        Box::new(std::io::BufReader::new(f))
+    };
+    let mut lines = Vec::new();
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| Failure::Usage(format!("line {}: {e}", n + 1)))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let data = parse_object(&line, &format!("line {}", n + 1)).map_err(Failure::Usage)?;
+        lines.push((n + 1, data));
+    }
+    let results: Vec<(usize, Result<(), DbError>)> =
+        futures::stream::iter(lines.into_iter().map(|(n, data)| {
+            let res = res.clone();
+            async move {
+                let outcome = match (
+                    upsert,
+                    data.get("id").and_then(Value::as_str).map(str::to_string),
+                ) {
+                    (true, Some(id)) => res.upsert(&id, data).await.map(|_| ()),
+                    _ => res.insert(data, None).await.map(|_| ()),
+                };
+                (n, outcome)
+            }
+        }))
+        .buffer_unordered(db.concurrency())
+        .collect()
+        .await;
+    let mut failed = 0;
+    let mut results = results;
+    results.sort_by_key(|(n, _)| *n);
+    for (n, r) in &results {
+        if let Err(e) = r {
+            failed += 1;
+            eprintln!("error: line {n}: {e}");
+        }
+    }
+    eprintln!(
+        "imported {} record(s) into {resource}, {failed} failed",
+        results.len() - failed
+    );
+    Ok(if failed == 0 { exit::OK } else { exit::INVALID })
+}

@@ -1,0 +1,473 @@
+//! A resource's operations: insert, get, exists, update (partial, with operators and
+//! compare-and-swap), upsert, delete, deleteMany, list, count and partition listings.
+//!
+//! Partition references are written before the record and removed after it, so a crash leaves at
+//! most a stale reference, never a record missing from its partition; listings check each
+//! record's current values and drop stale references.
+
+use std::sync::Arc;
+
+use base64::Engine;
+use futures::{StreamExt, TryStreamExt};
+use serde_json::{Map, Value};
+
+use super::codec;
+use super::query::{apply_update, Filter};
+use super::schema::{Partition, ResourceSchema};
+use super::{backoff, Database, DbError, DbResult};
+use crate::store::{list_all, ETag, PutMode, PutOptions, StoreError};
+
+/// A record with the version it was read at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    pub id: String,
+    /// The record's fields, `id` included.
+    pub data: Map<String, Value>,
+    pub etag: ETag,
+}
+
+impl Record {
+    pub fn to_json(&self) -> Value {
+        Value::Object(self.data.clone())
+    }
+}
+
+/// Which records a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    pub filter: Option<Filter>,
+    pub limit: Option<usize>,
+    pub offset: usize,
+    /// A partition and the values of its leading fields.
+    pub partition: Option<(String, Vec<(String, String)>)>,
+}
+
+#[derive(Clone)]
+pub struct Resource {
+    db: Database,
+    schema: Arc<ResourceSchema>,
+}
+
+/// How many times a write retries after losing a compare-and-swap race before giving up.
+const MAX_CAS_ATTEMPTS: u32 = 1000;
+
+impl Resource {
+    pub(super) fn new(db: Database, schema: Arc<ResourceSchema>) -> Self {
+        Self { db, schema }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.schema.name
+    }
+
+    pub fn schema(&self) -> &ResourceSchema {
+        &self.schema
+    }
+
+    /// A new id: 22 URL-safe characters (128 random bits).
+    pub fn generate_id() -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+    }
+
+    fn check_id(id: &str) -> DbResult<()> {
+        let reason = if id.is_empty() {
+            "an id cannot be empty"
+        } else if id.len() > 200 {
+            "an id is at most 200 bytes"
+        } else if id.chars().any(char::is_control) {
+            "an id cannot contain control characters"
+        } else {
+            return Ok(());
+        };
+        Err(DbError::InvalidId {
+            id: id.chars().take(40).collect(),
+            reason: reason.into(),
+        })
+    }
+
+    fn key(&self, id: &str) -> String {
+        codec::record_key(&self.schema.name, id)
+    }
+
+    fn validate(&self, data: &Map<String, Value>) -> DbResult<()> {
+        self.schema
+            .validate(data)
+            .map_err(|(field, message)| DbError::Validation {
+                resource: self.schema.name.clone(),
+                field,
+                message,
+            })
+    }
+
+    fn now() -> Value {
+        Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+    }
+
+    fn decode(&self, key: &str, id: &str, body: &[u8], etag: ETag) -> DbResult<Record> {
+        let data = codec::decode_record(body).map_err(|message| DbError::Corrupt {
+            key: key.to_string(),
+            message,
+        })?;
+        Ok(Record {
+            id: id.to_string(),
+            data,
+            etag,
+        })
+    }
+
+    fn refs<'a>(&'a self, data: &Map<String, Value>, id: &str) -> Vec<String> {
+        self.schema
+            .partitions
+            .iter()
+            .filter_map(|p| {
+                p.values(data)
+                    .map(|v| codec::partition_key(&self.schema.name, &p.name, &v, id))
+            })
+            .collect()
+    }
+
+    async fn put_refs(&self, keys: &[String]) -> DbResult<()> {
+        let store = self.db.store();
+        let options = PutOptions::default();
+        futures::future::try_join_all(
+            keys.iter()
+                .map(|k| store.put(k, bytes::Bytes::new(), PutMode::Overwrite, &options)),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_refs(&self, keys: &[String]) -> DbResult<()> {
+        let store = self.db.store();
+        futures::future::try_join_all(keys.iter().map(|k| store.delete(k, None))).await?;
+        Ok(())
+    }
+
+    /// Inserts a record; fails with `AlreadyExists` if the id is taken. Without an id (in the
+    /// argument or in `data.id`) one is generated.
+    pub async fn insert(&self, mut data: Map<String, Value>, id: Option<&str>) -> DbResult<Record> {
+        let id = match (id, data.get("id")) {
+            (Some(id), _) => id.to_string(),
+            (None, Some(Value::String(id))) => id.clone(),
+            (None, Some(other)) => other.to_string(),
+            (None, None) => Self::generate_id(),
+        };
+        Self::check_id(&id)?;
+        data.insert("id".into(), Value::String(id.clone()));
+        self.schema.apply_defaults(&mut data);
+        if self.schema.timestamps {
+            let now = Self::now();
+            data.insert("createdAt".into(), now.clone());
+            data.insert("updatedAt".into(), now);
+        }
+        self.validate(&data)?;
+        self.put_refs(&self.refs(&data, &id)).await?;
+        let key = self.key(&id);
+        match self
+            .db
+            .store()
+            .put(
+                &key,
+                codec::encode_record(&data),
+                PutMode::Create,
+                &PutOptions::default(),
+            )
+            .await
+        {
+            Ok(etag) => Ok(Record { id, data, etag }),
+            Err(StoreError::AlreadyExists { .. }) => Err(DbError::AlreadyExists {
+                resource: self.schema.name.clone(),
+                id,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> DbResult<Option<Record>> {
+        Self::check_id(id)?;
+        let key = self.key(id);
+        match self.db.store().get(&key).await? {
+            None => Ok(None),
+            Some(obj) => self.decode(&key, id, &obj.body, obj.meta.etag).map(Some),
+        }
+    }
+
+    pub async fn exists(&self, id: &str) -> DbResult<bool> {
+        Self::check_id(id)?;
+        Ok(self.db.store().head(&self.key(id)).await?.is_some())
+    }
+
+    /// Applies a partial update (plain values, `$increment`, `$decrement`, `$set`, `$unset`).
+    /// With `expected`, the record must still be at that version (`Conflict` otherwise); without
+    /// it, a lost race is retried against the newer version, so concurrent updates all apply.
+    pub async fn update(
+        &self,
+        id: &str,
+        patch: &Map<String, Value>,
+        expected: Option<&ETag>,
+    ) -> DbResult<Record> {
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            let current = self.get(id).await?.ok_or_else(|| DbError::NotFound {
+                resource: self.schema.name.clone(),
+                id: id.to_string(),
+            })?;
+            if let Some(expected) = expected {
+                if &current.etag != expected {
+                    return Err(self.conflict(id, expected));
+                }
+            }
+            let mut data = current.data.clone();
+            apply_update(&mut data, patch)?;
+            if self.schema.timestamps {
+                data.insert("updatedAt".into(), Self::now());
+            }
+            self.validate(&data)?;
+            let old_refs = self.refs(&current.data, id);
+            let new_refs = self.refs(&data, id);
+            let added: Vec<String> = new_refs
+                .iter()
+                .filter(|k| !old_refs.contains(k))
+                .cloned()
+                .collect();
+            self.put_refs(&added).await?;
+            let put = self
+                .db
+                .store()
+                .put(
+                    &self.key(id),
+                    codec::encode_record(&data),
+                    PutMode::Update(current.etag.clone()),
+                    &PutOptions::default(),
+                )
+                .await;
+            match put {
+                Ok(etag) => {
+                    let removed: Vec<String> = old_refs
+                        .into_iter()
+                        .filter(|k| !new_refs.contains(k))
+                        .collect();
+                    self.delete_refs(&removed).await?;
+                    return Ok(Record {
+                        id: id.to_string(),
+                        data,
+                        etag,
+                    });
+                }
+                Err(StoreError::PreconditionFailed { .. }) => match expected {
+                    Some(expected) => return Err(self.conflict(id, expected)),
+                    None => backoff(attempt).await,
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(self.conflict(id, &ETag("(retries exhausted)".into())))
+    }
+
+    fn conflict(&self, id: &str, expected: &ETag) -> DbError {
+        DbError::Conflict {
+            resource: self.schema.name.clone(),
+            id: id.to_string(),
+            expected: expected.to_string(),
+        }
+    }
+
+    /// Inserts the record, or updates the existing one with `data`'s fields.
+    pub async fn upsert(&self, id: &str, data: Map<String, Value>) -> DbResult<Record> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            match self.insert(data.clone(), Some(id)).await {
+                Err(DbError::AlreadyExists { .. }) => {}
+                other => return other,
+            }
+            let mut patch = data.clone();
+            patch.remove("id");
+            match self.update(id, &patch, None).await {
+                Err(DbError::NotFound { .. }) => {}
+                other => return other,
+            }
+        }
+        Err(self.conflict(id, &ETag("(retries exhausted)".into())))
+    }
+
+    /// Deletes a record; returns whether it existed. With `expected`, only at that version.
+    pub async fn delete(&self, id: &str, expected: Option<&ETag>) -> DbResult<bool> {
+        let Some(current) = self.get(id).await? else {
+            return match expected {
+                Some(e) => Err(self.conflict(id, e)),
+                None => Ok(false),
+            };
+        };
+        if let Some(e) = expected {
+            if e != &current.etag {
+                return Err(self.conflict(id, e));
+            }
+        }
+        match self
+            .db
+            .store()
+            .delete(&self.key(id), Some(&current.etag))
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::PreconditionFailed { .. }) if expected.is_some() => {
+                return Err(self.conflict(id, &current.etag))
+            }
+            // Changed or deleted meanwhile: delete whatever is there now.
+            Err(StoreError::PreconditionFailed { .. } | StoreError::NotFound { .. }) => {
+                self.db.store().delete(&self.key(id), None).await?;
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.delete_refs(&self.refs(&current.data, id)).await?;
+        Ok(true)
+    }
+
+    /// Deletes the records with these ids; returns how many existed.
+    pub async fn delete_many(&self, ids: &[String]) -> DbResult<usize> {
+        let deleted: Vec<bool> = futures::stream::iter(ids.iter().map(|id| self.delete(id, None)))
+            .buffer_unordered(self.db.concurrency())
+            .try_collect()
+            .await?;
+        Ok(deleted.into_iter().filter(|d| *d).count())
+    }
+
+    /// Deletes every record that matches; returns how many.
+    pub async fn delete_where(&self, filter: Filter) -> DbResult<usize> {
+        let ids: Vec<String> = self
+            .list(ListOptions {
+                filter: Some(filter),
+                ..Default::default()
+            })
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        self.delete_many(&ids).await
+    }
+
+    /// The ids of every record, in key order (no record is read).
+    pub async fn ids(&self) -> DbResult<Vec<String>> {
+        let objects = list_all(
+            self.db.store().as_ref(),
+            &codec::data_prefix(&self.schema.name),
+        )
+        .await?;
+        Ok(objects
+            .iter()
+            .filter_map(|o| codec::id_from_key(&o.key))
+            .collect())
+    }
+
+    fn partition_and_values<'a>(
+        &'a self,
+        name: &str,
+        values: &'a [(String, String)],
+    ) -> DbResult<(&'a Partition, Vec<(&'a str, String)>)> {
+        let partition = self.schema.partition(name).ok_or_else(|| {
+            DbError::Query(super::query::QueryError(format!(
+                "resource `{}` has no partition `{name}`",
+                self.schema.name
+            )))
+        })?;
+        // Values for a leading run of the partition's fields narrow the listing.
+        let mut ordered = Vec::new();
+        for field in &partition.fields {
+            match values.iter().find(|(f, _)| f == &field.name) {
+                Some((_, v)) => {
+                    let v = match field.max_length {
+                        Some(n) => v.chars().take(n).collect(),
+                        None => v.clone(),
+                    };
+                    ordered.push((field.name.as_str(), v));
+                }
+                None => break,
+            }
+        }
+        if let Some((f, _)) = values
+            .iter()
+            .find(|(f, _)| !partition.fields.iter().any(|pf| &pf.name == f))
+        {
+            return Err(DbError::Query(super::query::QueryError(format!(
+                "partition `{name}` has no field `{f}`"
+            ))));
+        }
+        Ok((partition, ordered))
+    }
+
+    /// Records, in id order, optionally from a partition, filtered, with offset and limit.
+    /// Records are read `concurrency` at a time; a listing without filter reads only the records
+    /// it returns.
+    pub async fn list(&self, options: ListOptions) -> DbResult<Vec<Record>> {
+        let (ids, partition_check) = match &options.partition {
+            None => (self.ids().await?, None),
+            Some((name, values)) => {
+                let (partition, ordered) = self.partition_and_values(name, values)?;
+                let prefix = codec::partition_prefix(&self.schema.name, name, &ordered);
+                let objects = list_all(self.db.store().as_ref(), &prefix).await?;
+                let mut ids: Vec<String> = objects
+                    .iter()
+                    .filter_map(|o| codec::id_from_key(&o.key))
+                    .collect();
+                ids.sort();
+                ids.dedup();
+                let wanted: Vec<(String, String)> = ordered
+                    .iter()
+                    .map(|(f, v)| (f.to_string(), v.clone()))
+                    .collect();
+                (ids, Some((partition, wanted)))
+            }
+        };
+        let filter = options.filter.as_ref().filter(|f| !f.is_empty());
+        let limit = options.limit.unwrap_or(usize::MAX);
+        if filter.is_none() && partition_check.is_none() {
+            let page: Vec<&String> = ids.iter().skip(options.offset).take(limit).collect();
+            let records: Vec<Option<Record>> =
+                futures::stream::iter(page.into_iter().map(|id| self.get(id)))
+                    .buffered(self.db.concurrency())
+                    .try_collect()
+                    .await?;
+            return Ok(records.into_iter().flatten().collect());
+        }
+        let mut stream = futures::stream::iter(ids.iter().map(|id| self.get(id)))
+            .buffered(self.db.concurrency());
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        while let Some(record) = stream.next().await {
+            let Some(record) = record? else { continue };
+            if let Some((partition, wanted)) = &partition_check {
+                let current = partition.values(&record.data).unwrap_or_default();
+                let still_in = wanted
+                    .iter()
+                    .all(|(f, v)| current.iter().any(|(cf, cv)| cf == f && cv == v));
+                if !still_in {
+                    continue;
+                }
+            }
+            if filter.is_some_and(|f| !f.matches(&record.data)) {
+                continue;
+            }
+            if skipped < options.offset {
+                skipped += 1;
+                continue;
+            }
+            out.push(record);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// How many records match (without a filter, counting keys reads no record).
+    pub async fn count(&self, filter: Option<Filter>) -> DbResult<usize> {
+        match filter.filter(|f| !f.is_empty()) {
+            None => Ok(self.ids().await?.len()),
+            Some(f) => Ok(self
+                .list(ListOptions {
+                    filter: Some(f),
+                    ..Default::default()
+                })
+                .await?
+                .len()),
+        }
+    }
+}

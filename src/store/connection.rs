@@ -1,0 +1,229 @@
+//! Connection strings: `s3://[KEY:SECRET@]BUCKET/prefix?region=…&endpoint=…&forcePathStyle=true`,
+//! `file://PATH` and `memory://BUCKET/prefix`. Parsing and opening live here; credentials never
+//! leave this module in printable form (Display and Debug redact them).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use percent_encoding::percent_decode_str;
+
+use super::{fs::FsStore, memory::MemoryStore, s3::S3Store, DynStore, StoreError};
+use crate::manifest::types::Secret;
+
+/// Where an S3 database lives and how to reach it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    pub prefix: String,
+    pub region: Option<String>,
+    pub endpoint: Option<String>,
+    pub force_path_style: bool,
+    /// Access key id and secret; None uses the standard AWS credential chain.
+    pub credentials: Option<(String, Secret)>,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub enum Connection {
+    S3(S3Location),
+    File(PathBuf),
+    Memory { bucket: String, prefix: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid connection string `{redacted}`: {reason}")]
+pub struct ConnectionError {
+    pub redacted: String,
+    pub reason: String,
+}
+
+impl FromStr for Connection {
+    type Err = ConnectionError;
+
+    fn from_str(s: &str) -> Result<Self, ConnectionError> {
+        let fail = |reason: &str| ConnectionError {
+            redacted: crate::manifest::types::redact_userinfo(s),
+            reason: reason.to_string(),
+        };
+        if let Some(rest) = s.strip_prefix("file://") {
+            if rest.is_empty() {
+                return Err(fail(
+                    "a file:// connection needs a folder, e.g. file://./data",
+                ));
+            }
+            return Ok(Connection::File(PathBuf::from(decode(rest))));
+        }
+        if let Some(rest) = s.strip_prefix("memory://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(fail(
+                    "a memory:// connection needs a bucket name, e.g. memory://test/db",
+                ));
+            }
+            return Ok(Connection::Memory {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
+        }
+        let Some(rest) = s.strip_prefix("s3://") else {
+            return Err(fail("use s3://, file:// or memory://"));
+        };
+        let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (authority, path) = main.split_once('/').unwrap_or((main, ""));
+        let (userinfo, bucket) = match authority.rsplit_once('@') {
+            Some((u, b)) => (Some(u), b),
+            None => (None, authority),
+        };
+        if bucket.is_empty() {
+            return Err(fail("an s3:// connection needs a bucket"));
+        }
+        let credentials = match userinfo {
+            None => None,
+            Some(u) => {
+                let (key, secret) = u
+                    .split_once(':')
+                    .ok_or_else(|| fail("credentials are written KEY:SECRET@bucket"))?;
+                Some((decode(key), Secret::new(decode(secret))))
+            }
+        };
+        let mut location = S3Location {
+            bucket: bucket.to_string(),
+            prefix: path.trim_matches('/').to_string(),
+            region: None,
+            endpoint: None,
+            force_path_style: false,
+            credentials,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = decode(v);
+            match k {
+                "region" => location.region = Some(v),
+                "endpoint" => location.endpoint = Some(v),
+                "forcePathStyle" => {
+                    location.force_path_style = match v.as_str() {
+                        "true" | "1" | "" => true,
+                        "false" | "0" => false,
+                        _ => return Err(fail("forcePathStyle is true or false")),
+                    }
+                }
+                other => {
+                    return Err(fail(&format!(
+                        "unknown parameter `{other}` (known: region, endpoint, forcePathStyle)"
+                    )))
+                }
+            }
+        }
+        Ok(Connection::S3(location))
+    }
+}
+
+fn decode(s: &str) -> String {
+    percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+impl fmt::Display for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Connection::File(p) => write!(f, "file://{}", p.display()),
+            Connection::Memory { bucket, prefix } => write!(f, "memory://{bucket}/{prefix}"),
+            Connection::S3(l) => {
+                f.write_str("s3://")?;
+                if l.credentials.is_some() {
+                    f.write_str("***@")?;
+                }
+                write!(f, "{}/{}", l.bucket, l.prefix)?;
+                let mut sep = '?';
+                for (k, v) in [("region", &l.region), ("endpoint", &l.endpoint)] {
+                    if let Some(v) = v {
+                        write!(f, "{sep}{k}={v}")?;
+                        sep = '&';
+                    }
+                }
+                if l.force_path_style {
+                    write!(f, "{sep}forcePathStyle=true")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Connection({self})")
+    }
+}
+
+impl Connection {
+    /// Opens the store. Relative `file://` paths start at `base_dir` (the manifest's folder).
+    pub async fn open(&self, base_dir: &Path) -> Result<DynStore, StoreError> {
+        Ok(match self {
+            Connection::File(path) => {
+                let root = if path.is_absolute() {
+                    path.clone()
+                } else {
+                    base_dir.join(path)
+                };
+                Arc::new(FsStore::open(root)?)
+            }
+            Connection::Memory { bucket, prefix } => Arc::new(MemoryStore::open(bucket, prefix)),
+            Connection::S3(location) => Arc::new(S3Store::connect(location.clone()).await),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_form() {
+        let c: Connection = "s3://AKIA:se%2Fcret@bucket/db/app?region=eu-west-1&endpoint=http://127.0.0.1:9000&forcePathStyle=true"
+            .parse()
+            .unwrap();
+        let Connection::S3(l) = &c else { panic!("s3") };
+        assert_eq!(l.bucket, "bucket");
+        assert_eq!(l.prefix, "db/app");
+        assert_eq!(l.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(l.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+        assert!(l.force_path_style);
+        let (key, secret) = l.credentials.as_ref().unwrap();
+        assert_eq!((key.as_str(), secret.expose()), ("AKIA", "se/cret"));
+        assert!(
+            matches!("file://./data".parse::<Connection>().unwrap(), Connection::File(p) if p == Path::new("./data"))
+        );
+        assert!(
+            matches!("memory://b/p".parse::<Connection>().unwrap(), Connection::Memory { bucket, prefix } if bucket == "b" && prefix == "p")
+        );
+    }
+
+    #[test]
+    fn credentials_never_print() {
+        let c: Connection = "s3://AKIA:s3cr3t@bucket/p".parse().unwrap();
+        let shown = format!("{c} {c:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("AKIA"),
+            "{shown}"
+        );
+        let e = "s3://AKIA:s3cr3t@bucket/p?bogus=1"
+            .parse::<Connection>()
+            .unwrap_err();
+        assert!(!e.to_string().contains("s3cr3t"), "{e}");
+    }
+
+    #[test]
+    fn rejects_malformed_strings() {
+        for bad in [
+            "ftp://x",
+            "s3://",
+            "s3://key@bucket",
+            "memory://",
+            "file://",
+            "s3://b?forcePathStyle=maybe",
+        ] {
+            assert!(bad.parse::<Connection>().is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The S3 backend on aws-sdk-s3. Conditional writes use `If-None-Match: *` and `If-Match`
+//! (a 412 answer means another writer won); the SDK's standard retry mode retries 5xx and
+//! throttling answers with exponential backoff and jitter; large bodies go up in parts.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::BehaviorVersion;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, StorageClass};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::connection::S3Location;
+use super::memory::normalize_prefix;
+use super::{
+    validate_key, ETag, ListPage, Object, ObjectMeta, ObjectStore, PutMode, PutOptions,
+    ServerSideEncryption, StoreError, StoreResult,
+};
+
+/// Bodies at least this large are uploaded in parts (S3 allows 5 MiB parts at least).
+pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
+const PART_SIZE: usize = 8 * 1024 * 1024;
+
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    location: S3Location,
+}
+
+impl fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "S3Store({})", self.describe())
+    }
+}
+
+impl S3Store {
+    pub async fn connect(location: S3Location) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(RetryConfig::standard().with_max_attempts(5))
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        // A region is required to sign requests even against S3-compatible servers.
+        let region = location
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".to_string());
+        loader = loader.region(aws_config::Region::new(region));
+        if let Some((key, secret)) = &location.credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(
+                key.clone(),
+                secret.expose().to_string(),
+                None,
+                None,
+                "s3db-connection-string",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut config =
+            aws_sdk_s3::config::Builder::from(&shared).force_path_style(location.force_path_style);
+        if let Some(endpoint) = &location.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        Self {
+            client: Client::from_conf(config.build()),
+            bucket: location.bucket.clone(),
+            prefix: normalize_prefix(&location.prefix),
+            location,
+        }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// The full key of a store key (the connection's prefix and the key).
+    pub fn full_key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    async fn put_multipart(
+        &self,
+        key: &str,
+        full: &str,
+        body: Bytes,
+        options: &PutOptions,
+    ) -> StoreResult<ETag> {
+        let mut create = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full);
+        if let Some(class) = &options.storage_class {
+            create = create.storage_class(StorageClass::from(class.as_str()));
+        }
+        create = match &options.server_side_encryption {
+            Some(ServerSideEncryption::Aes256) => {
+                create.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+            }
+            Some(ServerSideEncryption::Kms { key_id }) => create
+                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+            None => create,
+        };
+        let upload = create.send().await.map_err(|e| sdk_error(key, e))?;
+        let upload_id = upload.upload_id().unwrap_or_default().to_string();
+        let result = async {
+            let mut parts = Vec::new();
+            for (i, chunk) in body.chunks(PART_SIZE).enumerate() {
+                let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
+                let part = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .upload_id(&upload_id)
+                    .part_number(number)
+                    .body(ByteStream::from(body.slice_ref(chunk)))
+                    .send()
+                    .await
+                    .map_err(|e| sdk_error(key, e))?;
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .set_e_tag(part.e_tag)
+                        .build(),
+                );
+            }
+            let done = self
+                .client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(full)
+                .upload_id(&upload_id)
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
+                .send()
+                .await
+                .map_err(|e| sdk_error(key, e))?;
+            Ok(ETag(done.e_tag().unwrap_or_default().to_string()))
+        }
+        .await;
+        if result.is_err() {
+            // Parts of an abandoned upload are billed until aborted.
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.bucket)
+                .key(full)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+        }
+        result
+    }
+}
+
+fn status<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    key: &str,
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError {
+    let code = e.code().map(str::to_string);
+    let message = match (&code, e.message()) {
+        (Some(c), Some(m)) => format!("{c}: {m}"),
+        (Some(c), None) => c.clone(),
+        _ => aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+    };
+    let status = status(&e)
+        .map(|s| format!(" (HTTP {s})"))
+        .unwrap_or_default();
+    StoreError::backend("s3", key, format!("{message}{status}"))
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        super::Connection::S3(self.location.clone()).to_string()
+    }
+
+    async fn get(&self, key: &str) -> StoreResult<Option<Object>> {
+        validate_key(key)?;
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if status(&e) == Some(404) || e.code() == Some("NoSuchKey") => return Ok(None),
+            Err(e) => return Err(sdk_error(key, e)),
+        };
+        let etag = ETag(out.e_tag().unwrap_or_default().to_string());
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| StoreError::backend("s3", key, format!("reading the body failed: {e}")))?
+            .into_bytes();
+        Ok(Some(Object {
+            meta: ObjectMeta {
+                key: key.to_string(),
+                etag,
+                size: body.len() as u64,
+            },
+            body,
+        }))
+    }
+
+    async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
+        validate_key(key)?;
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                etag: ETag(out.e_tag().unwrap_or_default().to_string()),
+                size: u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0),
+            })),
+            Err(e) if status(&e) == Some(404) => Ok(None),
+            Err(e) => Err(sdk_error(key, e)),
+        }
+    }
+
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        mode: PutMode,
+        options: &PutOptions,
+    ) -> StoreResult<ETag> {
+        validate_key(key)?;
+        let full = self.full_key(key);
+        if mode == PutMode::Overwrite && body.len() >= MULTIPART_THRESHOLD {
+            return self.put_multipart(key, &full, body, options).await;
+        }
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&full)
+            .content_length(i64::try_from(body.len()).unwrap_or(i64::MAX))
+            .body(ByteStream::from(body));
+        req = match &mode {
+            PutMode::Create => req.if_none_match("*"),
+            PutMode::Update(etag) => req.if_match(etag.as_str()),
+            PutMode::Overwrite => req,
+        };
+        if let Some(class) = &options.storage_class {
+            req = req.storage_class(StorageClass::from(class.as_str()));
+        }
+        if let Some(ct) = &options.content_type {
+            req = req.content_type(ct);
+        }
+        req = match &options.server_side_encryption {
+            Some(ServerSideEncryption::Aes256) => {
+                req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+            }
+            Some(ServerSideEncryption::Kms { key_id }) => req
+                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+            None => req,
+        };
+        match req.send().await {
+            Ok(out) => Ok(ETag(out.e_tag().unwrap_or_default().to_string())),
+            // 409 is S3's answer when two conditional writes of one key race.
+            Err(e) if matches!(status(&e), Some(412) | Some(409)) => Err(match mode {
+                PutMode::Create => StoreError::AlreadyExists {
+                    key: key.to_string(),
+                },
+                _ => StoreError::PreconditionFailed {
+                    key: key.to_string(),
+                },
+            }),
+            Err(e) if status(&e) == Some(404) && matches!(mode, PutMode::Update(_)) => {
+                Err(StoreError::PreconditionFailed {
+                    key: key.to_string(),
+                })
+            }
+            Err(e) => Err(sdk_error(key, e)),
+        }
+    }
+
+    async fn delete(&self, key: &str, if_match: Option<&ETag>) -> StoreResult<()> {
+        validate_key(key)?;
+        let mut req = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key));
+        if let Some(etag) = if_match {
+            req = req.if_match(etag.as_str());
+        }
+        match req.send().await {
+            Ok(_) => Ok(()),
+            Err(e) if status(&e) == Some(412) => Err(StoreError::PreconditionFailed {
+                key: key.to_string(),
+            }),
+            Err(e) if status(&e) == Some(404) => {
+                if if_match.is_some() {
+                    Err(StoreError::NotFound {
+                        key: key.to_string(),
+                    })
+                } else {
+                    Ok(())
+                }
+            }
+            Err(e) => Err(sdk_error(key, e)),
+        }
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: usize,
+    ) -> StoreResult<ListPage> {
+        let out = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full_key(prefix))
+            .set_continuation_token(token.map(str::to_string))
+            .max_keys(i32::try_from(max_keys.clamp(1, 1000)).unwrap_or(1000))
+            .send()
+            .await
+            .map_err(|e| sdk_error(prefix, e))?;
+        let objects = out
+            .contents()
+            .iter()
+            .filter_map(|o| {
+                let key = o.key()?.strip_prefix(&self.prefix)?.to_string();
+                Some(ObjectMeta {
+                    key,
+                    etag: ETag(o.e_tag().unwrap_or_default().to_string()),
+                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                })
+            })
+            .collect();
+        let next = if out.is_truncated() == Some(true) {
+            out.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ListPage { objects, next })
+    }
+}
+
+/// Creates the bucket if it does not exist (for tests and first runs against a fresh server).
+pub async fn ensure_bucket(client: &Client, bucket: &str) -> StoreResult<()> {
+    match client.create_bucket().bucket(bucket).send().await {
+        Ok(_) => Ok(()),
+        Err(e)
+            if matches!(
+                e.code(),
+                Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(sdk_error(bucket, e)),
+    }
+}
