@@ -273,15 +273,17 @@ impl Resource {
 
     /// Inserts the record, or updates the existing one with `data`'s fields.
     pub async fn upsert(&self, id: &str, data: Map<String, Value>) -> DbResult<Record> {
+        let mut patch = data.clone();
+        patch.remove("id");
         for _ in 0..MAX_CAS_ATTEMPTS {
-            match self.insert(data.clone(), Some(id)).await {
-                Err(DbError::AlreadyExists { .. }) => {}
-                other => return other,
+            if self.exists(id).await? {
+                match self.update(id, &patch, None).await {
+                    Err(DbError::NotFound { .. }) => continue,
+                    other => return other,
+                }
             }
-            let mut patch = data.clone();
-            patch.remove("id");
-            match self.update(id, &patch, None).await {
-                Err(DbError::NotFound { .. }) => {}
+            match self.insert(data.clone(), Some(id)).await {
+                Err(DbError::AlreadyExists { .. }) => continue,
                 other => return other,
             }
         }

@@ -2,8 +2,11 @@
 
 mod support;
 
+mod db_core;
+mod db_processes;
 mod manifest_cli;
 mod manifest_fixtures;
 mod manifest_load;
 mod manifest_props;
 mod manifest_schema;
+mod store_conformance;

@@ -75,3 +75,55 @@ pub fn render(loaded: &Loaded) -> String {
         })
         .collect()
 }
+
+pub mod s3;
+
+/// A store under test and whatever must live as long as it.
+pub struct Backend {
+    pub store: s3db_run::store::DynStore,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Backend {
+    pub async fn fs() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = s3db_run::store::fs::FsStore::open(dir.path()).expect("fs store");
+        Self {
+            store: std::sync::Arc::new(store),
+            _dir: Some(dir),
+        }
+    }
+
+    pub async fn memory() -> Self {
+        Self {
+            store: std::sync::Arc::new(s3db_run::store::memory::MemoryStore::isolated()),
+            _dir: None,
+        }
+    }
+
+    pub async fn s3() -> Self {
+        Self {
+            store: s3::store().await,
+            _dir: None,
+        }
+    }
+}
+
+/// Instantiates async test functions `fn(Backend)` once per backend: `fs`, `memory` and `s3`.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod fs {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name($crate::support::Backend::fs().await).await })*
+        }
+        mod memory {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name($crate::support::Backend::memory().await).await })*
+        }
+        mod s3 {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $name() { super::$name($crate::support::Backend::s3().await).await })*
+        }
+    };
+}

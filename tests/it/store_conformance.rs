@@ -1,0 +1,155 @@
+//! One conformance suite for every object store backend: the same semantics on a local folder,
+//! in memory and on S3 (moto on loopback).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use s3db_run::store::{list_all, ETag, ObjectStore, PutMode, PutOptions, StoreError};
+
+use crate::per_backend;
+use crate::support::Backend;
+
+fn opts() -> PutOptions {
+    PutOptions::default()
+}
+
+per_backend!(
+    put_get_head_delete_round_trip,
+    create_only_put_fails_when_the_key_exists,
+    update_put_needs_the_current_etag,
+    delete_with_if_match_needs_the_current_etag,
+    thirty_two_concurrent_create_only_puts_have_exactly_one_winner,
+    listing_paginates_over_2500_objects_in_key_order,
+    listing_is_limited_to_the_prefix,
+    invalid_keys_are_rejected,
+);
+
+async fn put_get_head_delete_round_trip(b: Backend) {
+    let s = &b.store;
+    assert_eq!(s.get("a/b").await.unwrap(), None);
+    let e1 = s.put("a/b", Bytes::from_static(b"one"), PutMode::Overwrite, &opts()).await.unwrap();
+    let got = s.get("a/b").await.unwrap().expect("written");
+    assert_eq!(got.body, Bytes::from_static(b"one"));
+    assert_eq!(got.meta.etag, e1);
+    assert_eq!(got.meta.size, 3);
+    let head = s.head("a/b").await.unwrap().expect("exists");
+    assert_eq!((head.etag, head.size), (e1.clone(), 3));
+    let e2 = s.put("a/b", Bytes::from_static(b"two"), PutMode::Overwrite, &opts()).await.unwrap();
+    assert_ne!(e1, e2, "a new content has a new etag");
+    s.delete("a/b", None).await.unwrap();
+    assert_eq!(s.get("a/b").await.unwrap(), None);
+    assert_eq!(s.head("a/b").await.unwrap(), None);
+    s.delete("a/b", None).await.expect("deleting a missing object succeeds");
+}
+
+async fn create_only_put_fails_when_the_key_exists(b: Backend) {
+    let s = &b.store;
+    s.put("k", Bytes::from_static(b"first"), PutMode::Create, &opts()).await.unwrap();
+    let err = s.put("k", Bytes::from_static(b"second"), PutMode::Create, &opts()).await.unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
+    assert_eq!(s.get("k").await.unwrap().unwrap().body, Bytes::from_static(b"first"));
+}
+
+async fn update_put_needs_the_current_etag(b: Backend) {
+    let s = &b.store;
+    let e1 = s.put("k", Bytes::from_static(b"v1"), PutMode::Create, &opts()).await.unwrap();
+    let e2 = s.put("k", Bytes::from_static(b"v2"), PutMode::Update(e1.clone()), &opts()).await.unwrap();
+    let err = s.put("k", Bytes::from_static(b"v3"), PutMode::Update(e1), &opts()).await.unwrap_err();
+    assert!(matches!(err, StoreError::PreconditionFailed { .. }), "{err:?}");
+    assert_eq!(s.get("k").await.unwrap().unwrap().body, Bytes::from_static(b"v2"));
+    let missing = s.put("nope", Bytes::from_static(b"x"), PutMode::Update(e2), &opts()).await.unwrap_err();
+    assert!(missing.is_conflict(), "{missing:?}");
+    assert_eq!(s.get("nope").await.unwrap(), None);
+}
+
+async fn delete_with_if_match_needs_the_current_etag(b: Backend) {
+    let s = &b.store;
+    let e1 = s.put("k", Bytes::from_static(b"v1"), PutMode::Create, &opts()).await.unwrap();
+    let e2 = s.put("k", Bytes::from_static(b"v2"), PutMode::Overwrite, &opts()).await.unwrap();
+    let err = s.delete("k", Some(&e1)).await.unwrap_err();
+    assert!(matches!(err, StoreError::PreconditionFailed { .. }), "{err:?}");
+    assert!(s.get("k").await.unwrap().is_some());
+    s.delete("k", Some(&e2)).await.unwrap();
+    assert!(s.get("k").await.unwrap().is_none());
+}
+
+async fn thirty_two_concurrent_create_only_puts_have_exactly_one_winner(b: Backend) {
+    let store: Arc<dyn ObjectStore> = b.store.clone();
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let s = store.clone();
+            tokio::spawn(async move {
+                s.put("contested", Bytes::from(format!("writer {i}")), PutMode::Create, &PutOptions::default())
+                    .await
+                    .map(|etag| (i, etag))
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        match t.await.expect("task") {
+            Ok(w) => winners.push(w),
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "{winners:?}");
+    let (i, etag) = &winners[0];
+    let stored = store.get("contested").await.unwrap().unwrap();
+    assert_eq!(stored.body, Bytes::from(format!("writer {i}")));
+    assert_eq!(&stored.meta.etag, etag);
+}
+
+async fn listing_paginates_over_2500_objects_in_key_order(b: Backend) {
+    let store = b.store.clone();
+    let keys: Vec<String> = (0..2500).map(|i| format!("items/{i:05}")).collect();
+    futures::future::join_all(keys.chunks(100).map(|chunk| {
+        let s = store.clone();
+        let chunk = chunk.to_vec();
+        async move {
+            for k in chunk {
+                s.put(&k, Bytes::from(k.clone()), PutMode::Overwrite, &PutOptions::default()).await.unwrap();
+            }
+        }
+    }))
+    .await;
+    let mut pages = 0;
+    let mut seen = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = store.list("items/", token.as_deref(), 1000).await.unwrap();
+        assert!(page.objects.len() <= 1000);
+        pages += 1;
+        seen.extend(page.objects.iter().map(|o| o.key.clone()));
+        match page.next {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen, keys, "every key once, in order");
+    let all = list_all(store.as_ref(), "items/").await.unwrap();
+    assert_eq!(all.len(), 2500);
+    assert!(all.iter().all(|o| o.size == 11 && o.etag != ETag(String::new())));
+}
+
+async fn listing_is_limited_to_the_prefix(b: Backend) {
+    let s = &b.store;
+    for k in ["a/1", "a/2", "ab/1", "b/1", "a/sub/3"] {
+        s.put(k, Bytes::from_static(b"x"), PutMode::Overwrite, &opts()).await.unwrap();
+    }
+    async fn keys(s: &dyn ObjectStore, p: &str) -> Vec<String> {
+        list_all(s, p).await.unwrap().into_iter().map(|o| o.key).collect()
+    }
+    assert_eq!(keys(s.as_ref(), "a/").await, ["a/1", "a/2", "a/sub/3"]);
+    assert_eq!(keys(s.as_ref(), "a").await, ["a/1", "a/2", "a/sub/3", "ab/1"]);
+    assert_eq!(keys(s.as_ref(), "a/s").await, ["a/sub/3"]);
+    assert!(keys(s.as_ref(), "zzz/").await.is_empty());
+}
+
+async fn invalid_keys_are_rejected(b: Backend) {
+    for key in ["", "/abs", "a//b", "a/../b", ".s3db-locks/x", "a/./b"] {
+        let err = b.store.put(key, Bytes::new(), PutMode::Overwrite, &opts()).await.unwrap_err();
+        assert!(matches!(err, StoreError::InvalidKey { .. }), "{key}: {err:?}");
+    }
+}
