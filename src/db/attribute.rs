@@ -193,32 +193,6 @@ fn default_value(kind: AttributeType, raw: &str) -> Option<serde_json::Value> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_shorthand() {
-        let s: AttributeSpec = "string|required|maxlength:10".parse().unwrap();
-        assert!(s.required);
-        assert_eq!(s.max_length, Some(10));
-        let n: AttributeSpec = "number|min:1|default:5".parse().unwrap();
-        assert_eq!(n.min, Some(1.0));
-        assert_eq!(n.default, Some(serde_json::json!(5)));
-    }
-
-    #[test]
-    fn rejects_unknown_types_and_rules_with_suggestions() {
-        let e = "strng|required".parse::<AttributeSpec>().unwrap_err();
-        assert_eq!(e.help, "did you mean `string`?");
-        let e = "number|requird".parse::<AttributeSpec>().unwrap_err();
-        assert_eq!(e.help, "did you mean `required`?");
-        assert!("number|min:x".parse::<AttributeSpec>().is_err());
-        assert!("number|min:5|max:1".parse::<AttributeSpec>().is_err());
-        assert!("boolean|default:maybe".parse::<AttributeSpec>().is_err());
-    }
-}
-
 impl AttributeSpec {
     /// Checks one value against the definition; the error says what was expected.
     pub fn check(&self, value: Option<&serde_json::Value>) -> Result<(), String> {
@@ -285,4 +259,30 @@ impl AttributeSpec {
 fn is_date(s: &str) -> bool {
     chrono::DateTime::parse_from_rfc3339(s).is_ok()
         || chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_shorthand() {
+        let s: AttributeSpec = "string|required|maxlength:10".parse().unwrap();
+        assert!(s.required);
+        assert_eq!(s.max_length, Some(10));
+        let n: AttributeSpec = "number|min:1|default:5".parse().unwrap();
+        assert_eq!(n.min, Some(1.0));
+        assert_eq!(n.default, Some(serde_json::json!(5)));
+    }
+
+    #[test]
+    fn rejects_unknown_types_and_rules_with_suggestions() {
+        let e = "strng|required".parse::<AttributeSpec>().unwrap_err();
+        assert_eq!(e.help, "did you mean `string`?");
+        let e = "number|requird".parse::<AttributeSpec>().unwrap_err();
+        assert_eq!(e.help, "did you mean `required`?");
+        assert!("number|min:x".parse::<AttributeSpec>().is_err());
+        assert!("number|min:5|max:1".parse::<AttributeSpec>().is_err());
+        assert!("boolean|default:maybe".parse::<AttributeSpec>().is_err());
+    }
 }

@@ -115,7 +115,7 @@ impl Resource {
         })
     }
 
-    fn refs<'a>(&'a self, data: &Map<String, Value>, id: &str) -> Vec<String> {
+    fn refs(&self, data: &Map<String, Value>, id: &str) -> Vec<String> {
         self.schema
             .partitions
             .iter()

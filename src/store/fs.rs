@@ -93,12 +93,12 @@ impl FsStore {
                     key: key.to_string(),
                 })
             }
-            (PutMode::Update(expected), current) => {
-                if current.as_deref().map(ETag::of).as_ref() != Some(expected) {
-                    return Err(StoreError::PreconditionFailed {
-                        key: key.to_string(),
-                    });
-                }
+            (PutMode::Update(expected), current)
+                if current.as_deref().map(ETag::of).as_ref() != Some(expected) =>
+            {
+                return Err(StoreError::PreconditionFailed {
+                    key: key.to_string(),
+                });
             }
             _ => {}
         }

@@ -117,12 +117,12 @@ impl ObjectStore for MemoryStore {
                     key: key.to_string(),
                 })
             }
-            (PutMode::Update(expected), current) => {
-                if current.map(|b| ETag::of(b)).as_ref() != Some(expected) {
-                    return Err(StoreError::PreconditionFailed {
-                        key: key.to_string(),
-                    });
-                }
+            (PutMode::Update(expected), current)
+                if current.map(|b| ETag::of(b)).as_ref() != Some(expected) =>
+            {
+                return Err(StoreError::PreconditionFailed {
+                    key: key.to_string(),
+                });
             }
             _ => {}
         }

@@ -9,4 +9,5 @@ mod manifest_fixtures;
 mod manifest_load;
 mod manifest_props;
 mod manifest_schema;
+mod s3_backend;
 mod store_conformance;

@@ -27,47 +27,110 @@ per_backend!(
 async fn put_get_head_delete_round_trip(b: Backend) {
     let s = &b.store;
     assert_eq!(s.get("a/b").await.unwrap(), None);
-    let e1 = s.put("a/b", Bytes::from_static(b"one"), PutMode::Overwrite, &opts()).await.unwrap();
+    let e1 = s
+        .put(
+            "a/b",
+            Bytes::from_static(b"one"),
+            PutMode::Overwrite,
+            &opts(),
+        )
+        .await
+        .unwrap();
     let got = s.get("a/b").await.unwrap().expect("written");
     assert_eq!(got.body, Bytes::from_static(b"one"));
     assert_eq!(got.meta.etag, e1);
     assert_eq!(got.meta.size, 3);
     let head = s.head("a/b").await.unwrap().expect("exists");
     assert_eq!((head.etag, head.size), (e1.clone(), 3));
-    let e2 = s.put("a/b", Bytes::from_static(b"two"), PutMode::Overwrite, &opts()).await.unwrap();
+    let e2 = s
+        .put(
+            "a/b",
+            Bytes::from_static(b"two"),
+            PutMode::Overwrite,
+            &opts(),
+        )
+        .await
+        .unwrap();
     assert_ne!(e1, e2, "a new content has a new etag");
     s.delete("a/b", None).await.unwrap();
     assert_eq!(s.get("a/b").await.unwrap(), None);
     assert_eq!(s.head("a/b").await.unwrap(), None);
-    s.delete("a/b", None).await.expect("deleting a missing object succeeds");
+    s.delete("a/b", None)
+        .await
+        .expect("deleting a missing object succeeds");
 }
 
 async fn create_only_put_fails_when_the_key_exists(b: Backend) {
     let s = &b.store;
-    s.put("k", Bytes::from_static(b"first"), PutMode::Create, &opts()).await.unwrap();
-    let err = s.put("k", Bytes::from_static(b"second"), PutMode::Create, &opts()).await.unwrap_err();
+    s.put("k", Bytes::from_static(b"first"), PutMode::Create, &opts())
+        .await
+        .unwrap();
+    let err = s
+        .put("k", Bytes::from_static(b"second"), PutMode::Create, &opts())
+        .await
+        .unwrap_err();
     assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
-    assert_eq!(s.get("k").await.unwrap().unwrap().body, Bytes::from_static(b"first"));
+    assert_eq!(
+        s.get("k").await.unwrap().unwrap().body,
+        Bytes::from_static(b"first")
+    );
 }
 
 async fn update_put_needs_the_current_etag(b: Backend) {
     let s = &b.store;
-    let e1 = s.put("k", Bytes::from_static(b"v1"), PutMode::Create, &opts()).await.unwrap();
-    let e2 = s.put("k", Bytes::from_static(b"v2"), PutMode::Update(e1.clone()), &opts()).await.unwrap();
-    let err = s.put("k", Bytes::from_static(b"v3"), PutMode::Update(e1), &opts()).await.unwrap_err();
-    assert!(matches!(err, StoreError::PreconditionFailed { .. }), "{err:?}");
-    assert_eq!(s.get("k").await.unwrap().unwrap().body, Bytes::from_static(b"v2"));
-    let missing = s.put("nope", Bytes::from_static(b"x"), PutMode::Update(e2), &opts()).await.unwrap_err();
+    let e1 = s
+        .put("k", Bytes::from_static(b"v1"), PutMode::Create, &opts())
+        .await
+        .unwrap();
+    let e2 = s
+        .put(
+            "k",
+            Bytes::from_static(b"v2"),
+            PutMode::Update(e1.clone()),
+            &opts(),
+        )
+        .await
+        .unwrap();
+    let err = s
+        .put("k", Bytes::from_static(b"v3"), PutMode::Update(e1), &opts())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { .. }),
+        "{err:?}"
+    );
+    assert_eq!(
+        s.get("k").await.unwrap().unwrap().body,
+        Bytes::from_static(b"v2")
+    );
+    let missing = s
+        .put(
+            "nope",
+            Bytes::from_static(b"x"),
+            PutMode::Update(e2),
+            &opts(),
+        )
+        .await
+        .unwrap_err();
     assert!(missing.is_conflict(), "{missing:?}");
     assert_eq!(s.get("nope").await.unwrap(), None);
 }
 
 async fn delete_with_if_match_needs_the_current_etag(b: Backend) {
     let s = &b.store;
-    let e1 = s.put("k", Bytes::from_static(b"v1"), PutMode::Create, &opts()).await.unwrap();
-    let e2 = s.put("k", Bytes::from_static(b"v2"), PutMode::Overwrite, &opts()).await.unwrap();
+    let e1 = s
+        .put("k", Bytes::from_static(b"v1"), PutMode::Create, &opts())
+        .await
+        .unwrap();
+    let e2 = s
+        .put("k", Bytes::from_static(b"v2"), PutMode::Overwrite, &opts())
+        .await
+        .unwrap();
     let err = s.delete("k", Some(&e1)).await.unwrap_err();
-    assert!(matches!(err, StoreError::PreconditionFailed { .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::PreconditionFailed { .. }),
+        "{err:?}"
+    );
     assert!(s.get("k").await.unwrap().is_some());
     s.delete("k", Some(&e2)).await.unwrap();
     assert!(s.get("k").await.unwrap().is_none());
@@ -79,9 +142,14 @@ async fn thirty_two_concurrent_create_only_puts_have_exactly_one_winner(b: Backe
         .map(|i| {
             let s = store.clone();
             tokio::spawn(async move {
-                s.put("contested", Bytes::from(format!("writer {i}")), PutMode::Create, &PutOptions::default())
-                    .await
-                    .map(|etag| (i, etag))
+                s.put(
+                    "contested",
+                    Bytes::from(format!("writer {i}")),
+                    PutMode::Create,
+                    &PutOptions::default(),
+                )
+                .await
+                .map(|etag| (i, etag))
             })
         })
         .collect();
@@ -108,7 +176,14 @@ async fn listing_paginates_over_2500_objects_in_key_order(b: Backend) {
         let chunk = chunk.to_vec();
         async move {
             for k in chunk {
-                s.put(&k, Bytes::from(k.clone()), PutMode::Overwrite, &PutOptions::default()).await.unwrap();
+                s.put(
+                    &k,
+                    Bytes::from(k.clone()),
+                    PutMode::Overwrite,
+                    &PutOptions::default(),
+                )
+                .await
+                .unwrap();
             }
         }
     }))
@@ -130,26 +205,45 @@ async fn listing_paginates_over_2500_objects_in_key_order(b: Backend) {
     assert_eq!(seen, keys, "every key once, in order");
     let all = list_all(store.as_ref(), "items/").await.unwrap();
     assert_eq!(all.len(), 2500);
-    assert!(all.iter().all(|o| o.size == 11 && o.etag != ETag(String::new())));
+    assert!(all
+        .iter()
+        .all(|o| o.size == 11 && o.etag != ETag(String::new())));
 }
 
 async fn listing_is_limited_to_the_prefix(b: Backend) {
     let s = &b.store;
     for k in ["a/1", "a/2", "ab/1", "b/1", "a/sub/3"] {
-        s.put(k, Bytes::from_static(b"x"), PutMode::Overwrite, &opts()).await.unwrap();
+        s.put(k, Bytes::from_static(b"x"), PutMode::Overwrite, &opts())
+            .await
+            .unwrap();
     }
     async fn keys(s: &dyn ObjectStore, p: &str) -> Vec<String> {
-        list_all(s, p).await.unwrap().into_iter().map(|o| o.key).collect()
+        list_all(s, p)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect()
     }
     assert_eq!(keys(s.as_ref(), "a/").await, ["a/1", "a/2", "a/sub/3"]);
-    assert_eq!(keys(s.as_ref(), "a").await, ["a/1", "a/2", "a/sub/3", "ab/1"]);
+    assert_eq!(
+        keys(s.as_ref(), "a").await,
+        ["a/1", "a/2", "a/sub/3", "ab/1"]
+    );
     assert_eq!(keys(s.as_ref(), "a/s").await, ["a/sub/3"]);
     assert!(keys(s.as_ref(), "zzz/").await.is_empty());
 }
 
 async fn invalid_keys_are_rejected(b: Backend) {
     for key in ["", "/abs", "a//b", "a/../b", ".s3db-locks/x", "a/./b"] {
-        let err = b.store.put(key, Bytes::new(), PutMode::Overwrite, &opts()).await.unwrap_err();
-        assert!(matches!(err, StoreError::InvalidKey { .. }), "{key}: {err:?}");
+        let err = b
+            .store
+            .put(key, Bytes::new(), PutMode::Overwrite, &opts())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::InvalidKey { .. }),
+            "{key}: {err:?}"
+        );
     }
 }

@@ -26,6 +26,9 @@ pub fn endpoint() -> String {
         .clone()
 }
 
+// The watcher shell is never waited for: it outlives nothing (it ends with this process), and
+// waiting would block the tests.
+#[allow(clippy::zombie_processes)]
 fn start_moto() -> String {
     let bin = repo().join(".venv/bin/moto_server");
     assert!(
@@ -53,7 +56,10 @@ fn start_moto() -> String {
         .expect("start moto_server");
     let deadline = Instant::now() + Duration::from_secs(60);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start on port {port}");
+        assert!(
+            Instant::now() < deadline,
+            "moto_server did not start on port {port}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     format!("http://127.0.0.1:{port}")
@@ -71,7 +77,10 @@ pub fn location(bucket: &str, prefix: &str) -> S3Location {
         region: Some("us-east-1".into()),
         endpoint: Some(endpoint()),
         force_path_style: true,
-        credentials: Some(("testing".into(), s3db_run::manifest::types::Secret::new("testing"))),
+        credentials: Some((
+            "testing".into(),
+            s3db_run::manifest::types::Secret::new("testing"),
+        )),
     }
 }
 
@@ -79,7 +88,9 @@ pub fn location(bucket: &str, prefix: &str) -> S3Location {
 pub async fn connection_string() -> String {
     let bucket = bucket_name();
     let store = S3Store::connect(location(&bucket, "")).await;
-    ensure_bucket(store.client(), &bucket).await.expect("create bucket");
+    ensure_bucket(store.client(), &bucket)
+        .await
+        .expect("create bucket");
     format!(
         "s3://testing:testing@{bucket}/db?region=us-east-1&endpoint={}&forcePathStyle=true",
         endpoint()
@@ -90,6 +101,8 @@ pub async fn connection_string() -> String {
 pub async fn store() -> DynStore {
     let bucket = bucket_name();
     let store = S3Store::connect(location(&bucket, "db")).await;
-    ensure_bucket(store.client(), &bucket).await.expect("create bucket");
+    ensure_bucket(store.client(), &bucket)
+        .await
+        .expect("create bucket");
     std::sync::Arc::new(store)
 }

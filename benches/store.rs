@@ -1,0 +1,243 @@
+//! Benchmark: insert, get, and list-then-get of N records of 1 KiB on each backend, at a given
+//! concurrency. On S3 (moto_server on loopback), list-then-get is compared in the same run with a
+//! plain aws-sdk-s3 loop that lists the same keys and GETs them at the same concurrency.
+//!
+//!   cargo bench --bench store -- [--records 10000] [--concurrency 32] [--backends fs,memory,s3]
+//!
+//! S3 uses `S3DB_TEST_S3_ENDPOINT` when set, else starts `.venv/bin/moto_server` (installed by
+//! scripts/test).
+
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use indexmap::IndexMap;
+use s3db_run::db::schema::StoredResource;
+use s3db_run::db::{Database, ListOptions};
+use s3db_run::manifest::types::Secret;
+use s3db_run::store::connection::S3Location;
+use s3db_run::store::s3::{ensure_bucket, S3Store};
+use s3db_run::store::DynStore;
+use serde_json::{json, Map, Value};
+
+struct Args {
+    records: usize,
+    concurrency: usize,
+    backends: Vec<String>,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        records: 10_000,
+        concurrency: 32,
+        backends: vec!["memory".into(), "fs".into(), "s3".into()],
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let value = argv.get(i + 1).cloned().unwrap_or_default();
+        match argv[i].as_str() {
+            "--records" => a.records = value.parse().expect("--records N"),
+            "--concurrency" => a.concurrency = value.parse().expect("--concurrency N"),
+            "--backends" => a.backends = value.split(',').map(str::to_string).collect(),
+            _ => {
+                i += 1;
+                continue;
+            }
+        }
+        i += 2;
+    }
+    a
+}
+
+fn record(i: usize) -> Map<String, Value> {
+    let pad = "x".repeat(1024 - 60);
+    json!({ "id": format!("r{i:06}"), "n": i, "pad": pad })
+        .as_object()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn rate(n: usize, d: Duration) -> String {
+    format!(
+        "{:>8.1} ms ({:>8.0} records/s)",
+        d.as_secs_f64() * 1e3,
+        n as f64 / d.as_secs_f64()
+    )
+}
+
+async fn run_db(name: &str, store: DynStore, a: &Args) -> Duration {
+    let mut declared = IndexMap::new();
+    declared.insert("bench".to_string(), StoredResource::default());
+    let db = Database::connect(store, &declared)
+        .await
+        .expect("connect")
+        .with_concurrency(a.concurrency);
+    let res = db.resource("bench").expect("resource");
+    let t = Instant::now();
+    futures::stream::iter((0..a.records).map(|i| {
+        let res = res.clone();
+        async move { res.insert(record(i), None).await.map(|_| ()) }
+    }))
+    .buffer_unordered(a.concurrency)
+    .try_collect::<Vec<()>>()
+    .await
+    .expect("insert");
+    let insert = t.elapsed();
+    let t = Instant::now();
+    futures::stream::iter((0..a.records).map(|i| {
+        let res = res.clone();
+        async move { res.get(&format!("r{i:06}")).await.map(|r| r.is_some()) }
+    }))
+    .buffer_unordered(a.concurrency)
+    .try_collect::<Vec<bool>>()
+    .await
+    .expect("get");
+    let get = t.elapsed();
+    let t = Instant::now();
+    let all = res.list(ListOptions::default()).await.expect("list");
+    let list = t.elapsed();
+    assert_eq!(all.len(), a.records);
+    println!("{name:<7} insert {}", rate(a.records, insert));
+    println!("{name:<7} get    {}", rate(a.records, get));
+    println!("{name:<7} list+get {}", rate(a.records, list));
+    list
+}
+
+/// The floor: list the same keys and GET them with the SDK directly, at the same concurrency.
+async fn raw_list_then_get(store: &S3Store, prefix: &str, concurrency: usize) -> (Duration, usize) {
+    let client = store.client().clone();
+    let bucket = store.bucket().to_string();
+    let t = Instant::now();
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let out = client
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(store.full_key(prefix))
+            .set_continuation_token(token)
+            .send()
+            .await
+            .expect("list");
+        keys.extend(
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+        token = out.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let bodies: Vec<usize> = futures::stream::iter(keys.into_iter().map(|k| {
+        let client = client.clone();
+        let bucket = bucket.clone();
+        async move {
+            let out = client
+                .get_object()
+                .bucket(bucket)
+                .key(k)
+                .send()
+                .await
+                .expect("get");
+            out.body.collect().await.expect("body").into_bytes().len()
+        }
+    }))
+    .buffer_unordered(concurrency)
+    .collect()
+    .await;
+    (t.elapsed(), bodies.len())
+}
+
+fn moto() -> (String, Option<Child>) {
+    if let Ok(e) = std::env::var("S3DB_TEST_S3_ENDPOINT") {
+        return (e, None);
+    }
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let child = Command::new(".venv/bin/moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start .venv/bin/moto_server (run scripts/test once to install it)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (format!("http://127.0.0.1:{port}"), Some(child))
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let a = args();
+    println!(
+        "{} records of 1 KiB, concurrency {}",
+        a.records, a.concurrency
+    );
+    for backend in &a.backends {
+        match backend.as_str() {
+            "memory" => {
+                let store: DynStore = Arc::new(s3db_run::store::memory::MemoryStore::isolated());
+                run_db("memory", store, &a).await;
+            }
+            "fs" => {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store: DynStore =
+                    Arc::new(s3db_run::store::fs::FsStore::open(dir.path()).expect("fs"));
+                run_db("fs", store, &a).await;
+            }
+            "s3" => {
+                let (endpoint, mut child) = moto();
+                let bucket = format!("bench-{:08x}", rand::random::<u32>());
+                let location = S3Location {
+                    bucket: bucket.clone(),
+                    prefix: "db".into(),
+                    region: Some("us-east-1".into()),
+                    endpoint: Some(endpoint),
+                    force_path_style: true,
+                    credentials: Some(("testing".into(), Secret::new("testing"))),
+                };
+                let store = Arc::new(S3Store::connect(location).await);
+                ensure_bucket(store.client(), &bucket)
+                    .await
+                    .expect("bucket");
+                let ours = run_db("s3", store.clone(), &a).await;
+                let prefix = s3db_run::db::codec::data_prefix("bench");
+                let (raw, n) = raw_list_then_get(&store, &prefix, a.concurrency).await;
+                assert_eq!(n, a.records);
+                // Once more each, in the other order, so warm-up does not favour either side.
+                let (raw2, _) = raw_list_then_get(&store, &prefix, a.concurrency).await;
+                let t = Instant::now();
+                let db = Database::connect(store.clone() as DynStore, &IndexMap::new())
+                    .await
+                    .expect("connect")
+                    .with_concurrency(a.concurrency);
+                db.resource("bench")
+                    .expect("bench")
+                    .list(ListOptions::default())
+                    .await
+                    .expect("list");
+                let ours2 = t.elapsed();
+                let (ours_best, raw_best) = (ours.min(ours2), raw.min(raw2));
+                println!("s3      raw sdk list+get {}", rate(a.records, raw_best));
+                println!(
+                    "s3      list+get ratio ours/raw = {:.2} (best of 2 each: {:.0} ms / {:.0} ms; target <= 1.3)",
+                    ours_best.as_secs_f64() / raw_best.as_secs_f64(),
+                    ours_best.as_secs_f64() * 1e3,
+                    raw_best.as_secs_f64() * 1e3
+                );
+                if let Some(c) = child.as_mut() {
+                    let _ = c.kill();
+                }
+            }
+            other => eprintln!("unknown backend {other}"),
+        }
+    }
+}
