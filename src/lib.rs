@@ -7,4 +7,5 @@ pub mod db;
 pub mod hooks;
 pub mod manifest;
 pub mod plugins;
+pub mod retry;
 pub mod store;

@@ -277,6 +277,12 @@ impl Checker<'_> {
                     }
                 }
                 self.builtin_use(name, def.with.as_ref(), kind, path);
+                if let Some(with) = &def.with {
+                    self.templates_in(
+                        &serde_json::Value::Object(with.clone()),
+                        &[path, &["with"]].concat(),
+                    );
+                }
             }
             (None, Some(cmd)) => {
                 if def.with.is_some() {
@@ -291,6 +297,7 @@ impl Checker<'_> {
                     );
                 }
                 self.command(cmd, &[path, &["run"]].concat());
+                self.command_templates(cmd, &def.env, path);
             }
         }
     }
@@ -490,6 +497,63 @@ impl Checker<'_> {
                 Diagnostic::warning("manifest::hook_command", span, message)
                     .with_help("paths are relative to the manifest's folder; check the name and `chmod +x` the script"),
             );
+        }
+    }
+
+    /// Every `{{…}}` in built-in parameters must name a known variable.
+    fn templates_in(&mut self, value: &serde_json::Value, path: &[&str]) {
+        match value {
+            serde_json::Value::String(text) => {
+                if let Err(message) = crate::hooks::template::check(text) {
+                    let span = self.span(path);
+                    self.emit(
+                        Diagnostic::error("manifest::template", span, message)
+                            .with_help("templates are lookups: {{context.x}}, {{entity}}, {{event}}, {{from}}, {{to}}, {{job}}, {{now}}, {{now-24h}}"),
+                    );
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let idx = i.to_string();
+                    self.templates_in(item, &[path, &[idx.as_str()]].concat());
+                }
+            }
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    self.templates_in(v, &[path, &[k.as_str()]].concat());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn command_templates(
+        &mut self,
+        cmd: &super::types::Command,
+        env: &indexmap::IndexMap<String, String>,
+        path: &[&str],
+    ) {
+        match cmd {
+            super::types::Command::Argv(argv) => {
+                let argv = serde_json::Value::from(argv.clone());
+                self.templates_in(&argv, &[path, &["run"]].concat());
+            }
+            super::types::Command::Shell(script) if script.contains("{{") => {
+                let span = self.span(&[path, &["run"]].concat());
+                self.emit(
+                    Diagnostic::error(
+                        "manifest::template_in_shell",
+                        span,
+                        "templates are not expanded inside a shell string: a value pasted into shell code could run as code",
+                    )
+                    .with_help("use the list form (`run: [./hook.sh, \"{{entity}}\"]`), or read $S3DB_ENTITY and the JSON on stdin"),
+                );
+            }
+            super::types::Command::Shell(_) => {}
+        }
+        for (k, v) in env {
+            let value = serde_json::Value::String(v.clone());
+            self.templates_in(&value, &[path, &["env", k.as_str()]].concat());
         }
     }
 

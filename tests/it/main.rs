@@ -4,6 +4,7 @@ mod support;
 
 mod db_core;
 mod db_processes;
+mod hooks;
 mod manifest_cli;
 mod manifest_fixtures;
 mod manifest_load;
