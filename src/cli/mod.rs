@@ -3,6 +3,7 @@
 
 pub mod db;
 pub mod init;
+pub mod machine;
 pub mod schema;
 pub mod validate;
 
@@ -51,6 +52,8 @@ pub enum Command {
     Init(init::Args),
     /// Read and write records of the manifest's database.
     Db(db::Args),
+    /// Drive the manifest's state machines: init, send, state, history, graph.
+    Machine(machine::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to generate completions for.
@@ -78,6 +81,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Schema(args) => schema::run(&args),
         Command::Init(args) => init::run(&args),
         Command::Db(args) => db::run(&args),
+        Command::Machine(args) => machine::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

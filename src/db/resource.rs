@@ -263,6 +263,78 @@ impl Resource {
         Err(self.conflict(id, &ETag("(retries exhausted)".into())))
     }
 
+    /// Writes `data` as the new content of a record read as `current`, only if the record is
+    /// still at that version (`Conflict` otherwise). One write, no read: for callers that hold
+    /// the record they change.
+    pub async fn replace(
+        &self,
+        current: &Record,
+        mut data: Map<String, Value>,
+    ) -> DbResult<Record> {
+        data.insert("id".into(), Value::String(current.id.clone()));
+        if self.schema.timestamps {
+            data.insert("updatedAt".into(), Self::now());
+        }
+        self.validate(&data)?;
+        let old_refs = self.refs(&current.data, &current.id);
+        let new_refs = self.refs(&data, &current.id);
+        let added: Vec<String> = new_refs
+            .iter()
+            .filter(|k| !old_refs.contains(k))
+            .cloned()
+            .collect();
+        self.put_refs(&added).await?;
+        let put = self
+            .db
+            .store()
+            .put(
+                &self.key(&current.id),
+                codec::encode_record(&data),
+                PutMode::Update(current.etag.clone()),
+                &PutOptions::default(),
+            )
+            .await;
+        match put {
+            Ok(etag) => {
+                let removed: Vec<String> = old_refs
+                    .into_iter()
+                    .filter(|k| !new_refs.contains(k))
+                    .collect();
+                self.delete_refs(&removed).await?;
+                Ok(Record {
+                    id: current.id.clone(),
+                    data,
+                    etag,
+                })
+            }
+            Err(StoreError::PreconditionFailed { .. }) => {
+                Err(self.conflict(&current.id, &current.etag))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A read that owns its arguments. Streams of reads are built from these: futures that borrow
+    /// from the closure that makes them trip up the compiler's `Send` inference once they are
+    /// awaited inside other `Send` futures (the hook runner calls the state machines, which list).
+    fn owned_get(
+        &self,
+        id: String,
+    ) -> impl std::future::Future<Output = DbResult<Option<Record>>> + Send + 'static {
+        let this = self.clone();
+        async move { this.get(&id).await }
+    }
+
+    /// The records with these ids that exist, in the given order, read `concurrency` at a time.
+    pub async fn get_many(&self, ids: &[String]) -> DbResult<Vec<Record>> {
+        let records: Vec<Option<Record>> =
+            futures::stream::iter(ids.iter().cloned().map(|id| self.owned_get(id)))
+                .buffered(self.db.concurrency())
+                .try_collect()
+                .await?;
+        Ok(records.into_iter().flatten().collect())
+    }
+
     fn conflict(&self, id: &str, expected: &ETag) -> DbError {
         DbError::Conflict {
             resource: self.schema.name.clone(),
@@ -325,10 +397,13 @@ impl Resource {
 
     /// Deletes the records with these ids; returns how many existed.
     pub async fn delete_many(&self, ids: &[String]) -> DbResult<usize> {
-        let deleted: Vec<bool> = futures::stream::iter(ids.iter().map(|id| self.delete(id, None)))
-            .buffer_unordered(self.db.concurrency())
-            .try_collect()
-            .await?;
+        let deleted: Vec<bool> = futures::stream::iter(ids.iter().cloned().map(|id| {
+            let this = self.clone();
+            async move { this.delete(&id, None).await }
+        }))
+        .buffer_unordered(self.db.concurrency())
+        .try_collect()
+        .await?;
         Ok(deleted.into_iter().filter(|d| *d).count())
     }
 
@@ -344,6 +419,21 @@ impl Resource {
             .map(|r| r.id)
             .collect();
         self.delete_many(&ids).await
+    }
+
+    /// The ids that start with `prefix`, in key order (no record is read). Ids built as
+    /// `parent:child` make this a listing of a parent's records without a partition.
+    pub async fn ids_with_prefix(&self, prefix: &str) -> DbResult<Vec<String>> {
+        let key_prefix = format!(
+            "{}id={}",
+            codec::data_prefix(&self.schema.name),
+            codec::encode(prefix)
+        );
+        let objects = list_all(self.db.store().as_ref(), &key_prefix).await?;
+        Ok(objects
+            .iter()
+            .filter_map(|o| codec::id_from_key(&o.key))
+            .collect())
     }
 
     /// The ids of every record, in key order (no record is read).
@@ -423,13 +513,13 @@ impl Resource {
         if filter.is_none() && partition_check.is_none() {
             let page: Vec<&String> = ids.iter().skip(options.offset).take(limit).collect();
             let records: Vec<Option<Record>> =
-                futures::stream::iter(page.into_iter().map(|id| self.get(id)))
+                futures::stream::iter(page.into_iter().cloned().map(|id| self.owned_get(id)))
                     .buffered(self.db.concurrency())
                     .try_collect()
                     .await?;
             return Ok(records.into_iter().flatten().collect());
         }
-        let mut stream = futures::stream::iter(ids.iter().map(|id| self.get(id)))
+        let mut stream = futures::stream::iter(ids.iter().cloned().map(|id| self.owned_get(id)))
             .buffered(self.db.concurrency());
         let mut out = Vec::new();
         let mut skipped = 0;

@@ -2,3 +2,4 @@
 //! manifest and uses the database; none parses YAML.
 
 pub mod scheduler;
+pub mod state_machine;
