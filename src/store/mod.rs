@@ -4,6 +4,7 @@
 //! runners on one bucket safe. A backend never knows which plugin calls it.
 
 pub mod connection;
+pub mod counting;
 pub mod fs;
 pub mod memory;
 pub mod s3;

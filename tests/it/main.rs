@@ -11,4 +11,5 @@ mod manifest_load;
 mod manifest_props;
 mod manifest_schema;
 mod s3_backend;
+mod state_machines;
 mod store_conformance;

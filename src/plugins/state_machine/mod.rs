@@ -285,7 +285,7 @@ fn deadline_for(def: &MachineDef, state: &str, at: DateTime<Utc>, seq: u64) -> O
 }
 
 enum Commit {
-    Done(TransitionResult),
+    Done(Box<TransitionResult>),
     /// Another sender moved the entity first: re-read and re-evaluate.
     Lost,
 }
@@ -656,7 +656,7 @@ impl StateMachines {
                 .commit(&def, &rec, &target, event, &context, event_id)
                 .await?
             {
-                Commit::Done(result) => return Ok(result),
+                Commit::Done(result) => return Ok(*result),
                 Commit::Lost => crate::db::backoff(attempt.min(6)).await,
             }
         }
@@ -734,7 +734,7 @@ impl StateMachines {
             Err(DbError::Conflict { .. }) if self.inner.log.is_some() => {
                 // Our log entry owns `seq`; the state can only have moved to it by another
                 // sender rolling our entry forward, and that sender ran the actions.
-                return Ok(Commit::Done(result));
+                return Ok(Commit::Done(Box::new(result)));
             }
             Err(DbError::Conflict { .. }) => return Ok(Commit::Lost),
             Err(e) => return Err(e.into()),
@@ -1119,7 +1119,7 @@ impl StateMachines {
                 )
                 .await?
             {
-                Commit::Done(r) => return Ok(Some(r)),
+                Commit::Done(r) => return Ok(Some(*r)),
                 Commit::Lost => crate::db::backoff(attempt.min(6)).await,
             }
         }
