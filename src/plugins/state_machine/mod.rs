@@ -754,10 +754,10 @@ impl StateMachines {
                 }
             }
         }
-        Ok(Commit::Done(TransitionResult {
+        Ok(Commit::Done(Box::new(TransitionResult {
             action_errors: errors,
             ..result
-        }))
+        })))
     }
 
     fn next_state(
