@@ -61,6 +61,7 @@ pub struct Database {
     store: DynStore,
     schemas: Arc<RwLock<IndexMap<String, Arc<ResourceSchema>>>>,
     concurrency: usize,
+    cache: Option<Arc<crate::plugins::cache::Cache>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -100,6 +101,7 @@ impl Database {
             store,
             schemas: Arc::default(),
             concurrency: DEFAULT_CONCURRENCY,
+            cache: None,
         };
         db.register(declared).await?;
         Ok(db)
@@ -166,6 +168,17 @@ impl Database {
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.concurrency = n.max(1);
         self
+    }
+
+    /// The same database, with reads through `cached_*` kept in `cache` and every write
+    /// invalidating what it affects.
+    pub fn with_cache(mut self, cache: Arc<crate::plugins::cache::Cache>) -> Self {
+        self.cache = Some(cache);
+        self
+    }
+
+    pub fn cache(&self) -> Option<&Arc<crate::plugins::cache::Cache>> {
+        self.cache.as_ref()
     }
 
     pub fn concurrency(&self) -> usize {

@@ -174,7 +174,10 @@ impl Resource {
             )
             .await
         {
-            Ok(etag) => Ok(Record { id, data, etag }),
+            Ok(etag) => {
+                self.invalidate(&id).await;
+                Ok(Record { id, data, etag })
+            }
             Err(StoreError::AlreadyExists { .. }) => Err(DbError::AlreadyExists {
                 resource: self.schema.name.clone(),
                 id,
@@ -242,6 +245,7 @@ impl Resource {
                 .await;
             match put {
                 Ok(etag) => {
+                    self.invalidate(id).await;
                     let removed: Vec<String> = old_refs
                         .into_iter()
                         .filter(|k| !new_refs.contains(k))
@@ -296,6 +300,7 @@ impl Resource {
             .await;
         match put {
             Ok(etag) => {
+                self.invalidate(&current.id).await;
                 let removed: Vec<String> = old_refs
                     .into_iter()
                     .filter(|k| !new_refs.contains(k))
@@ -391,8 +396,106 @@ impl Resource {
             }
             Err(e) => return Err(e.into()),
         }
+        self.invalidate(id).await;
         self.delete_refs(&self.refs(&current.data, id)).await?;
         Ok(true)
+    }
+
+    fn cache_key(&self, kind: &str, rest: &str) -> String {
+        format!("{}/{kind}/{rest}", codec::encode(&self.schema.name))
+    }
+
+    /// Drops what a write of `id` makes stale: that record, and every cached query of the
+    /// resource.
+    pub async fn invalidate(&self, id: &str) {
+        if let Some(cache) = self.db.cache() {
+            cache
+                .delete(&self.cache_key("get", &codec::encode(id)))
+                .await;
+            cache
+                .invalidate_prefix(&format!("{}/q/", codec::encode(&self.schema.name)))
+                .await;
+        }
+    }
+
+    /// Drops everything cached for this resource (after a restore).
+    pub async fn invalidate_all(&self) {
+        if let Some(cache) = self.db.cache() {
+            cache
+                .invalidate_prefix(&format!("{}/", codec::encode(&self.schema.name)))
+                .await;
+        }
+    }
+
+    /// `get`, through the cache when the database has one.
+    pub async fn get_cached(&self, id: &str) -> DbResult<Option<Record>> {
+        let Some(cache) = self.db.cache() else {
+            return self.get(id).await;
+        };
+        let key = self.cache_key("get", &codec::encode(id));
+        if let Some(hit) = cache.get(&key).await.and_then(|b| decode_cached(&b)) {
+            return Ok(hit.into_iter().next());
+        }
+        let record = self.get(id).await?;
+        if let Some(r) = &record {
+            cache
+                .set(&key, encode_cached(std::slice::from_ref(r)))
+                .await;
+        }
+        Ok(record)
+    }
+
+    /// `list`, through the cache when the database has one. Partition values are part of the
+    /// key (`includePartitions`), so a partition's listings can be told apart in the cache.
+    pub async fn list_cached(&self, options: ListOptions) -> DbResult<Vec<Record>> {
+        let Some(cache) = self.db.cache() else {
+            return self.list(options).await;
+        };
+        let digest = query_digest(&format!("{options:?}"));
+        let key = match (&options.partition, cache.settings.include_partitions) {
+            (Some((name, values)), true) => {
+                let values: Vec<String> = values
+                    .iter()
+                    .map(|(f, v)| format!("{}={}", codec::encode(f), codec::encode(v)))
+                    .collect();
+                self.cache_key(
+                    "q",
+                    &format!(
+                        "partition={}/{}/list-{digest}",
+                        codec::encode(name),
+                        values.join("/")
+                    ),
+                )
+            }
+            _ => self.cache_key("q", &format!("list-{digest}")),
+        };
+        if let Some(hit) = cache.get(&key).await.and_then(|b| decode_cached(&b)) {
+            return Ok(hit);
+        }
+        let records = self.list(options).await?;
+        cache.set(&key, encode_cached(&records)).await;
+        Ok(records)
+    }
+
+    /// `count`, through the cache when the database has one.
+    pub async fn count_cached(&self, filter: Option<Filter>) -> DbResult<usize> {
+        let Some(cache) = self.db.cache() else {
+            return self.count(filter).await;
+        };
+        let key = self.cache_key(
+            "q",
+            &format!("count-{}", query_digest(&format!("{filter:?}"))),
+        );
+        if let Some(n) = cache
+            .get(&key)
+            .await
+            .and_then(|b| std::str::from_utf8(&b).ok()?.parse().ok())
+        {
+            return Ok(n);
+        }
+        let n = self.count(filter).await?;
+        cache.set(&key, bytes::Bytes::from(n.to_string())).await;
+        Ok(n)
     }
 
     /// Deletes the records with these ids; returns how many existed.
@@ -562,4 +665,35 @@ impl Resource {
                 .len()),
         }
     }
+}
+
+fn query_digest(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn encode_cached(records: &[Record]) -> bytes::Bytes {
+    let items: Vec<Value> = records
+        .iter()
+        .map(|r| serde_json::json!({ "id": r.id, "etag": r.etag.0, "data": r.data }))
+        .collect();
+    bytes::Bytes::from(serde_json::to_vec(&items).unwrap_or_default())
+}
+
+/// None when the entry is not what `encode_cached` wrote: a corrupt entry is a miss.
+fn decode_cached(bytes: &[u8]) -> Option<Vec<Record>> {
+    let items: Vec<Value> = serde_json::from_slice(bytes).ok()?;
+    items
+        .into_iter()
+        .map(|v| {
+            Some(Record {
+                id: v.get("id")?.as_str()?.to_string(),
+                etag: ETag(v.get("etag")?.as_str()?.to_string()),
+                data: v.get("data")?.as_object()?.clone(),
+            })
+        })
+        .collect()
 }

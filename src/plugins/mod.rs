@@ -1,5 +1,6 @@
 //! The plugins: state machines, scheduler, backup and cache. Each is built from the checked
 //! manifest and uses the database; none parses YAML.
 
+pub mod cache;
 pub mod scheduler;
 pub mod state_machine;

@@ -1,0 +1,291 @@
+//! The cache plugin: resource reads (get, list, count, partition listings) kept in a `memory`,
+//! `filesystem` or `s3` driver. The database invalidates what each of its writes affects, so a
+//! read after a write in the same process never sees stale data; between processes, staleness is
+//! bounded by the TTL (a filesystem or S3 cache shared by several processes is also invalidated by
+//! their writes, since they share the driver). Plugin internals that compare-and-swap (state
+//! machines, scheduler claims) read around the cache.
+
+pub mod filesystem;
+pub mod memory;
+pub mod s3;
+
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::model::{CacheConfig, CacheDriver as DriverKind, EvictionPolicy};
+use crate::store::DynStore;
+
+/// Where entries are kept. Keys are `/`-separated paths; values are opaque bytes. A driver
+/// treats an unreadable entry as absent and removes it.
+#[async_trait]
+pub trait CacheDriver: Send + Sync {
+    fn name(&self) -> &'static str;
+    async fn get(&self, key: &str) -> Option<Bytes>;
+    async fn set(&self, key: &str, value: Bytes);
+    async fn delete(&self, key: &str);
+    /// Removes every entry whose key starts with `prefix`.
+    async fn delete_prefix(&self, prefix: &str);
+    async fn clear(&self);
+    /// Entries and bytes held.
+    async fn usage(&self) -> (u64, u64);
+}
+
+/// Counters of this process.
+#[derive(Debug, Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub sets: AtomicU64,
+    pub evictions: AtomicU64,
+    pub invalidations: AtomicU64,
+    /// Bytes saved by compression (uncompressed minus stored).
+    pub compression_saved: AtomicU64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsSnapshot {
+    pub driver: String,
+    pub hits: u64,
+    pub misses: u64,
+    pub sets: u64,
+    pub evictions: u64,
+    pub invalidations: u64,
+    pub hit_rate: f64,
+    pub compression_saved_bytes: u64,
+}
+
+/// The settings a driver runs with, after the driver's `config` overrode the plugin's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub ttl: Duration,
+    pub max_size: u64,
+    pub compression: Option<usize>,
+    pub eviction: EvictionPolicy,
+    pub include_partitions: bool,
+}
+
+/// Entries are stored in an envelope: when they expire, and whether the payload is gzipped.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    /// Expiry, milliseconds since the Unix epoch.
+    exp: u64,
+    /// Gzipped payload.
+    gz: bool,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
+}
+
+/// `{"exp":…,"gz":…}\n` followed by the payload.
+pub(crate) fn seal(payload: &[u8], ttl: Duration, compress_from: Option<usize>) -> (Bytes, u64) {
+    let gz = compress_from.is_some_and(|t| payload.len() >= t);
+    let body = if gz {
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let _ = enc.write_all(payload);
+        enc.finish().unwrap_or_default()
+    } else {
+        payload.to_vec()
+    };
+    let saved = if gz {
+        payload.len().saturating_sub(body.len()) as u64
+    } else {
+        0
+    };
+    let exp = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    let mut out = serde_json::to_vec(&Envelope { exp, gz }).unwrap_or_default();
+    out.push(b'\n');
+    out.extend_from_slice(&body);
+    (Bytes::from(out), saved)
+}
+
+/// The payload of an entry; Err(()) when it is expired or unreadable.
+pub(crate) fn open(entry: &[u8]) -> Result<Vec<u8>, ()> {
+    let nl = entry.iter().position(|b| *b == b'\n').ok_or(())?;
+    let env: Envelope = serde_json::from_slice(&entry[..nl]).map_err(|_| ())?;
+    if env.exp <= now_ms() {
+        return Err(());
+    }
+    let body = &entry[nl + 1..];
+    if env.gz {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_end(&mut out)
+            .map_err(|_| ())?;
+        Ok(out)
+    } else {
+        Ok(body.to_vec())
+    }
+}
+
+/// The cache: a driver, its settings and this process's counters.
+pub struct Cache {
+    driver: Box<dyn CacheDriver>,
+    pub settings: Settings,
+    pub stats: Arc<CacheStats>,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cache({})", self.driver.name())
+    }
+}
+
+impl Cache {
+    /// Builds the configured driver. `store` is the database's store (the `s3` driver's
+    /// default home); relative folders start at `base_dir`.
+    pub async fn build(
+        config: &CacheConfig,
+        store: &DynStore,
+        base_dir: &Path,
+    ) -> Result<Self, String> {
+        let c = &config.config;
+        let settings = Settings {
+            ttl: c.ttl.unwrap_or(config.ttl).as_std(),
+            max_size: c.max_size.unwrap_or(config.max_size).max(1),
+            compression: match config.driver {
+                DriverKind::Memory => c.enable_compression.unwrap_or(false),
+                DriverKind::Filesystem => c.enable_compression.unwrap_or(true),
+                DriverKind::S3 => true,
+            }
+            .then(|| match config.driver {
+                DriverKind::S3 => 0,
+                _ => usize::try_from(c.compression_threshold.unwrap_or(1024)).unwrap_or(1024),
+            }),
+            eviction: c.eviction_policy.unwrap_or_default(),
+            include_partitions: config.include_partitions,
+        };
+        let stats = Arc::new(CacheStats::default());
+        let driver: Box<dyn CacheDriver> = match config.driver {
+            DriverKind::Memory => Box::new(memory::MemoryCache::new(
+                &settings,
+                stats.clone(),
+                c.log_evictions.unwrap_or(false),
+            )),
+            DriverKind::Filesystem => {
+                let dir = c
+                    .directory
+                    .as_deref()
+                    .or(c.path.as_deref())
+                    .ok_or("the filesystem cache needs `config.directory`")?;
+                let dir = base_dir.join(dir);
+                let root = match &c.prefix {
+                    Some(p) => dir.join(p),
+                    None => dir,
+                };
+                Box::new(filesystem::FsCache::new(
+                    root,
+                    &settings,
+                    config.partition_strategy,
+                    stats.clone(),
+                )?)
+            }
+            DriverKind::S3 => {
+                let prefix = c.key_prefix.clone().unwrap_or_else(|| "cache".to_string());
+                let target = match &c.bucket {
+                    None => store.clone(),
+                    Some(bucket) => s3::store_for_bucket(store, bucket).await?,
+                };
+                Box::new(s3::S3Cache::new(
+                    target,
+                    &prefix,
+                    &settings,
+                    c.storage_class,
+                    stats.clone(),
+                ))
+            }
+        };
+        Ok(Self {
+            driver,
+            settings,
+            stats,
+        })
+    }
+
+    /// A memory cache with these settings (tests, benchmarks).
+    pub fn memory(settings: Settings) -> Self {
+        let stats = Arc::new(CacheStats::default());
+        Self {
+            driver: Box::new(memory::MemoryCache::new(&settings, stats.clone(), false)),
+            settings,
+            stats,
+        }
+    }
+
+    pub fn with_driver(
+        driver: Box<dyn CacheDriver>,
+        settings: Settings,
+        stats: Arc<CacheStats>,
+    ) -> Self {
+        Self {
+            driver,
+            settings,
+            stats,
+        }
+    }
+
+    pub fn driver_name(&self) -> &'static str {
+        self.driver.name()
+    }
+
+    pub async fn get(&self, key: &str) -> Option<Bytes> {
+        let found = self.driver.get(key).await;
+        let counter = if found.is_some() {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    pub async fn set(&self, key: &str, value: Bytes) {
+        self.stats.sets.fetch_add(1, Ordering::Relaxed);
+        self.driver.set(key, value).await;
+    }
+
+    pub async fn delete(&self, key: &str) {
+        self.driver.delete(key).await;
+    }
+
+    pub async fn invalidate_prefix(&self, prefix: &str) {
+        self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
+        self.driver.delete_prefix(prefix).await;
+    }
+
+    pub async fn clear(&self) {
+        self.driver.clear().await;
+    }
+
+    pub async fn usage(&self) -> (u64, u64) {
+        self.driver.usage().await
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let s = &self.stats;
+        let hits = s.hits.load(Ordering::Relaxed);
+        let misses = s.misses.load(Ordering::Relaxed);
+        StatsSnapshot {
+            driver: self.driver.name().into(),
+            hits,
+            misses,
+            sets: s.sets.load(Ordering::Relaxed),
+            evictions: s.evictions.load(Ordering::Relaxed),
+            invalidations: s.invalidations.load(Ordering::Relaxed),
+            hit_rate: if hits + misses == 0 {
+                0.0
+            } else {
+                hits as f64 / (hits + misses) as f64
+            },
+            compression_saved_bytes: s.compression_saved.load(Ordering::Relaxed),
+        }
+    }
+}
