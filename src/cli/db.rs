@@ -28,6 +28,9 @@ pub struct Args {
     /// How many records are read or written at once.
     #[arg(long, global = true, default_value_t = crate::db::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
+    /// Read around the manifest's cache (writes still invalidate it).
+    #[arg(long = "no-cache", global = true)]
+    pub no_cache: bool,
     #[command(subcommand)]
     pub command: DbCommand,
 }
@@ -101,6 +104,7 @@ pub async fn open_database(
     manifest_path: &Path,
     connection: Option<&str>,
     concurrency: usize,
+    use_cache: bool,
 ) -> Result<Database, u8> {
     let manifest_present = manifest_path.exists();
     let db = if !manifest_present && connection.is_some() {
@@ -130,7 +134,24 @@ pub async fn open_database(
             eprintln!("error: {} is invalid", manifest_path.display());
             return Err(exit::INVALID);
         };
-        Database::open(&checked, connection).await
+        let db = Database::open(&checked, connection).await;
+        match (db, &checked.manifest.cache) {
+            (Ok(db), Some(config)) => {
+                match crate::plugins::cache::Cache::build(config, db.store(), &checked.base_dir)
+                    .await
+                {
+                    Ok(cache) if use_cache => Ok(db.with_cache(std::sync::Arc::new(cache))),
+                    // Read around, the cache still hears about writes, so other processes
+                    // sharing it do not read stale entries.
+                    Ok(cache) => Ok(db.with_cache(std::sync::Arc::new(cache.write_only()))),
+                    Err(e) => {
+                        eprintln!("error: cache: {e}");
+                        return Err(exit::INVALID);
+                    }
+                }
+            }
+            (db, _) => db,
+        }
     };
     db.map(|db| db.with_concurrency(concurrency)).map_err(|e| {
         eprintln!("error: {e}");
@@ -155,7 +176,13 @@ fn parse_filter(text: Option<&str>) -> Result<Option<Filter>, String> {
 }
 
 async fn run_async(args: &Args) -> u8 {
-    let db = match open_database(&args.manifest, args.connection.as_deref(), args.concurrency).await
+    let db = match open_database(
+        &args.manifest,
+        args.connection.as_deref(),
+        args.concurrency,
+        !args.no_cache,
+    )
+    .await
     {
         Ok(db) => db,
         Err(code) => return code,
@@ -197,7 +224,7 @@ async fn execute(db: &Database, command: &DbCommand) -> Result<u8, Failure> {
                 println!("{name}");
             }
         }
-        DbCommand::Get { resource, id } => match db.resource(resource)?.get(id).await? {
+        DbCommand::Get { resource, id } => match db.resource(resource)?.get_cached(id).await? {
             Some(record) => print_line(&record.to_json()),
             None => {
                 eprintln!("error: {resource}/{id} not found");
@@ -257,7 +284,7 @@ async fn execute(db: &Database, command: &DbCommand) -> Result<u8, Failure> {
                 .collect::<Result<Vec<_>, _>>()?;
             let records = db
                 .resource(resource)?
-                .list(ListOptions {
+                .list_cached(ListOptions {
                     filter,
                     limit: *limit,
                     offset: *offset,
@@ -270,7 +297,7 @@ async fn execute(db: &Database, command: &DbCommand) -> Result<u8, Failure> {
         }
         DbCommand::Count { resource, filter } => {
             let filter = parse_filter(filter.as_deref()).map_err(Failure::Usage)?;
-            println!("{}", db.resource(resource)?.count(filter).await?);
+            println!("{}", db.resource(resource)?.count_cached(filter).await?);
         }
         DbCommand::Import {
             resource,

@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Every command is a library function that
 //! returns an exit code, so tests call them directly; `main.rs` only calls `main()`.
 
+pub mod cache;
 pub mod db;
 pub mod init;
 pub mod machine;
@@ -54,6 +55,8 @@ pub enum Command {
     Db(db::Args),
     /// Drive the manifest's state machines: init, send, state, history, graph.
     Machine(machine::Args),
+    /// Look at (`stats`) or empty (`clear`) the manifest's cache.
+    Cache(cache::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to generate completions for.
@@ -82,6 +85,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Init(args) => init::run(&args),
         Command::Db(args) => db::run(&args),
         Command::Machine(args) => machine::run(&args),
+        Command::Cache(args) => cache::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

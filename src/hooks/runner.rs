@@ -362,7 +362,7 @@ impl HookRunner {
                     .resource(&p.str("resource").map_err(fail)?)
                     .map_err(db_error)?;
                 let id = p.str("id").map_err(fail)?;
-                let record = resource.get(&id).await.map_err(db_error)?;
+                let record = resource.get_cached(&id).await.map_err(db_error)?;
                 let filter = match p.map.get("where") {
                     Some(w) => Some(Filter::parse(w).map_err(|e| fail(e.to_string()))?),
                     None => None,

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod cache;
 mod db_core;
 mod db_processes;
 mod hooks;

@@ -131,6 +131,8 @@ pub struct Cache {
     driver: Box<dyn CacheDriver>,
     pub settings: Settings,
     pub stats: Arc<CacheStats>,
+    /// Reads always miss (`--no-cache`); writes still invalidate.
+    write_only: bool,
 }
 
 impl std::fmt::Debug for Cache {
@@ -207,6 +209,7 @@ impl Cache {
             driver,
             settings,
             stats,
+            write_only: false,
         })
     }
 
@@ -217,6 +220,7 @@ impl Cache {
             driver: Box::new(memory::MemoryCache::new(&settings, stats.clone(), false)),
             settings,
             stats,
+            write_only: false,
         }
     }
 
@@ -229,7 +233,14 @@ impl Cache {
             driver,
             settings,
             stats,
+            write_only: false,
         }
+    }
+
+    /// This cache, read around: every read misses, every invalidation still happens.
+    pub fn write_only(mut self) -> Self {
+        self.write_only = true;
+        self
     }
 
     pub fn driver_name(&self) -> &'static str {
@@ -237,6 +248,9 @@ impl Cache {
     }
 
     pub async fn get(&self, key: &str) -> Option<Bytes> {
+        if self.write_only {
+            return None;
+        }
         let found = self.driver.get(key).await;
         let counter = if found.is_some() {
             &self.stats.hits
@@ -248,6 +262,9 @@ impl Cache {
     }
 
     pub async fn set(&self, key: &str, value: Bytes) {
+        if self.write_only {
+            return;
+        }
         self.stats.sets.fetch_add(1, Ordering::Relaxed);
         self.driver.set(key, value).await;
     }

@@ -1,0 +1,82 @@
+//! `s3db-run cache stats|clear`: look at and empty the manifest's cache.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+
+use super::exit;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[arg(
+        short = 'f',
+        long = "manifest",
+        global = true,
+        default_value = "s3db.yaml"
+    )]
+    pub manifest: PathBuf,
+    #[arg(long, global = true, env = "S3DB_CONNECTION", hide_env_values = true)]
+    pub connection: Option<String>,
+    #[command(subcommand)]
+    pub command: CacheCommand,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum CacheCommand {
+    /// Entries and bytes the driver holds, and this process's counters.
+    Stats {
+        #[arg(long, value_enum, default_value_t = super::validate::OutputFormat::Human)]
+        format: super::validate::OutputFormat,
+    },
+    /// Remove every entry.
+    Clear,
+}
+
+pub fn run(args: &Args) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    runtime.block_on(async {
+        let db = match super::db::open_database(&args.manifest, args.connection.as_deref(), 8, true).await {
+            Ok(db) => db,
+            Err(code) => return code,
+        };
+        let Some(cache) = db.cache() else {
+            eprintln!("error: {} has no `cache:` section", args.manifest.display());
+            return exit::INVALID;
+        };
+        match &args.command {
+            CacheCommand::Stats { format } => {
+                let (entries, bytes) = cache.usage().await;
+                let stats = cache.snapshot();
+                match format {
+                    super::validate::OutputFormat::Json => println!(
+                        "{}",
+                        json!({ "driver": stats.driver, "entries": entries, "bytes": bytes, "process": stats })
+                    ),
+                    super::validate::OutputFormat::Human => {
+                        println!("driver     {}", stats.driver);
+                        println!("entries    {entries}");
+                        println!("bytes      {bytes}");
+                        println!(
+                            "this process: {} hits, {} misses, {} evictions, {} bytes saved by compression",
+                            stats.hits, stats.misses, stats.evictions, stats.compression_saved_bytes
+                        );
+                    }
+                }
+            }
+            CacheCommand::Clear => {
+                cache.clear().await;
+                println!("cache cleared");
+            }
+        }
+        exit::OK
+    })
+}
