@@ -83,7 +83,7 @@ impl FsCache {
     /// Every entry file with its key and modification time.
     fn entries(&self) -> Vec<(PathBuf, String, std::time::SystemTime, u64)> {
         let mut out = Vec::new();
-        walk(&self.root, &self.root, &mut out);
+        walk(&self.root, &mut out);
         out.into_iter()
             .filter_map(|(path, meta)| {
                 let rel = path.strip_prefix(&self.root).ok()?.with_extension("");
@@ -117,7 +117,7 @@ impl FsCache {
     }
 }
 
-fn walk(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) {
+fn walk(dir: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -125,7 +125,7 @@ fn walk(dir: &Path, root: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) {
         let path = entry.path();
         let Ok(meta) = entry.metadata() else { continue };
         if meta.is_dir() {
-            walk(&path, root, out);
+            walk(&path, out);
         } else if path.extension().is_some_and(|e| e == EXT) {
             out.push((path, meta));
         }
