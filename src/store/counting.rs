@@ -52,6 +52,10 @@ impl ObjectStore for CountingStore {
         self.inner.describe()
     }
 
+    fn s3_location(&self) -> Option<super::connection::S3Location> {
+        self.inner.s3_location()
+    }
+
     async fn get(&self, key: &str) -> StoreResult<Option<Object>> {
         self.counts.gets.fetch_add(1, Ordering::Relaxed);
         self.inner.get(key).await

@@ -136,6 +136,11 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Where the store is, with credentials redacted.
     fn describe(&self) -> String;
 
+    /// For S3 stores, where they are (so a plugin can reach another bucket the same way).
+    fn s3_location(&self) -> Option<connection::S3Location> {
+        None
+    }
+
     async fn get(&self, key: &str) -> StoreResult<Option<Object>>;
 
     async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>>;

@@ -197,6 +197,10 @@ impl ObjectStore for S3Store {
         super::Connection::S3(self.location.clone()).to_string()
     }
 
+    fn s3_location(&self) -> Option<S3Location> {
+        Some(self.location.clone())
+    }
+
     async fn get(&self, key: &str) -> StoreResult<Option<Object>> {
         validate_key(key)?;
         let out = match self

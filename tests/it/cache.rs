@@ -409,3 +409,65 @@ fn command_line_reads_share_the_filesystem_cache() {
     let stats: Value = serde_json::from_str(&run(&["cache", "stats", "--format", "json"])).unwrap();
     assert_eq!(stats["entries"], 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_s3_driver_can_keep_entries_in_another_bucket() {
+    let store = crate::support::s3::store().await;
+    let other = crate::support::s3::bucket_name();
+    let probe =
+        s3db_run::store::s3::S3Store::connect(crate::support::s3::location(&other, "")).await;
+    s3db_run::store::s3::ensure_bucket(probe.client(), &other)
+        .await
+        .unwrap();
+    let yaml = format!("version: 1\ndatabase: {{ connection: \"memory://x/y\" }}\ncache: {{ driver: s3, config: {{ bucket: {other}, keyPrefix: c, storageClass: STANDARD_IA }} }}\n");
+    let config: CacheConfig = load_text(&yaml, Format::Yaml)
+        .manifest
+        .expect("valid")
+        .manifest
+        .cache
+        .expect("cache");
+    let cache = Arc::new(
+        Cache::build(&config, &store, std::path::Path::new("."))
+            .await
+            .expect("cache"),
+    );
+    let mut declared = IndexMap::new();
+    declared.insert("items".to_string(), StoredResource::default());
+    let db = Database::connect(store.clone(), &declared)
+        .await
+        .unwrap()
+        .with_cache(cache);
+    let items = db.resource("items").unwrap();
+    items
+        .insert(obj(json!({ "n": 1 })), Some("a"))
+        .await
+        .unwrap();
+    items.get_cached("a").await.unwrap();
+    let listed = probe
+        .client()
+        .list_objects_v2()
+        .bucket(&other)
+        .prefix("c/")
+        .send()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = listed.contents().iter().filter_map(|o| o.key()).collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let head = probe
+        .client()
+        .head_object()
+        .bucket(&other)
+        .key(keys[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        head.storage_class().map(|c| c.as_str()),
+        Some("STANDARD_IA")
+    );
+    let memory = Arc::new(s3db_run::store::memory::MemoryStore::isolated()) as DynStore;
+    let err = Cache::build(&config, &memory, std::path::Path::new("."))
+        .await
+        .unwrap_err();
+    assert!(err.contains("needs an s3:// database"), "{err}");
+}

@@ -23,14 +23,16 @@ pub struct S3Cache {
 
 /// A store for another bucket, reached like the database's (same endpoint and credentials).
 pub async fn store_for_bucket(store: &DynStore, bucket: &str) -> Result<DynStore, String> {
-    let described = store.describe();
-    if !described.starts_with("s3://") {
+    let Some(mut location) = store.s3_location() else {
         return Err(format!(
-            "`cache.config.bucket` needs an s3:// database, not {described}"
+            "`cache.config.bucket` needs an s3:// database (this one is {}); leave it out to cache in the database's store",
+            store.describe()
         ));
-    }
-    Err(format!(
-        "`cache.config.bucket` ({bucket}) is not supported yet: leave it out to keep the cache in the database's bucket under `keyPrefix`"
+    };
+    location.bucket = bucket.to_string();
+    location.prefix = String::new();
+    Ok(std::sync::Arc::new(
+        crate::store::s3::S3Store::connect(location).await,
     ))
 }
 
