@@ -4,6 +4,7 @@
 pub mod cache;
 pub mod db;
 pub mod init;
+pub mod job;
 pub mod machine;
 pub mod schema;
 pub mod validate;
@@ -57,6 +58,8 @@ pub enum Command {
     Machine(machine::Args),
     /// Look at (`stats`) or empty (`clear`) the manifest's cache.
     Cache(cache::Args),
+    /// Scheduled jobs: `job next EXPR` prints when a cron expression fires.
+    Job(job::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
         /// The shell to generate completions for.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Db(args) => db::run(&args),
         Command::Machine(args) => machine::run(&args),
         Command::Cache(args) => cache::run(&args),
+        Command::Job(args) => job::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

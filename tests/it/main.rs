@@ -12,5 +12,6 @@ mod manifest_load;
 mod manifest_props;
 mod manifest_schema;
 mod s3_backend;
+mod schedule;
 mod state_machines;
 mod store_conformance;

@@ -24,6 +24,8 @@ const NICKNAMES: &[&str] = &[
 pub struct Schedule {
     expr: String,
     cron: Cron,
+    /// The hour field is `*` or a step: the job runs every real hour, through DST changes.
+    every_hour: bool,
 }
 
 impl fmt::Debug for Schedule {
@@ -94,10 +96,112 @@ impl Schedule {
                 never_fires: true,
             });
         }
+        let fields: Vec<&str> = trimmed.split_whitespace().collect();
+        let hour_field = match fields.len() {
+            6 => fields[2],
+            5 => fields[1],
+            // @hourly is the only shorthand with a free hour.
+            _ => {
+                if trimmed.eq_ignore_ascii_case("@hourly") {
+                    "*"
+                } else {
+                    "0"
+                }
+            }
+        };
         Ok(Self {
             expr: trimmed.to_string(),
+            every_hour: hour_field.contains('*') || hour_field.contains('/'),
             cron,
         })
+    }
+
+    /// The first fire time strictly after `after`, in `tz`, following cronie's DST rules:
+    ///
+    /// - a wall-clock time that does not exist (the clocks spring forward over it) fires once,
+    ///   at the first valid instant after the gap — unless the hour field is `*` or a step, in
+    ///   which case the skipped wall-clock times simply do not happen;
+    /// - a wall-clock time that occurs twice (the clocks fall back) fires once, at its first
+    ///   occurrence — unless the hour field is `*` or a step: such jobs keep running every real
+    ///   hour, so both occurrences fire.
+    ///
+    /// None only if nothing matches in the next 50 years.
+    pub fn next_after<Tz: chrono::TimeZone>(
+        &self,
+        after: &chrono::DateTime<Tz>,
+        tz: &Tz,
+    ) -> Option<chrono::DateTime<Tz>> {
+        use chrono::{LocalResult, TimeZone as _};
+        let after_utc = after.with_timezone(&chrono::Utc);
+        // Candidates are wall-clock times, searched as if they were UTC (which has no DST).
+        // Near a clock change, start a few hours of wall-clock time early so that the repeated
+        // hour of a fall-back is seen again; elsewhere (almost always) start at `after`.
+        use chrono::Offset;
+        let offset_at = |d: chrono::Duration| (after_utc + d).with_timezone(tz).offset().fix();
+        let near_change =
+            offset_at(chrono::Duration::hours(-3)) != offset_at(chrono::Duration::hours(3));
+        let back = if near_change {
+            chrono::Duration::hours(3)
+        } else {
+            chrono::Duration::zero()
+        };
+        let mut cursor = after.with_timezone(tz).naive_local() - back;
+        let mut best: Option<chrono::DateTime<Tz>> = None;
+        let horizon = cursor + chrono::Duration::days(366 * 50);
+        loop {
+            let next = self
+                .cron
+                .find_next_occurrence(&chrono::Utc.from_utc_datetime(&cursor), false)
+                .ok()?;
+            let naive = next.naive_utc();
+            if naive > horizon {
+                return best;
+            }
+            cursor = naive;
+            let fire = match tz.from_local_datetime(&naive) {
+                LocalResult::Single(t) => vec![t],
+                LocalResult::Ambiguous(first, second) if self.every_hour => vec![first, second],
+                LocalResult::Ambiguous(first, _) => vec![first],
+                LocalResult::None if self.every_hour => vec![],
+                LocalResult::None => gap_end(tz, naive).into_iter().collect(),
+            };
+            for t in fire
+                .into_iter()
+                .filter(|t| t.with_timezone(&chrono::Utc) > after_utc)
+            {
+                if best.as_ref().is_none_or(|b| t < *b) {
+                    best = Some(t);
+                }
+            }
+            // In a repeated hour, wall-clock order is not real-time order: keep looking until
+            // no later wall-clock time can map to an earlier instant.
+            if let Some(b) = &best {
+                if !near_change || naive > b.naive_local() + chrono::Duration::hours(3) {
+                    return best;
+                }
+            }
+        }
+    }
+
+    /// The next `count` fire times after `after`.
+    pub fn upcoming<Tz: chrono::TimeZone>(
+        &self,
+        after: &chrono::DateTime<Tz>,
+        tz: &Tz,
+        count: usize,
+    ) -> Vec<chrono::DateTime<Tz>> {
+        let mut out = Vec::with_capacity(count);
+        let mut t = after.clone();
+        while out.len() < count {
+            match self.next_after(&t, tz) {
+                Some(next) => {
+                    t = next.clone();
+                    out.push(next);
+                }
+                None => break,
+            }
+        }
+        out
     }
 
     pub fn expression(&self) -> &str {
@@ -107,6 +211,24 @@ impl Schedule {
     pub fn cron(&self) -> &Cron {
         &self.cron
     }
+}
+
+/// The first instant after a DST gap that contains the wall-clock time `naive`.
+fn gap_end<Tz: chrono::TimeZone>(
+    tz: &Tz,
+    naive: chrono::NaiveDateTime,
+) -> Option<chrono::DateTime<Tz>> {
+    use chrono::{LocalResult, Timelike};
+    // Gaps are whole minutes long and at most a few hours; walk to the first valid minute.
+    let mut t = naive.with_second(0)?;
+    for _ in 0..(6 * 60) {
+        t += chrono::Duration::minutes(1);
+        match tz.from_local_datetime(&t) {
+            LocalResult::Single(x) | LocalResult::Ambiguous(x, _) => return Some(x),
+            LocalResult::None => {}
+        }
+    }
+    None
 }
 
 /// Whether any day in a full 28-year calendar cycle (every weekday/leap-year combination)
