@@ -203,7 +203,9 @@ impl HookRunner {
     ) -> Result<Outcome, HookError> {
         let policy = RetryPolicy::new(hook.def.retries.unwrap_or(0));
         let mut input = input.clone();
-        let mut attempt = 1;
+        // A caller that retries on its own (the scheduler) says which attempt this is.
+        let first = input.attempt.max(1);
+        let mut attempt = first;
         loop {
             input.attempt = attempt;
             let result = match (&hook.def.builtin, &hook.def.run) {
@@ -218,9 +220,9 @@ impl HookRunner {
                 }),
             };
             match result {
-                Err(e) if attempt < policy.attempts() && retryable(&e) => {
+                Err(e) if attempt - first + 1 < policy.attempts() && retryable(&e) => {
                     tracing::warn!(hook = %hook.name, attempt, error = %e, "hook failed; retrying");
-                    tokio::time::sleep(policy.delay(attempt)).await;
+                    tokio::time::sleep(policy.delay(attempt - first + 1)).await;
                     attempt += 1;
                 }
                 other => return other,

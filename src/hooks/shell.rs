@@ -79,6 +79,9 @@ pub async fn run(spec: ShellRun<'_>) -> std::io::Result<ShellOutput> {
         .id()
         .and_then(|id| i32::try_from(id).ok())
         .map(Pid::from_raw);
+    // If this future is dropped before the end (a cancelled job, a replaced run), the guard
+    // kills the whole group, not only the direct child.
+    let mut guard = GroupGuard(group);
     if let Some(mut stdin) = child.stdin.take() {
         let input = spec.stdin;
         // A hook that does not read its input closes the pipe early; that is not an error.
@@ -103,6 +106,7 @@ pub async fn run(spec: ShellRun<'_>) -> std::io::Result<ShellOutput> {
         }
     };
     stop_leftovers(group, spec.grace).await;
+    guard.0 = None;
     let (stdout, stdout_truncated) = join(stdout, spec.grace).await;
     let (stderr, stderr_truncated) = join(stderr, spec.grace).await;
     Ok(ShellOutput {
@@ -118,6 +122,14 @@ pub async fn run(spec: ShellRun<'_>) -> std::io::Result<ShellOutput> {
         stderr_truncated,
         duration: started.elapsed(),
     })
+}
+
+struct GroupGuard(Option<Pid>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, Signal::SIGKILL);
+    }
 }
 
 fn signal_group(group: Option<Pid>, signal: Signal) {

@@ -13,5 +13,6 @@ mod manifest_props;
 mod manifest_schema;
 mod s3_backend;
 mod schedule;
+mod scheduler;
 mod state_machines;
 mod store_conformance;

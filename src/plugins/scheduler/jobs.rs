@@ -1,0 +1,728 @@
+//! Running jobs: each slot of a job's schedule is claimed by a create-only write of its history
+//! record (`job:slot`), so with several runners on one database every slot runs exactly once,
+//! without a leader. A run retries with backoff, is cut off at its timeout, and is recorded
+//! (success, error, timeout, interrupted) with its attempts, duration and result.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::clock::Clock;
+use super::schedule::Schedule;
+use crate::db::query::Filter;
+use crate::db::schema::StoredResource;
+use crate::db::{Database, DbError, ListOptions, Resource};
+use crate::hooks::builtins::BuiltinKind;
+use crate::hooks::{HookError, HookInput, HookKind, HookRunner};
+use crate::manifest::model::{CatchUp, HookRef, JobDef, OverlapPolicy, SchedulerConfig};
+use crate::retry::RetryPolicy;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum JobEvent {
+    JobStart {
+        job: String,
+        slot: Option<String>,
+    },
+    JobComplete {
+        job: String,
+        result: Value,
+        duration_ms: u64,
+    },
+    JobError {
+        job: String,
+        error: String,
+        attempt: u32,
+    },
+    JobEnabled {
+        job: String,
+    },
+    JobDisabled {
+        job: String,
+    },
+    JobAdded {
+        job: String,
+    },
+    JobRemoved {
+        job: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JobError {
+    #[error("job `{0}` is not defined{1}")]
+    Unknown(String, String),
+    #[error("job `{0}` is already defined")]
+    Exists(String),
+    #[error("job `{0}` is running and its overlap policy is `skip`")]
+    Running(String),
+    #[error("job `{job}`: {message}")]
+    Invalid { job: String, message: String },
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// One job as the scheduler holds it.
+struct JobState {
+    def: JobDef,
+    schedule: Schedule,
+    tz: chrono_tz::Tz,
+    enabled: bool,
+    running: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatus {
+    pub name: String,
+    pub schedule: String,
+    pub timezone: String,
+    pub enabled: bool,
+    pub running: bool,
+    pub next_run: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobStatistics {
+    pub runs: usize,
+    pub successes: usize,
+    pub errors: usize,
+    pub success_rate: f64,
+    pub average_duration_ms: f64,
+    pub last_success: Option<String>,
+    pub last_error: Option<String>,
+}
+
+struct Inner {
+    jobs: RwLock<IndexMap<String, JobState>>,
+    config: SchedulerConfig,
+    hooks: Arc<HookRunner>,
+    history: Option<Resource>,
+    clock: Arc<dyn Clock>,
+    events: broadcast::Sender<JobEvent>,
+    /// Runs in flight in this process, by job, for overlap policies and shutdown.
+    tasks: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
+}
+
+/// The scheduler plugin. Cheap to clone.
+#[derive(Clone)]
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+fn text(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn job_state(name: &str, def: &JobDef, config: &SchedulerConfig) -> Result<JobState, JobError> {
+    let schedule = Schedule::parse(&def.schedule).map_err(|e| JobError::Invalid {
+        job: name.into(),
+        message: e.to_string(),
+    })?;
+    Ok(JobState {
+        tz: def.timezone.unwrap_or(config.timezone).0,
+        enabled: def.enabled,
+        running: 0,
+        def: def.clone(),
+        schedule,
+    })
+}
+
+impl Scheduler {
+    pub async fn build(
+        jobs: &IndexMap<String, JobDef>,
+        config: &SchedulerConfig,
+        db: &Database,
+        hooks: Arc<HookRunner>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, JobError> {
+        let history = if config.persist_jobs {
+            let mut declared = IndexMap::new();
+            let attrs = [
+                ("job", "string|required"),
+                ("status", "string|required"),
+                ("date", "string|required"),
+            ];
+            declared.insert(
+                config.job_history_resource.clone(),
+                StoredResource {
+                    attributes: attrs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    partitions: [
+                        (
+                            "byJob".to_string(),
+                            [("job".to_string(), "string".to_string())]
+                                .into_iter()
+                                .collect(),
+                        ),
+                        (
+                            "byDate".to_string(),
+                            [("date".to_string(), "string|maxlength:10".to_string())]
+                                .into_iter()
+                                .collect(),
+                        ),
+                    ]
+                    .into_iter()
+                    .collect(),
+                    timestamps: false,
+                },
+            );
+            db.register(&declared).await?;
+            Some(db.resource(&config.job_history_resource)?)
+        } else {
+            None
+        };
+        let mut states = IndexMap::new();
+        for (name, def) in jobs {
+            states.insert(name.clone(), job_state(name, def, config)?);
+        }
+        let (events, _) = broadcast::channel(1024);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                jobs: RwLock::new(states),
+                config: config.clone(),
+                hooks,
+                history,
+                clock,
+                events,
+                tasks: Mutex::default(),
+            }),
+        })
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn emit(&self, e: JobEvent) {
+        let _ = self.inner.events.send(e);
+    }
+
+    fn unknown(&self, job: &str) -> JobError {
+        let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+        let hint = crate::manifest::suggest::did_you_mean(job, jobs.keys().map(String::as_str))
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        JobError::Unknown(job.into(), hint)
+    }
+
+    /// The next slot of a job strictly after `after`.
+    pub fn next_slot(&self, job: &str, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+        let j = jobs.get(job)?;
+        j.schedule
+            .next_after(&after.with_timezone(&j.tz), &j.tz)
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    pub fn status(&self, job: &str) -> Result<JobStatus, JobError> {
+        let now = self.inner.clock.now();
+        let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+        let j = jobs
+            .get(job)
+            .ok_or_else(|| JobError::Unknown(job.into(), String::new()))?;
+        Ok(JobStatus {
+            name: job.into(),
+            schedule: j.def.schedule.clone(),
+            timezone: j.tz.name().into(),
+            enabled: j.enabled,
+            running: j.running > 0,
+            next_run: j
+                .enabled
+                .then(|| j.schedule.next_after(&now.with_timezone(&j.tz), &j.tz))
+                .flatten()
+                .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
+            description: j.def.description.clone(),
+        })
+    }
+
+    pub fn all_status(&self) -> Vec<JobStatus> {
+        let names: Vec<String> = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        names.iter().filter_map(|n| self.status(n).ok()).collect()
+    }
+
+    pub fn enable(&self, job: &str) -> Result<(), JobError> {
+        self.set_enabled(job, true)
+    }
+
+    pub fn disable(&self, job: &str) -> Result<(), JobError> {
+        self.set_enabled(job, false)
+    }
+
+    fn set_enabled(&self, job: &str, enabled: bool) -> Result<(), JobError> {
+        {
+            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+            let j = jobs
+                .get_mut(job)
+                .ok_or_else(|| JobError::Unknown(job.into(), String::new()))?;
+            j.enabled = enabled;
+        }
+        self.emit(if enabled {
+            JobEvent::JobEnabled { job: job.into() }
+        } else {
+            JobEvent::JobDisabled { job: job.into() }
+        });
+        Ok(())
+    }
+
+    pub fn add(&self, job: &str, def: JobDef) -> Result<(), JobError> {
+        let state = job_state(job, &def, &self.inner.config)?;
+        {
+            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+            if jobs.contains_key(job) {
+                return Err(JobError::Exists(job.into()));
+            }
+            jobs.insert(job.into(), state);
+        }
+        self.emit(JobEvent::JobAdded { job: job.into() });
+        Ok(())
+    }
+
+    /// Removes a job; a run in flight finishes, and the job is not scheduled again.
+    pub fn remove(&self, job: &str) -> Result<(), JobError> {
+        let removed = self
+            .inner
+            .jobs
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .shift_remove(job);
+        if removed.is_none() {
+            return Err(self.unknown(job));
+        }
+        self.emit(JobEvent::JobRemoved { job: job.into() });
+        Ok(())
+    }
+
+    /// Runs a job now (by hand). Refused while it runs, unless its overlap policy allows it.
+    pub async fn run_now(&self, job: &str, context: Value) -> Result<Value, JobError> {
+        let (running, policy) = {
+            let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+            let j = jobs
+                .get(job)
+                .ok_or_else(|| JobError::Unknown(job.into(), String::new()))?;
+            (j.running > 0, j.def.overlap)
+        };
+        if running && policy == OverlapPolicy::Skip {
+            return Err(JobError::Running(job.into()));
+        }
+        let now = self.inner.clock.now();
+        let id = format!("{job}:manual-{}-{:08x}", text(now), rand::random::<u32>());
+        self.execute(job, &id, None, context).await
+    }
+
+    /// Claims a slot (create-only) and runs it. Ok(None) when another runner has the slot.
+    pub async fn run_slot(
+        &self,
+        job: &str,
+        slot: DateTime<Utc>,
+    ) -> Result<Option<Value>, JobError> {
+        let id = format!("{job}:{}", text(slot));
+        if let Some(history) = &self.inner.history {
+            let claim = json!({ "job": job, "status": "running", "slot": text(slot), "date": text(slot), "startedAt": text(self.inner.clock.now()) });
+            match history
+                .insert(claim.as_object().cloned().unwrap_or_default(), Some(&id))
+                .await
+            {
+                Ok(_) => {}
+                Err(DbError::AlreadyExists { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.execute(job, &id, Some(slot), json!({}))
+            .await
+            .map(Some)
+    }
+
+    async fn execute(
+        &self,
+        job: &str,
+        id: &str,
+        slot: Option<DateTime<Utc>>,
+        context: Value,
+    ) -> Result<Value, JobError> {
+        let def = {
+            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+            let j = jobs
+                .get_mut(job)
+                .ok_or_else(|| JobError::Unknown(job.into(), String::new()))?;
+            j.running += 1;
+            j.def.clone()
+        };
+        let stop = CancellationToken::new();
+        let run_id = rand::random::<u64>();
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job.into())
+            .or_default()
+            .push((run_id, stop.clone()));
+        let started = self.inner.clock.now();
+        let wall = std::time::Instant::now();
+        self.emit(JobEvent::JobStart {
+            job: job.into(),
+            slot: slot.map(text),
+        });
+        self.callback(
+            &self.inner.config.on_job_start,
+            job,
+            slot,
+            json!({ "event": "start" }),
+        )
+        .await;
+        let policy = RetryPolicy::new(def.retries.unwrap_or(self.inner.config.default_retries));
+        let timeout = def
+            .timeout
+            .unwrap_or(self.inner.config.default_timeout)
+            .as_std();
+        let mut attempt = 0;
+        let (status, result, error) = loop {
+            attempt += 1;
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(timeout + Duration::from_secs(3), self.attempt(job, &def, slot, attempt, &context, timeout)) => r,
+                _ = stop.cancelled() => break ("interrupted", Value::Null, Some("the run was stopped".to_string())),
+            };
+            let (status, message) = match outcome {
+                Ok(Ok(v)) => break ("success", v, None),
+                Err(_) => ("timeout", format!("timed out after {timeout:?}")),
+                Ok(Err(HookError::Timeout { after, .. })) => {
+                    ("timeout", format!("timed out after {after:?}"))
+                }
+                Ok(Err(e)) => ("error", e.to_string()),
+            };
+            self.emit(JobEvent::JobError {
+                job: job.into(),
+                error: message.clone(),
+                attempt,
+            });
+            if attempt >= policy.attempts() {
+                break (status, Value::Null, Some(message));
+            }
+            tokio::time::sleep(policy.delay(attempt)).await;
+        };
+        let duration_ms = u64::try_from(wall.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let finished = self.inner.clock.now();
+        let record = json!({
+            "job": job, "status": status, "slot": slot.map(text), "date": text(started),
+            "startedAt": text(started), "finishedAt": text(finished), "durationMs": duration_ms,
+            "attempts": attempt, "result": result, "error": error,
+        });
+        if let Some(history) = &self.inner.history {
+            let data = record.as_object().cloned().unwrap_or_default();
+            let written = match slot {
+                Some(_) => history.upsert(id, data).await,
+                None => history.insert(data, Some(id)).await,
+            };
+            if let Err(e) = written {
+                tracing::warn!(job, error = %e, "could not record the run in the job history");
+            }
+        }
+        {
+            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(j) = jobs.get_mut(job) {
+                j.running = j.running.saturating_sub(1);
+            }
+        }
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job.into())
+            .or_default()
+            .retain(|(id, _)| *id != run_id);
+        match status {
+            "success" => {
+                self.emit(JobEvent::JobComplete {
+                    job: job.into(),
+                    result: result.clone(),
+                    duration_ms,
+                });
+                self.callback(
+                    &self.inner.config.on_job_complete,
+                    job,
+                    slot,
+                    record.clone(),
+                )
+                .await;
+            }
+            _ => {
+                self.callback(&self.inner.config.on_job_error, job, slot, record.clone())
+                    .await
+            }
+        }
+        Ok(record)
+    }
+
+    async fn attempt(
+        &self,
+        job: &str,
+        def: &JobDef,
+        slot: Option<DateTime<Utc>>,
+        attempt: u32,
+        context: &Value,
+        timeout: Duration,
+    ) -> Result<Value, HookError> {
+        let mut hook = self.inner.hooks.resolve(&def.action, BuiltinKind::Action)?;
+        // A shell job without its own hook timeout gets the job's, so its process group goes too.
+        if hook.def.run.is_some() && hook.def.timeout.is_none() {
+            hook.def.timeout = Some(crate::manifest::types::Duration(timeout));
+        }
+        // The job's retries are the scheduler's; the hook's own are not stacked on top.
+        hook.def.retries = Some(0);
+        let mut input = HookInput::new(job, HookKind::Job);
+        input.job = Some(job.into());
+        input.scheduled_time = slot.map(text);
+        input.attempt = attempt;
+        input.context = context.clone();
+        self.inner.hooks.action(&hook, &input).await
+    }
+
+    async fn callback(
+        &self,
+        hook: &Option<HookRef>,
+        job: &str,
+        slot: Option<DateTime<Utc>>,
+        stats: Value,
+    ) {
+        let Some(hook) = hook else { return };
+        let resolved = match self.inner.hooks.resolve(hook, BuiltinKind::Action) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(job, error = %e, "scheduler callback is not defined");
+                return;
+            }
+        };
+        let mut input = HookInput::new(resolved.name.clone(), HookKind::Callback);
+        input.job = Some(job.into());
+        input.scheduled_time = slot.map(text);
+        input.stats = Some(stats);
+        if let Err(e) = self.inner.hooks.action(&resolved, &input).await {
+            tracing::warn!(job, error = %e, "scheduler callback failed");
+        }
+    }
+
+    /// Runs of a job, newest first, optionally only those with a status.
+    pub async fn history(
+        &self,
+        job: &str,
+        status: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Value>, JobError> {
+        let Some(history) = &self.inner.history else {
+            return Ok(Vec::new());
+        };
+        let filter = status
+            .map(|s| Filter::parse(&json!({ "status": s })))
+            .transpose()
+            .map_err(DbError::from)?;
+        let mut records = history
+            .list(ListOptions {
+                filter,
+                partition: Some(("byJob".into(), vec![("job".into(), job.into())])),
+                ..Default::default()
+            })
+            .await?;
+        records.sort_by(|a, b| {
+            b.data
+                .get("startedAt")
+                .and_then(Value::as_str)
+                .cmp(&a.data.get("startedAt").and_then(Value::as_str))
+        });
+        Ok(records
+            .into_iter()
+            .take(limit.unwrap_or(usize::MAX))
+            .map(|r| r.to_json())
+            .collect())
+    }
+
+    pub async fn statistics(&self, job: &str) -> Result<JobStatistics, JobError> {
+        let runs: Vec<Map<String, Value>> = self
+            .history(job, None, None)
+            .await?
+            .into_iter()
+            .filter_map(|v| v.as_object().cloned())
+            .filter(|r| r.get("status").and_then(Value::as_str) != Some("running"))
+            .collect();
+        let status_of = |r: &Map<String, Value>| {
+            r.get("status")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let successes = runs.iter().filter(|r| status_of(r) == "success").count();
+        let durations: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| r.get("durationMs").and_then(Value::as_f64))
+            .collect();
+        let last = |want_success: bool| {
+            runs.iter()
+                .find(|r| (status_of(r) == "success") == want_success)
+                .and_then(|r| {
+                    r.get("finishedAt")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                })
+        };
+        Ok(JobStatistics {
+            runs: runs.len(),
+            successes,
+            errors: runs.len() - successes,
+            success_rate: if runs.is_empty() {
+                0.0
+            } else {
+                successes as f64 / runs.len() as f64
+            },
+            average_duration_ms: if durations.is_empty() {
+                0.0
+            } else {
+                durations.iter().sum::<f64>() / durations.len() as f64
+            },
+            last_success: last(true),
+            last_error: last(false),
+        })
+    }
+
+    /// The slot catch-up runs at start: the latest slot before `now`, if a job's `catchUp` is
+    /// `latest` and the slot is within its starting deadline (default: one schedule interval).
+    pub fn missed_slot(
+        &self,
+        job: &str,
+        now: DateTime<Utc>,
+        since: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
+        let (catch_up, deadline) = {
+            let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+            let j = jobs.get(job)?;
+            (j.def.catch_up, j.def.starting_deadline)
+        };
+        if catch_up == CatchUp::None {
+            return None;
+        }
+        let mut latest = None;
+        let mut t = since;
+        while let Some(next) = self.next_slot(job, t).filter(|n| *n <= now) {
+            latest = Some(next);
+            t = next;
+        }
+        let slot = latest?;
+        let window = match deadline {
+            Some(d) => chrono::Duration::from_std(d.as_std()).ok()?,
+            None => self.next_slot(job, slot)? - slot,
+        };
+        (now - slot <= window).then_some(slot)
+    }
+
+    /// Fires every enabled job at each of its slots until `stop`; each slot is claimed first,
+    /// so several runners share the work without running a slot twice.
+    pub async fn run(&self, stop: CancellationToken) {
+        let clock = self.inner.clock.clone();
+        let mut after = clock.now();
+        loop {
+            let due = {
+                let names: Vec<String> = self
+                    .inner
+                    .jobs
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .filter(|(_, j)| j.enabled)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                names
+                    .into_iter()
+                    .filter_map(|n| self.next_slot(&n, after).map(|t| (t, n)))
+                    .min()
+            };
+            let Some((slot, _)) = due else {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => { after = clock.now(); continue; }
+                }
+            };
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = clock.sleep_until(slot) => {}
+            }
+            let names: Vec<(String, OverlapPolicy, bool)> = self
+                .inner
+                .jobs
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .filter(|(_, j)| j.enabled)
+                .map(|(n, j)| (n.clone(), j.def.overlap, j.running > 0))
+                .collect();
+            for (name, overlap, running) in names {
+                if self.next_slot(&name, after) != Some(slot) {
+                    continue;
+                }
+                match (overlap, running) {
+                    (OverlapPolicy::Skip, true) => {
+                        tracing::info!(job = %name, "slot skipped: the previous run is still going");
+                        continue;
+                    }
+                    (OverlapPolicy::Replace, true) => {
+                        for (_, t) in self
+                            .inner
+                            .tasks
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get(&name)
+                            .into_iter()
+                            .flatten()
+                        {
+                            t.cancel();
+                        }
+                    }
+                    _ => {}
+                }
+                let this = self.clone();
+                let queue = overlap == OverlapPolicy::Queue && running;
+                tokio::spawn(async move {
+                    if queue {
+                        while this.status(&name).is_ok_and(|s| s.running) {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    }
+                    if let Err(e) = this.run_slot(&name, slot).await {
+                        tracing::warn!(job = %name, error = %e, "job run failed");
+                    }
+                });
+            }
+            after = slot;
+        }
+    }
+
+    /// Stops every run in flight; their history records say `interrupted`.
+    pub fn interrupt_all(&self) {
+        for tokens in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            for (_, t) in tokens {
+                t.cancel();
+            }
+        }
+    }
+}

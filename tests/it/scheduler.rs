@@ -1,0 +1,377 @@
+//! Running jobs: slot claims across runners, retries, timeouts, history and statistics,
+//! enable/disable/add/remove, overlap, catch-up, interruption, callbacks — with a manual clock
+//! where time matters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use indexmap::IndexMap;
+use s3db_run::db::schema::StoredResource;
+use s3db_run::db::Database;
+use s3db_run::hooks::HookRunner;
+use s3db_run::manifest::model::{JobDef, Manifest};
+use s3db_run::manifest::Format;
+use s3db_run::plugins::scheduler::clock::{Clock, ManualClock, SystemClock};
+use s3db_run::plugins::scheduler::jobs::JobError;
+use s3db_run::plugins::scheduler::{JobEvent, Scheduler};
+use serde_json::json;
+
+use crate::support::{load_text, Backend};
+
+struct Setup {
+    scheduler: Scheduler,
+    manifest: Manifest,
+    db: Database,
+    dir: tempfile::TempDir,
+    _backend: Arc<Backend>,
+}
+
+fn at(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+}
+
+async fn setup(backend: Backend, jobs_yaml: &str, clock: Arc<dyn Clock>) -> Setup {
+    let text = format!("version: 1\ndatabase: {{ connection: \"memory://x/y\" }}\n{jobs_yaml}");
+    let loaded = load_text(&text, Format::Yaml);
+    let errors: Vec<_> = loaded
+        .report
+        .diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    let manifest = loaded.manifest.unwrap().manifest;
+    let backend = Arc::new(backend);
+    let db = Database::connect(
+        backend.store.clone(),
+        &IndexMap::<String, StoredResource>::new(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = Arc::new(HookRunner::new(&manifest, dir.path(), db.clone()));
+    let scheduler = Scheduler::build(&manifest.jobs, &manifest.scheduler, &db, hooks, clock)
+        .await
+        .unwrap();
+    Setup {
+        scheduler,
+        manifest,
+        db,
+        dir,
+        _backend: backend,
+    }
+}
+
+impl Setup {
+    /// Another runner on the same database.
+    async fn second_runner(&self) -> Scheduler {
+        let hooks = Arc::new(HookRunner::new(
+            &self.manifest,
+            self.dir.path(),
+            self.db.clone(),
+        ));
+        Scheduler::build(
+            &self.manifest.jobs,
+            &self.manifest.scheduler,
+            &self.db,
+            hooks,
+            Arc::new(SystemClock),
+        )
+        .await
+        .unwrap()
+    }
+}
+
+async fn a_slot_runs_once_whatever_the_number_of_runners(b: Backend) {
+    let s = setup(b, "jobs:\n  tick: { schedule: \"* * * * *\", action: { run: [\"sh\", \"-c\", \"echo x >> runs.txt\"] } }\n", Arc::new(SystemClock)).await;
+    let mut runners = vec![s.scheduler.clone()];
+    for _ in 0..3 {
+        runners.push(s.second_runner().await);
+    }
+    let slot = at("2026-05-01T10:00:00Z");
+    let results = futures::future::join_all(runners.iter().map(|r| r.run_slot("tick", slot))).await;
+    let ran = results
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Some(_))))
+        .count();
+    assert_eq!(ran, 1);
+    assert_eq!(
+        std::fs::read_to_string(s.dir.path().join("runs.txt")).unwrap(),
+        "x\n"
+    );
+    let history = s.scheduler.history("tick", None, None).await.unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["status"], "success");
+    assert_eq!(history[0]["slot"], "2026-05-01T10:00:00.000Z");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_runs_once_on_memory() {
+    a_slot_runs_once_whatever_the_number_of_runners(Backend::memory().await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_runs_once_on_s3() {
+    a_slot_runs_once_whatever_the_number_of_runners(Backend::s3().await).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_are_retried_and_recorded_with_statistics() {
+    let s = setup(
+        Backend::memory().await,
+        "jobs:\n  flaky: { schedule: \"@daily\", retries: 2, action: { run: [\"sh\", \"-c\", \"[ $S3DB_ATTEMPT -ge 3 ] && echo '{\\\"ok\\\":true}'\"] } }\n  broken: { schedule: \"@daily\", retries: 1, action: { run: [\"sh\", \"-c\", \"echo boom >&2; exit 4\"] } }\n",
+        Arc::new(SystemClock),
+    )
+    .await;
+    let mut events = s.scheduler.subscribe();
+    let run = s.scheduler.run_now("flaky", json!({})).await.unwrap();
+    assert_eq!(
+        (run["status"].as_str(), run["attempts"].as_u64()),
+        (Some("success"), Some(3)),
+        "{run}"
+    );
+    assert_eq!(run["result"], json!({ "ok": true }));
+    let failed = s.scheduler.run_now("broken", json!({})).await.unwrap();
+    assert_eq!(
+        (failed["status"].as_str(), failed["attempts"].as_u64()),
+        (Some("error"), Some(2))
+    );
+    assert!(failed["error"].as_str().unwrap().contains("boom"));
+    s.scheduler.run_now("flaky", json!({})).await.unwrap();
+    let stats = s.scheduler.statistics("flaky").await.unwrap();
+    assert_eq!((stats.runs, stats.successes, stats.errors), (2, 2, 0));
+    assert!(stats.last_success.is_some() && stats.last_error.is_none());
+    let stats = s.scheduler.statistics("broken").await.unwrap();
+    assert_eq!((stats.runs, stats.errors, stats.success_rate), (1, 1, 0.0));
+    assert_eq!(
+        s.scheduler
+            .history("flaky", Some("success"), Some(1))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        s.scheduler
+            .history("flaky", Some("error"), None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "only that job's records, by status"
+    );
+    let mut seen = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        seen.push(e);
+    }
+    assert_eq!(
+        seen.iter()
+            .filter(|e| matches!(e, JobEvent::JobError { job, .. } if job == "flaky"))
+            .count(),
+        4,
+        "two failed attempts per flaky run"
+    );
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, JobEvent::JobComplete { job, .. } if job == "flaky")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_is_cut_off_at_its_timeout_with_its_processes() {
+    let s = setup(
+        Backend::memory().await,
+        "jobs:\n  slow: { schedule: \"@daily\", retries: 0, timeout: 300ms, action: { run: [\"sh\", \"-c\", \"echo $$ > pid; sleep 30\"] } }\n",
+        Arc::new(SystemClock),
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let run = s.scheduler.run_now("slow", json!({})).await.unwrap();
+    assert_eq!(run["status"], "timeout", "{run}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let pid: i32 = std::fs::read_to_string(s.dir.path().join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty()
+            || stat
+                .rsplit(')')
+                .next()
+                .unwrap()
+                .trim_start()
+                .starts_with('Z'),
+        "the job's shell is still running"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_can_be_enabled_disabled_added_and_removed() {
+    let clock = ManualClock::new(at("2026-05-01T10:00:30Z"));
+    let s = setup(
+        Backend::memory().await,
+        "jobs:\n  a: { schedule: \"* * * * *\", action: log }\n",
+        clock.clone(),
+    )
+    .await;
+    let mut events = s.scheduler.subscribe();
+    assert_eq!(
+        s.scheduler.status("a").unwrap().next_run.as_deref(),
+        Some("2026-05-01T10:01:00Z")
+    );
+    s.scheduler.disable("a").unwrap();
+    assert!(!s.scheduler.status("a").unwrap().enabled);
+    assert_eq!(s.scheduler.status("a").unwrap().next_run, None);
+    s.scheduler.enable("a").unwrap();
+    let def: JobDef = serde_json::from_value(
+        json!({ "schedule": "0 12 * * *", "action": "log", "timezone": "Europe/Berlin" }),
+    )
+    .unwrap();
+    s.scheduler.add("b", def.clone()).unwrap();
+    assert!(matches!(
+        s.scheduler.add("b", def),
+        Err(JobError::Exists(_))
+    ));
+    assert_eq!(
+        s.scheduler.status("b").unwrap().next_run.as_deref(),
+        Some("2026-05-02T12:00:00+02:00"),
+        "noon in the job's own zone"
+    );
+    assert_eq!(s.scheduler.all_status().len(), 2);
+    s.scheduler.remove("b").unwrap();
+    assert!(matches!(
+        s.scheduler.remove("b"),
+        Err(JobError::Unknown(..))
+    ));
+    let mut kinds = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        kinds.push(
+            serde_json::to_value(&e).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(
+        kinds,
+        ["job_disabled", "job_enabled", "job_added", "job_removed"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_loop_fires_each_slot_of_enabled_jobs_on_the_clock() {
+    let clock = ManualClock::new(at("2026-05-01T10:00:30Z"));
+    let s = setup(
+        Backend::memory().await,
+        "jobs:\n  tick: { schedule: \"* * * * *\", action: log }\n  off: { schedule: \"* * * * *\", action: log, enabled: false }\n",
+        clock.clone(),
+    )
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let s = s.scheduler.clone();
+        let stop = stop.clone();
+        async move { s.run(stop).await }
+    });
+    for minute in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        clock.set(at(&format!("2026-05-01T10:0{minute}:00Z")));
+        for _ in 0..50 {
+            if s.scheduler.history("tick", None, None).await.unwrap().len() == minute {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let slots: Vec<String> = s
+        .scheduler
+        .history("tick", None, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| h["slot"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        slots,
+        [
+            "2026-05-01T10:03:00.000Z",
+            "2026-05-01T10:02:00.000Z",
+            "2026-05-01T10:01:00.000Z"
+        ]
+    );
+    assert!(
+        s.scheduler
+            .history("off", None, None)
+            .await
+            .unwrap()
+            .is_empty(),
+        "a disabled job does not run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_refuses_a_manual_run_and_can_be_interrupted() {
+    let s = setup(Backend::memory().await, "jobs:\n  long: { schedule: \"@daily\", retries: 0, action: { run: [\"sleep\", \"30\"] } }\n", Arc::new(SystemClock)).await;
+    let running = tokio::spawn({
+        let s = s.scheduler.clone();
+        async move { s.run_now("long", json!({})).await }
+    });
+    for _ in 0..100 {
+        if s.scheduler.status("long").unwrap().running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(matches!(
+        s.scheduler.run_now("long", json!({})).await,
+        Err(JobError::Running(_))
+    ));
+    s.scheduler.interrupt_all();
+    let run = running.await.unwrap().unwrap();
+    assert_eq!(run["status"], "interrupted");
+    assert!(!s.scheduler.status("long").unwrap().running);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_runs_only_the_latest_missed_slot_within_the_deadline() {
+    let s = setup(
+        Backend::memory().await,
+        "jobs:\n  hourly: { schedule: \"0 * * * *\", action: log }\n  strict: { schedule: \"0 * * * *\", action: log, startingDeadline: 10m }\n  never: { schedule: \"0 * * * *\", action: log, catchUp: none }\n",
+        Arc::new(SystemClock),
+    )
+    .await;
+    let since = at("2026-05-01T07:10:00Z");
+    let now = at("2026-05-01T10:30:00Z");
+    assert_eq!(
+        s.scheduler.missed_slot("hourly", now, since),
+        Some(at("2026-05-01T10:00:00Z"))
+    );
+    assert_eq!(
+        s.scheduler.missed_slot("strict", now, since),
+        None,
+        "30 minutes late is past a 10 minute deadline"
+    );
+    assert_eq!(
+        s.scheduler
+            .missed_slot("strict", at("2026-05-01T10:05:00Z"), since),
+        Some(at("2026-05-01T10:00:00Z"))
+    );
+    assert_eq!(s.scheduler.missed_slot("never", now, since), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callbacks_run_as_hooks() {
+    let s = setup(
+        Backend::memory().await,
+        "actions:\n  note: { run: [\"sh\", \"-c\", \"echo $S3DB_KIND:$S3DB_JOB:$(cat | grep -o '\\\"status\\\":\\\"[a-z]*\\\"' | head -1) >> calls.txt\"] }\nscheduler: { onJobStart: note, onJobComplete: note, onJobError: note }\njobs:\n  ok: { schedule: \"@daily\", action: log }\n  bad: { schedule: \"@daily\", retries: 0, action: { run: [\"false\"] } }\n",
+        Arc::new(SystemClock),
+    )
+    .await;
+    s.scheduler.run_now("ok", json!({})).await.unwrap();
+    s.scheduler.run_now("bad", json!({})).await.unwrap();
+    let calls = std::fs::read_to_string(s.dir.path().join("calls.txt")).unwrap();
+    assert_eq!(calls, "callback:ok:\ncallback:ok:\"status\":\"success\"\ncallback:bad:\ncallback:bad:\"status\":\"error\"\n");
+}
