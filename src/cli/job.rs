@@ -9,12 +9,39 @@ use crate::plugins::scheduler::schedule::Schedule;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
+    /// The manifest whose jobs to use (not needed by `next`).
+    #[arg(
+        short = 'f',
+        long = "manifest",
+        global = true,
+        default_value = "s3db.yaml"
+    )]
+    pub manifest: std::path::PathBuf,
+    #[arg(long, global = true, env = "S3DB_CONNECTION", hide_env_values = true)]
+    pub connection: Option<String>,
     #[command(subcommand)]
     pub command: JobCommand,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum JobCommand {
+    /// List the manifest's jobs: name, schedule, zone, enabled, next run.
+    List,
+    /// Run a job now and print its run record as JSON (exit 1 if it failed).
+    Run {
+        name: String,
+        #[arg(long, value_name = "JSON")]
+        context: Option<String>,
+    },
+    /// Print a job's runs, newest first, as JSON lines.
+    History {
+        name: String,
+        /// success, error, timeout or interrupted.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
     /// Print the next fire times of a cron expression, one RFC 3339 timestamp with its UTC
     /// offset per line.
     Next {
@@ -33,6 +60,19 @@ pub enum JobCommand {
 
 pub fn run(args: &Args) -> u8 {
     match &args.command {
+        JobCommand::List | JobCommand::Run { .. } | JobCommand::History { .. } => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return exit::USAGE;
+                }
+            };
+            runtime.block_on(with_scheduler(args))
+        }
         JobCommand::Next {
             expr,
             tz,
@@ -71,5 +111,113 @@ pub fn run(args: &Args) -> u8 {
             }
             exit::OK
         }
+    }
+}
+
+async fn with_scheduler(args: &Args) -> u8 {
+    use std::sync::Arc;
+    let loaded =
+        match crate::manifest::load_path(&args.manifest, None, &crate::manifest::ProcessEnv) {
+            Ok(l) => l,
+            Err(e) => {
+                eprintln!("error: cannot read {}: {e}", args.manifest.display());
+                return exit::USAGE;
+            }
+        };
+    let Some(checked) = loaded.manifest else {
+        eprint!("{}", loaded.report.render_human(super::color_stderr()));
+        return exit::INVALID;
+    };
+    let db = match crate::db::Database::open(&checked, args.connection.as_deref()).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+    };
+    let m = &checked.manifest;
+    let hooks = Arc::new(crate::hooks::HookRunner::new(
+        m,
+        &checked.base_dir,
+        db.clone(),
+    ));
+    if !m.machines.is_empty() {
+        if let Err(e) = crate::plugins::state_machine::StateMachines::build(
+            &m.machines,
+            &m.state_machine,
+            &db,
+            hooks.clone(),
+        )
+        .await
+        {
+            eprintln!("error: {e}");
+            return exit::INVALID;
+        }
+    }
+    let clock = Arc::new(crate::plugins::scheduler::clock::SystemClock);
+    let scheduler =
+        match crate::plugins::scheduler::Scheduler::build(&m.jobs, &m.scheduler, &db, hooks, clock)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::INVALID;
+            }
+        };
+    match &args.command {
+        JobCommand::List => {
+            for s in scheduler.all_status() {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    s.name,
+                    s.schedule,
+                    s.timezone,
+                    if s.enabled { "enabled" } else { "disabled" },
+                    s.next_run.unwrap_or_else(|| "-".into())
+                );
+            }
+            exit::OK
+        }
+        JobCommand::Run { name, context } => {
+            let context = match context.as_deref().map(serde_json::from_str).transpose() {
+                Ok(c) => c.unwrap_or_else(|| serde_json::json!({})),
+                Err(e) => {
+                    eprintln!("error: --context is not JSON: {e}");
+                    return exit::USAGE;
+                }
+            };
+            match scheduler.run_now(name, context).await {
+                Ok(record) => {
+                    println!("{record}");
+                    if record["status"] == "success" {
+                        exit::OK
+                    } else {
+                        exit::INVALID
+                    }
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::INVALID
+                }
+            }
+        }
+        JobCommand::History {
+            name,
+            status,
+            limit,
+        } => match scheduler.history(name, status.as_deref(), *limit).await {
+            Ok(records) => {
+                for r in records {
+                    println!("{r}");
+                }
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::INVALID
+            }
+        },
+        JobCommand::Next { .. } => exit::USAGE,
     }
 }

@@ -375,3 +375,46 @@ async fn callbacks_run_as_hooks() {
     let calls = std::fs::read_to_string(s.dir.path().join("calls.txt")).unwrap();
     assert_eq!(calls, "callback:ok:\ncallback:ok:\"status\":\"success\"\ncallback:bad:\ncallback:bad:\"status\":\"error\"\n");
 }
+
+#[test]
+fn job_commands_list_run_and_show_history() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        "version: 1\ndatabase: { connection: file://./data }\njobs:\n  hello: { schedule: \"0 9 * * MON\", timezone: Europe/Berlin, action: { run: [\"echo\", \"{\\\"hi\\\": 1}\"] } }\n  fails: { schedule: \"@daily\", retries: 0, action: { run: [\"false\"] } }\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+            .arg("job")
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("S3DB_CONNECTION")
+            .output()
+            .unwrap()
+    };
+    let list = String::from_utf8_lossy(&run(&["list"]).stdout).into_owned();
+    let first: Vec<&str> = list.lines().next().unwrap().split('\t').collect();
+    assert_eq!(
+        &first[..4],
+        ["hello", "0 9 * * MON", "Europe/Berlin", "enabled"]
+    );
+    assert!(
+        first[4].ends_with("T09:00:00+01:00") || first[4].ends_with("T09:00:00+02:00"),
+        "{list}"
+    );
+    let ok = run(&["run", "hello"]);
+    assert!(ok.status.success());
+    let record: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert_eq!(record["result"], json!({ "hi": 1 }));
+    assert_eq!(run(&["run", "fails"]).status.code(), Some(1));
+    assert_eq!(run(&["run", "nope"]).status.code(), Some(1));
+    let history =
+        String::from_utf8_lossy(&run(&["history", "hello", "--status", "success"]).stdout)
+            .into_owned();
+    assert_eq!(history.lines().count(), 1);
+    assert!(
+        String::from_utf8_lossy(&run(&["history", "fails", "--status", "success"]).stdout)
+            .is_empty()
+    );
+}
