@@ -8,4 +8,5 @@ pub mod hooks;
 pub mod manifest;
 pub mod plugins;
 pub mod retry;
+pub mod runtime;
 pub mod store;

@@ -6,6 +6,7 @@ pub mod db;
 pub mod init;
 pub mod job;
 pub mod machine;
+pub mod run;
 pub mod schema;
 pub mod validate;
 
@@ -34,15 +35,22 @@ pub mod exit {
 (or a local folder), its state machines, scheduled jobs, backups and cache, checks it, and runs it.\n\n\
 Start with `s3db-run init` to write a commented starter manifest, and `s3db-run validate s3db.yaml` \
 to check one. Point your editor at the JSON Schema (`s3db-run schema`) for completion and hover help.",
-    after_help = "Examples:\n  s3db-run init                      write ./s3db.yaml\n  s3db-run validate s3db.yaml        check a manifest\n  s3db-run validate --format json manifests/*.yaml\n  s3db-run schema > s3db.schema.json"
+    after_help = "Examples:\n  s3db-run manifests/s3db.yaml       run a manifest (same as `s3db-run run …`)\n  s3db-run init                      write ./s3db.yaml\n  s3db-run validate s3db.yaml        check a manifest\n  s3db-run validate --format json manifests/*.yaml\n  s3db-run schema > s3db.schema.json"
 )]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+    /// `s3db-run MANIFEST` is `s3db-run run MANIFEST`.
+    #[command(flatten)]
+    pub run: run::Args,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a manifest: the scheduler, the state machines' delayed transitions; stop cleanly on
+    /// SIGINT/SIGTERM.
+    Run(run::Args),
     /// Check manifests and print every problem found, with its line and column.
     ///
     /// Exit status: 0 when every manifest is valid (warnings allowed), 1 when one is invalid,
@@ -58,7 +66,7 @@ pub enum Command {
     Machine(machine::Args),
     /// Look at (`stats`) or empty (`clear`) the manifest's cache.
     Cache(cache::Args),
-    /// Scheduled jobs: `job next EXPR` prints when a cron expression fires.
+    /// Scheduled jobs: list, run by hand, history; `job next EXPR` checks a schedule.
     Job(job::Args),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions {
@@ -82,7 +90,11 @@ pub fn main() -> ExitCode {
 }
 
 pub fn run(cli: Cli) -> u8 {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return run::run(&cli.run);
+    };
+    match command {
+        Command::Run(args) => run::run(&args),
         Command::Validate(args) => validate::run(&args),
         Command::Schema(args) => schema::run(&args),
         Command::Init(args) => init::run(&args),

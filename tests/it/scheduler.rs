@@ -418,3 +418,65 @@ fn job_commands_list_run_and_show_history() {
             .is_empty()
     );
 }
+
+/// Three runner processes on one S3 database with a per-second job for 20 seconds: every slot
+/// between the first and the last is in the history exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_runner_processes_run_every_second_exactly_once() {
+    let connection = crate::support::s3::connection_string().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        format!("version: 1\ndatabase: {{ connection: \"{connection}\" }}\njobs:\n  tick: {{ schedule: \"* * * * * *\", action: log, catchUp: none }}\n"),
+    )
+    .unwrap();
+    let mut runners: Vec<std::process::Child> = (0..3)
+        .map(|_| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+                .arg("s3db.yaml")
+                .current_dir(dir.path())
+                .env_remove("S3DB_CONNECTION")
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    for r in &runners {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(r.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+    }
+    for r in runners.iter_mut() {
+        assert!(r.wait().unwrap().success(), "a runner failed");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(["job", "history", "tick"])
+        .current_dir(dir.path())
+        .env_remove("S3DB_CONNECTION")
+        .output()
+        .unwrap();
+    let mut slots: Vec<DateTime<Utc>> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["status"], "success", "{v}");
+            at(v["slot"].as_str().unwrap())
+        })
+        .collect();
+    slots.sort();
+    assert!(slots.len() >= 15, "only {} runs in 20 seconds", slots.len());
+    for pair in slots.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::Duration::seconds(1),
+            "a slot missing or doubled between {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
+}

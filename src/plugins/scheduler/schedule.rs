@@ -145,7 +145,9 @@ impl Schedule {
         } else {
             chrono::Duration::zero()
         };
-        let mut cursor = after.with_timezone(tz).naive_local() - back;
+        // Slots are whole seconds; a fraction in `after` must not leak into them.
+        let whole = chrono::Timelike::with_nanosecond(&after.with_timezone(tz).naive_local(), 0)?;
+        let mut cursor = whole - back;
         let mut best: Option<chrono::DateTime<Tz>> = None;
         let horizon = cursor + chrono::Duration::days(366 * 50);
         loop {

@@ -1,0 +1,116 @@
+//! `s3db-run [run] MANIFEST`: run a manifest until SIGINT or SIGTERM.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::exit;
+use crate::manifest::{self, ProcessEnv};
+use crate::runtime::Runtime;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The manifest to run.
+    #[arg(default_value = "s3db.yaml")]
+    pub manifest: PathBuf,
+    /// How long running jobs may take to finish after SIGINT/SIGTERM before they are interrupted.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Log lines as `human` text or `json` objects (level with RUST_LOG, default info).
+    #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<crate::manifest::types::Duration>()
+        .map(|d| d.as_std())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.with_ansi(super::color_stderr()).try_init(),
+    };
+}
+
+pub fn run(args: &Args) -> u8 {
+    init_logging(args.log_format);
+    let loaded = match manifest::load_path(&args.manifest, None, &ProcessEnv) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", args.manifest.display());
+            eprintln!("hint: s3db-run MANIFEST runs a manifest; `s3db-run init` writes one; `s3db-run --help` lists the commands");
+            return exit::USAGE;
+        }
+    };
+    if !loaded.report.diagnostics.is_empty() {
+        eprint!("{}", loaded.report.render_human(super::color_stderr()));
+    }
+    let Some(checked) = loaded.manifest else {
+        eprintln!(
+            "error: {} is invalid; nothing was started",
+            args.manifest.display()
+        );
+        return exit::INVALID;
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::USAGE;
+        }
+    };
+    runtime.block_on(async {
+        let rt = match Runtime::build(&checked).await {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                return exit::INVALID;
+            }
+        };
+        tracing::info!(manifest = %args.manifest.display(), sha256 = %checked.sha256, database = %checked.manifest.database.connection, "started");
+        let stop = CancellationToken::new();
+        tokio::spawn({
+            let stop = stop.clone();
+            async move {
+                wait_for_signal().await;
+                stop.cancel();
+            }
+        });
+        rt.run(stop, args.grace).await;
+        exit::OK
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = int.recv() => tracing::info!("SIGINT"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The runtime: builds every configured plugin from a checked manifest and runs them until told
+//! to stop — the scheduler's slots, the state machines' delayed transitions — then stops
+//! cleanly: no new work, running jobs get a grace period, those cut off are recorded as
+//! interrupted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::Database;
+use crate::hooks::HookRunner;
+use crate::manifest::CheckedManifest;
+use crate::plugins::cache::Cache;
+use crate::plugins::scheduler::clock::{Clock, SystemClock};
+use crate::plugins::scheduler::Scheduler;
+use crate::plugins::state_machine::StateMachines;
+
+/// Everything a manifest runs.
+pub struct Runtime {
+    pub db: Database,
+    pub hooks: Arc<HookRunner>,
+    pub machines: Option<StateMachines>,
+    pub scheduler: Scheduler,
+    pub cache: Option<Arc<Cache>>,
+}
+
+impl Runtime {
+    pub async fn build(checked: &CheckedManifest) -> Result<Self, String> {
+        let m = &checked.manifest;
+        let mut db = Database::open(checked, None)
+            .await
+            .map_err(|e| format!("database: {e}"))?;
+        let cache = match &m.cache {
+            Some(config) => Some(Arc::new(
+                Cache::build(config, db.store(), &checked.base_dir)
+                    .await
+                    .map_err(|e| format!("cache: {e}"))?,
+            )),
+            None => None,
+        };
+        if let Some(c) = &cache {
+            db = db.with_cache(c.clone());
+        }
+        let timeout = m.scheduler.default_timeout.as_std();
+        let hooks = Arc::new(
+            HookRunner::new(m, &checked.base_dir, db.clone()).with_default_timeout(timeout),
+        );
+        let machines = if m.machines.is_empty() {
+            None
+        } else {
+            Some(
+                StateMachines::build(&m.machines, &m.state_machine, &db, hooks.clone())
+                    .await
+                    .map_err(|e| format!("state machines: {e}"))?,
+            )
+        };
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let scheduler = Scheduler::build(&m.jobs, &m.scheduler, &db, hooks.clone(), clock)
+            .await
+            .map_err(|e| format!("scheduler: {e}"))?;
+        Ok(Self {
+            db,
+            hooks,
+            machines,
+            scheduler,
+            cache,
+        })
+    }
+
+    /// Runs until `stop` is cancelled, then waits up to `grace` for running jobs.
+    pub async fn run(&self, stop: CancellationToken, grace: Duration) {
+        let work = CancellationToken::new();
+        self.catch_up().await;
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn({
+            let scheduler = self.scheduler.clone();
+            let work = work.clone();
+            async move { scheduler.run(work).await }
+        }));
+        if let Some(machines) = &self.machines {
+            let machines = machines.clone();
+            let work = work.clone();
+            tasks.push(tokio::spawn(async move {
+                machines.run_deadlines(work, Duration::from_secs(30)).await
+            }));
+        }
+        tracing::info!(jobs = self.scheduler.all_status().len(), "running");
+        stop.cancelled().await;
+        tracing::info!(
+            grace_secs = grace.as_secs_f64(),
+            "stopping: no new work; waiting for running jobs"
+        );
+        work.cancel();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.scheduler.all_status().iter().any(|s| s.running)
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if self.scheduler.all_status().iter().any(|s| s.running) {
+            tracing::warn!("grace period over: interrupting running jobs");
+            self.scheduler.interrupt_all();
+            while self.scheduler.all_status().iter().any(|s| s.running) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        tracing::info!("stopped");
+    }
+
+    /// Runs, once, the latest slot of each job that was missed while no runner was up (if the
+    /// job's `catchUp` and starting deadline allow it). Slots another runner ran are claimed
+    /// already and are not run again.
+    async fn catch_up(&self) {
+        let now = Utc::now();
+        for status in self
+            .scheduler
+            .all_status()
+            .into_iter()
+            .filter(|s| s.enabled)
+        {
+            let Some(next) = self.scheduler.next_slot(&status.name, now) else {
+                continue;
+            };
+            let Some(after) = self.scheduler.next_slot(&status.name, next) else {
+                continue;
+            };
+            // Looking back a few intervals is enough: an older slot is past any default deadline.
+            let window = (after - next) * 3 + chrono::Duration::days(1);
+            // A job that has never run has missed nothing (a fresh deployment runs no backlog).
+            let ran_before = self
+                .scheduler
+                .history(&status.name, None, Some(1))
+                .await
+                .map(|h| !h.is_empty())
+                .unwrap_or(false);
+            if !ran_before {
+                continue;
+            }
+            if let Some(slot) = self.scheduler.missed_slot(&status.name, now, now - window) {
+                tracing::info!(job = %status.name, slot = %slot, "catching up a missed slot");
+                let scheduler = self.scheduler.clone();
+                let name = status.name.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = scheduler.run_slot(&name, slot).await {
+                        tracing::warn!(job = %name, error = %e, "catch-up run failed");
+                    }
+                });
+            }
+        }
+    }
+}
