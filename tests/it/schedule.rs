@@ -159,6 +159,11 @@ fn fields_follow_vixie_cron() {
         next("@weekly", utc, "2026-03-02T00:00:00Z", 1),
         ["2026-03-08T00:00:00+00:00"]
     );
+    // Slots are whole seconds, whatever fraction the start has.
+    assert_eq!(
+        next("* * * * * *", utc, "2026-03-06T06:00:05.500Z", 2),
+        ["2026-03-06T06:00:06+00:00", "2026-03-06T06:00:07+00:00"]
+    );
     assert_eq!(
         next("@annually", utc, "2026-03-02T00:00:00Z", 1),
         ["2027-01-01T00:00:00+00:00"]
