@@ -480,3 +480,112 @@ async fn three_runner_processes_run_every_second_exactly_once() {
         );
     }
 }
+
+#[test]
+fn jitter_is_stable_per_job_and_within_bounds() {
+    use s3db_run::manifest::types::Duration as D;
+    use s3db_run::plugins::scheduler::jobs::jitter_for;
+    let max = Some(D::from_secs(30));
+    assert_eq!(jitter_for("backup", max), jitter_for("backup", max));
+    assert!(jitter_for("backup", max) < Duration::from_secs(30));
+    let spread: std::collections::HashSet<_> = (0..20)
+        .map(|i| jitter_for(&format!("job{i}"), max))
+        .collect();
+    assert!(spread.len() > 10, "jobs spread out: {spread:?}");
+    assert_eq!(jitter_for("backup", None), Duration::ZERO);
+}
+
+/// One slot starts a run that takes a second; the next slot comes while it runs.
+async fn overlapping_slots(policy: &str, runs_expected: usize) -> (Vec<String>, Vec<String>) {
+    let clock = ManualClock::new(at("2026-05-01T10:00:30Z"));
+    let s = setup(
+        Backend::memory().await,
+        &format!("jobs:\n  long: {{ schedule: \"* * * * *\", overlap: {policy}, retries: 0, action: {{ run: [\"sh\", \"-c\", \"echo start >> log; sleep 1; echo end >> log\"] }} }}\n"),
+        clock.clone(),
+    )
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let s = s.scheduler.clone();
+        let stop = stop.clone();
+        async move { s.run(stop).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.set(at("2026-05-01T10:01:00Z"));
+    // The next slot comes once the first run has really started.
+    for _ in 0..500 {
+        if std::fs::read_to_string(s.dir.path().join("log")).is_ok_and(|l| l.contains("start")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    clock.set(at("2026-05-01T10:02:00Z"));
+    // Wait for the runs to settle: every expected run recorded, none running.
+    for _ in 0..1000 {
+        let done = s
+            .scheduler
+            .history("long", None, None)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|h| h["status"] != "running")
+            .count();
+        if done >= runs_expected && !s.scheduler.status("long").unwrap().running {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.cancel();
+    task.await.unwrap();
+    let mut statuses: Vec<(String, String)> = s
+        .scheduler
+        .history("long", None, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["slot"].as_str().unwrap().to_string(),
+                h["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    let log = std::fs::read_to_string(s.dir.path().join("log")).unwrap_or_default();
+    (
+        statuses
+            .into_iter()
+            .map(|(slot, st)| format!("{}={st}", &slot[14..16]))
+            .collect(),
+        log.lines().map(str::to_string).collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_skip_drops_the_slot_that_comes_during_a_run() {
+    let (runs, log) = overlapping_slots("skip", 1).await;
+    assert_eq!(runs, ["01=success"]);
+    assert_eq!(log, ["start", "end"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_queue_runs_the_slot_after_the_current_run() {
+    let (runs, log) = overlapping_slots("queue", 2).await;
+    assert_eq!(runs, ["01=success", "02=success"]);
+    assert_eq!(log, ["start", "end", "start", "end"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_replace_stops_the_current_run() {
+    let (runs, log) = overlapping_slots("replace", 2).await;
+    assert_eq!(runs, ["01=interrupted", "02=success"]);
+    assert_eq!(log, ["start", "start", "end"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlap_allow_runs_both_at_once() {
+    let (runs, log) = overlapping_slots("allow", 2).await;
+    assert_eq!(runs, ["01=success", "02=success"]);
+    assert_eq!(log, ["start", "start", "end", "end"]);
+}

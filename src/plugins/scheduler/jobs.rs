@@ -661,16 +661,23 @@ impl Scheduler {
                 _ = stop.cancelled() => return,
                 _ = clock.sleep_until(slot) => {}
             }
-            let names: Vec<(String, OverlapPolicy, bool)> = self
+            let names: Vec<(String, OverlapPolicy, bool, Duration)> = self
                 .inner
                 .jobs
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
                 .filter(|(_, j)| j.enabled)
-                .map(|(n, j)| (n.clone(), j.def.overlap, j.running > 0))
+                .map(|(n, j)| {
+                    (
+                        n.clone(),
+                        j.def.overlap,
+                        j.running > 0,
+                        jitter_for(n, j.def.jitter),
+                    )
+                })
                 .collect();
-            for (name, overlap, running) in names {
+            for (name, overlap, running, jitter) in names {
                 if self.next_slot(&name, after) != Some(slot) {
                     continue;
                 }
@@ -697,6 +704,9 @@ impl Scheduler {
                 let this = self.clone();
                 let queue = overlap == OverlapPolicy::Queue && running;
                 tokio::spawn(async move {
+                    if !jitter.is_zero() {
+                        tokio::time::sleep(jitter).await;
+                    }
                     if queue {
                         while this.status(&name).is_ok_and(|s| s.running) {
                             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -725,4 +735,18 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// A job's stable delay within its `jitter`: the same for every slot and every runner, so the
+/// job keeps a steady rhythm while different jobs spread out.
+pub fn jitter_for(job: &str, jitter: Option<crate::manifest::types::Duration>) -> Duration {
+    let Some(max) = jitter.map(|j| j.as_millis()).filter(|m| *m > 0) else {
+        return Duration::ZERO;
+    };
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in job.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    Duration::from_millis(h % max)
 }
