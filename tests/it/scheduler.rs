@@ -589,3 +589,59 @@ async fn overlap_allow_runs_both_at_once() {
     assert_eq!(runs, ["01=success", "02=success"]);
     assert_eq!(log, ["start", "start", "end", "end"]);
 }
+
+/// SIGTERM during a running job: the runner waits for it within the grace period and records
+/// it; past the grace period, the run is interrupted and recorded so.
+#[test]
+fn sigterm_waits_for_running_jobs_within_the_grace_period() {
+    for (grace, expected) in [("10s", "success"), ("200ms", "interrupted")] {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("s3db.yaml"),
+            "version: 1\ndatabase: { connection: file://./data }\njobs:\n  slow: { schedule: \"* * * * * *\", retries: 0, catchUp: none, action: { run: [\"sh\", \"-c\", \"echo started >> log; sleep 2\"] } }\n",
+        )
+        .unwrap();
+        let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+            .args(["run", "s3db.yaml", "--grace", grace])
+            .current_dir(dir.path())
+            .env_remove("S3DB_CONNECTION")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..500 {
+            if dir.path().join("log").exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(runner.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let started = std::time::Instant::now();
+        assert!(runner.wait().unwrap().success());
+        let waited = started.elapsed();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+            .args(["job", "history", "slow"])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let statuses: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(statuses, [expected], "grace {grace}, waited {waited:?}");
+        if expected == "success" {
+            assert!(
+                waited >= Duration::from_millis(1000),
+                "the runner did not wait: {waited:?}"
+            );
+        }
+    }
+}
