@@ -88,6 +88,8 @@ pub struct JobStatus {
     pub running: bool,
     pub next_run: Option<String>,
     pub description: Option<String>,
+    pub overlap: OverlapPolicy,
+    pub meta: Option<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -244,6 +246,8 @@ impl Scheduler {
                 .flatten()
                 .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true)),
             description: j.def.description.clone(),
+            overlap: j.def.overlap,
+            meta: j.def.meta.clone(),
         })
     }
 
