@@ -1,22 +1,13 @@
 //! `s3db-run cache stats|clear`: look at and empty the manifest's cache.
 
-use std::path::PathBuf;
-
 use serde_json::json;
 
 use super::exit;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    #[arg(
-        short = 'f',
-        long = "manifest",
-        global = true,
-        default_value = "s3db.yaml"
-    )]
-    pub manifest: PathBuf,
-    #[arg(long, global = true, env = "S3DB_CONNECTION", hide_env_values = true)]
-    pub connection: Option<String>,
+    #[command(flatten)]
+    pub target: super::DatabaseArgs,
     #[command(subcommand)]
     pub command: CacheCommand,
 }
@@ -33,23 +24,23 @@ pub enum CacheCommand {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::USAGE;
-        }
-    };
-    runtime.block_on(async {
-        let db = match super::db::open_database(&args.manifest, args.connection.as_deref(), 8, true).await {
+    super::block_on(async {
+        let db = match super::db::open_database(
+            &args.target.manifest,
+            args.target.connection.as_deref(),
+            8,
+            true,
+        )
+        .await
+        {
             Ok(db) => db,
             Err(code) => return code,
         };
         let Some(cache) = db.cache() else {
-            eprintln!("error: {} has no `cache:` section", args.manifest.display());
+            eprintln!(
+                "error: {} has no `cache:` section",
+                args.target.manifest.display()
+            );
             return exit::INVALID;
         };
         match &args.command {

@@ -9,22 +9,12 @@ use serde_json::{Map, Value};
 use super::exit;
 use crate::db::query::Filter;
 use crate::db::{Database, DbError, ListOptions};
-use crate::manifest::{self, ProcessEnv};
 use crate::store::Connection;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// The manifest whose database to use.
-    #[arg(
-        short = 'f',
-        long = "manifest",
-        global = true,
-        default_value = "s3db.yaml"
-    )]
-    pub manifest: PathBuf,
-    /// Use this connection string instead of the manifest's (the manifest may then be absent).
-    #[arg(long, global = true, env = "S3DB_CONNECTION", hide_env_values = true)]
-    pub connection: Option<String>,
+    #[command(flatten)]
+    pub target: super::DatabaseArgs,
     /// How many records are read or written at once.
     #[arg(long, global = true, default_value_t = crate::db::DEFAULT_CONCURRENCY)]
     pub concurrency: usize,
@@ -86,17 +76,7 @@ pub enum DbCommand {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::USAGE;
-        }
-    };
-    runtime.block_on(run_async(args))
+    super::block_on(run_async(args))
 }
 
 /// Opens the database a `db`-style command names: the manifest's, or `--connection`'s.
@@ -121,19 +101,7 @@ pub async fn open_database(
         })?;
         Database::connect(store, &Default::default()).await
     } else {
-        let loaded = match manifest::load_path(manifest_path, None, &ProcessEnv) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: cannot read {}: {e}", manifest_path.display());
-                eprintln!("hint: pass -f MANIFEST, or --connection URL to use a database without a manifest");
-                return Err(exit::USAGE);
-            }
-        };
-        let Some(checked) = loaded.manifest else {
-            eprint!("{}", loaded.report.render_human(super::color_stderr()));
-            eprintln!("error: {} is invalid", manifest_path.display());
-            return Err(exit::INVALID);
-        };
+        let checked = super::load_checked(manifest_path)?;
         let db = Database::open(&checked, connection).await;
         match (db, &checked.manifest.cache) {
             (Ok(db), Some(config)) => {
@@ -177,8 +145,8 @@ fn parse_filter(text: Option<&str>) -> Result<Option<Filter>, String> {
 
 async fn run_async(args: &Args) -> u8 {
     let db = match open_database(
-        &args.manifest,
-        args.connection.as_deref(),
+        &args.target.manifest,
+        args.target.connection.as_deref(),
         args.concurrency,
         !args.no_cache,
     )

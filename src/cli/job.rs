@@ -9,16 +9,8 @@ use crate::plugins::scheduler::schedule::Schedule;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// The manifest whose jobs to use (not needed by `next`).
-    #[arg(
-        short = 'f',
-        long = "manifest",
-        global = true,
-        default_value = "s3db.yaml"
-    )]
-    pub manifest: std::path::PathBuf,
-    #[arg(long, global = true, env = "S3DB_CONNECTION", hide_env_values = true)]
-    pub connection: Option<String>,
+    #[command(flatten)]
+    pub target: super::DatabaseArgs,
     #[command(subcommand)]
     pub command: JobCommand,
 }
@@ -61,17 +53,7 @@ pub enum JobCommand {
 pub fn run(args: &Args) -> u8 {
     match &args.command {
         JobCommand::List | JobCommand::Run { .. } | JobCommand::History { .. } => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return exit::USAGE;
-                }
-            };
-            runtime.block_on(with_scheduler(args))
+            super::block_on(with_scheduler(args))
         }
         JobCommand::Next {
             expr,
@@ -116,19 +98,11 @@ pub fn run(args: &Args) -> u8 {
 
 async fn with_scheduler(args: &Args) -> u8 {
     use std::sync::Arc;
-    let loaded =
-        match crate::manifest::load_path(&args.manifest, None, &crate::manifest::ProcessEnv) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("error: cannot read {}: {e}", args.manifest.display());
-                return exit::USAGE;
-            }
-        };
-    let Some(checked) = loaded.manifest else {
-        eprint!("{}", loaded.report.render_human(super::color_stderr()));
-        return exit::INVALID;
+    let checked = match super::load_checked(&args.target.manifest) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let db = match crate::db::Database::open(&checked, args.connection.as_deref()).await {
+    let db = match crate::db::Database::open(&checked, args.target.connection.as_deref()).await {
         Ok(db) => db,
         Err(e) => {
             eprintln!("error: {e}");

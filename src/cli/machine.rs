@@ -1,28 +1,17 @@
 //! `s3db-run machine …`: drive the manifest's state machines from the shell.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde_json::Value;
 
 use super::exit;
 use crate::hooks::HookRunner;
-use crate::manifest::{self, ProcessEnv};
 use crate::plugins::state_machine::StateMachines;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// The manifest that defines the machines.
-    #[arg(
-        short = 'f',
-        long = "manifest",
-        global = true,
-        default_value = "s3db.yaml"
-    )]
-    pub manifest: PathBuf,
-    /// Use this connection string instead of the manifest's.
-    #[arg(long, global = true, env = "S3DB_CONNECTION", hide_env_values = true)]
-    pub connection: Option<String>,
+    #[command(flatten)]
+    pub target: super::DatabaseArgs,
     #[command(subcommand)]
     pub command: MachineCommand,
 }
@@ -75,17 +64,7 @@ pub enum GraphFormat {
 }
 
 pub fn run(args: &Args) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::USAGE;
-        }
-    };
-    runtime.block_on(run_async(args))
+    super::block_on(run_async(args))
 }
 
 fn parse_context(text: Option<&str>) -> Result<Value, u8> {
@@ -99,18 +78,11 @@ fn parse_context(text: Option<&str>) -> Result<Value, u8> {
 }
 
 async fn run_async(args: &Args) -> u8 {
-    let loaded = match manifest::load_path(&args.manifest, None, &ProcessEnv) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", args.manifest.display());
-            return exit::USAGE;
-        }
+    let checked = match super::load_checked(&args.target.manifest) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let Some(checked) = loaded.manifest else {
-        eprint!("{}", loaded.report.render_human(super::color_stderr()));
-        return exit::INVALID;
-    };
-    let db = match crate::db::Database::open(&checked, args.connection.as_deref()).await {
+    let db = match crate::db::Database::open(&checked, args.target.connection.as_deref()).await {
         Ok(db) => db,
         Err(e) => {
             eprintln!("error: {e}");

@@ -120,6 +120,62 @@ pub fn color_stderr() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
 }
 
+/// `-f MANIFEST` and `--connection`: which database a command works on.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// The manifest whose database (and plugins) to use.
+    #[arg(
+        short = 'f',
+        long = "manifest",
+        global = true,
+        default_value = "s3db.yaml"
+    )]
+    pub manifest: PathBuf,
+    /// Use this connection string instead of the manifest's.
+    #[arg(long, global = true, env = "S3DB_CONNECTION", hide_env_values = true)]
+    pub connection: Option<String>,
+}
+
+/// Runs an async command to completion on a multi-threaded runtime.
+pub fn block_on(command: impl std::future::Future<Output = u8>) -> u8 {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(command),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+/// Loads and checks a manifest for a command. On failure the diagnostics (or the read error) are
+/// printed and the exit code is returned.
+pub fn load_checked(path: &std::path::Path) -> Result<crate::manifest::CheckedManifest, u8> {
+    let loaded = match crate::manifest::load_path(path, None, &crate::manifest::ProcessEnv) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", path.display());
+            eprintln!("hint: pass -f MANIFEST (default ./s3db.yaml); `s3db-run init` writes one");
+            return Err(exit::USAGE);
+        }
+    };
+    match loaded.manifest {
+        Some(checked) => {
+            if !loaded.report.diagnostics.is_empty() {
+                eprint!("{}", loaded.report.render_human(color_stderr()));
+            }
+            Ok(checked)
+        }
+        None => {
+            eprint!("{}", loaded.report.render_human(color_stderr()));
+            eprintln!("error: {} is invalid", path.display());
+            Err(exit::INVALID)
+        }
+    }
+}
+
 pub(crate) fn display(path: &std::path::Path) -> String {
     PathBuf::from(path).display().to_string()
 }

@@ -6,7 +6,6 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
-use crate::manifest::{self, ProcessEnv};
 use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -47,35 +46,11 @@ fn init_logging(format: LogFormat) {
 
 pub fn run(args: &Args) -> u8 {
     init_logging(args.log_format);
-    let loaded = match manifest::load_path(&args.manifest, None, &ProcessEnv) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot read {}: {e}", args.manifest.display());
-            eprintln!("hint: s3db-run MANIFEST runs a manifest; `s3db-run init` writes one; `s3db-run --help` lists the commands");
-            return exit::USAGE;
-        }
+    let checked = match super::load_checked(&args.manifest) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    if !loaded.report.diagnostics.is_empty() {
-        eprint!("{}", loaded.report.render_human(super::color_stderr()));
-    }
-    let Some(checked) = loaded.manifest else {
-        eprintln!(
-            "error: {} is invalid; nothing was started",
-            args.manifest.display()
-        );
-        return exit::INVALID;
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::USAGE;
-        }
-    };
-    runtime.block_on(async {
+    super::block_on(async {
         let rt = match Runtime::build(&checked).await {
             Ok(rt) => rt,
             Err(e) => {

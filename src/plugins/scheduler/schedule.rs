@@ -2,7 +2,9 @@
 //! lists, `@yearly`…`@hourly`) on top of the `croner` crate. The one cron evaluator of the
 //! project: the manifest validator, the scheduler and `job next` all use it.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use chrono::Datelike;
 use croner::parser::{CronParser, Seconds, Year};
@@ -23,7 +25,9 @@ const NICKNAMES: &[&str] = &[
 #[derive(Clone)]
 pub struct Schedule {
     expr: String,
-    cron: Cron,
+    /// Shared by every schedule with the same expression: a parsed `croner::Cron` holds about
+    /// 5 KB (a bitfield for every year it could ever match), which 10,000 jobs would multiply.
+    cron: Arc<Cron>,
     /// The hour field is `*` or a step: the job runs every real hour, through DST changes.
     every_hour: bool,
 }
@@ -79,23 +83,14 @@ impl Schedule {
                 ));
             }
         }
-        let parser = CronParser::builder()
-            .seconds(Seconds::Optional)
-            .year(Year::Disallowed)
-            .build();
-        let cron = parser.parse(trimmed).map_err(|e| {
-            invalid(
-                format!("`{trimmed}` is not a valid cron expression: {e}"),
-                FIELDS_HELP.to_string(),
-            )
-        })?;
-        if !fires_at_all(&cron) {
-            return Err(ScheduleError {
-                message: format!("`{trimmed}` can never fire: no date matches its day and month fields"),
-                help: "check the day-of-month against the month (February has at most 29 days; April, June, September and November 30)".into(),
-                never_fires: true,
-            });
-        }
+        let cron = match interned(trimmed) {
+            Some(cron) => cron,
+            None => {
+                let cron = Arc::new(parse_checked(trimmed)?);
+                intern(trimmed, &cron);
+                cron
+            }
+        };
         let fields: Vec<&str> = trimmed.split_whitespace().collect();
         let hour_field = match fields.len() {
             6 => fields[2],
@@ -213,6 +208,48 @@ impl Schedule {
     pub fn cron(&self) -> &Cron {
         &self.cron
     }
+}
+
+fn interned_map() -> &'static Mutex<HashMap<String, Weak<Cron>>> {
+    static MAP: OnceLock<Mutex<HashMap<String, Weak<Cron>>>> = OnceLock::new();
+    MAP.get_or_init(Default::default)
+}
+
+fn interned(expr: &str) -> Option<Arc<Cron>> {
+    interned_map()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(expr)?
+        .upgrade()
+}
+
+fn intern(expr: &str, cron: &Arc<Cron>) {
+    let mut map = interned_map().lock().unwrap_or_else(|e| e.into_inner());
+    if map.len() >= 4096 {
+        map.retain(|_, w| w.strong_count() > 0);
+    }
+    map.insert(expr.to_string(), Arc::downgrade(cron));
+}
+
+/// Parses with croner and rejects expressions that can never fire.
+fn parse_checked(trimmed: &str) -> Result<Cron, ScheduleError> {
+    let parser = CronParser::builder()
+        .seconds(Seconds::Optional)
+        .year(Year::Disallowed)
+        .build();
+    let cron = parser.parse(trimmed).map_err(|e| ScheduleError {
+        message: format!("`{trimmed}` is not a valid cron expression: {e}"),
+        help: FIELDS_HELP.to_string(),
+        never_fires: false,
+    })?;
+    if !fires_at_all(&cron) {
+        return Err(ScheduleError {
+            message: format!("`{trimmed}` can never fire: no date matches its day and month fields"),
+            help: "check the day-of-month against the month (February has at most 29 days; April, June, September and November 30)".into(),
+            never_fires: true,
+        });
+    }
+    Ok(cron)
 }
 
 /// The first instant after a DST gap that contains the wall-clock time `naive`.
