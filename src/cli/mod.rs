@@ -3,6 +3,7 @@
 
 pub mod cache;
 pub mod db;
+pub mod diff;
 pub mod init;
 pub mod job;
 pub mod machine;
@@ -56,6 +57,8 @@ pub enum Command {
     /// Exit status: 0 when every manifest is valid (warnings allowed), 1 when one is invalid,
     /// 2 when a file cannot be read.
     Validate(validate::Args),
+    /// Show what applying NEW over OLD would change (exit 1 when something does).
+    Diff(diff::Args),
     /// Print the manifest's JSON Schema (draft 2020-12), for editors and CI.
     Schema(schema::Args),
     /// Write a commented starter manifest that validates as written.
@@ -97,6 +100,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Run(args) => run::run(&args),
         Command::Validate(args) => validate::run(&args),
         Command::Schema(args) => schema::run(&args),
+        Command::Diff(args) => diff::run(&args),
         Command::Init(args) => init::run(&args),
         Command::Db(args) => db::run(&args),
         Command::Machine(args) => machine::run(&args),

@@ -5,6 +5,7 @@
 pub mod check;
 pub mod de;
 pub mod diagnostic;
+pub mod diff;
 pub mod env;
 pub mod model;
 pub mod suggest;

@@ -5,6 +5,7 @@ mod support;
 mod cache;
 mod db_core;
 mod db_processes;
+mod diff;
 mod hooks;
 mod manifest_cli;
 mod manifest_fixtures;
