@@ -221,47 +221,12 @@ impl Resource {
             }
             let mut data = current.data.clone();
             apply_update(&mut data, patch)?;
-            if self.schema.timestamps {
-                data.insert("updatedAt".into(), Self::now());
-            }
-            self.validate(&data)?;
-            let old_refs = self.refs(&current.data, id);
-            let new_refs = self.refs(&data, id);
-            let added: Vec<String> = new_refs
-                .iter()
-                .filter(|k| !old_refs.contains(k))
-                .cloned()
-                .collect();
-            self.put_refs(&added).await?;
-            let put = self
-                .db
-                .store()
-                .put(
-                    &self.key(id),
-                    codec::encode_record(&data),
-                    PutMode::Update(current.etag.clone()),
-                    &PutOptions::default(),
-                )
-                .await;
-            match put {
-                Ok(etag) => {
-                    self.invalidate(id).await;
-                    let removed: Vec<String> = old_refs
-                        .into_iter()
-                        .filter(|k| !new_refs.contains(k))
-                        .collect();
-                    self.delete_refs(&removed).await?;
-                    return Ok(Record {
-                        id: id.to_string(),
-                        data,
-                        etag,
-                    });
-                }
-                Err(StoreError::PreconditionFailed { .. }) => match expected {
+            match self.replace(&current, data).await {
+                Err(DbError::Conflict { .. }) => match expected {
                     Some(expected) => return Err(self.conflict(id, expected)),
                     None => backoff(attempt).await,
                 },
-                Err(e) => return Err(e.into()),
+                other => return other,
             }
         }
         Err(self.conflict(id, &ETag("(retries exhausted)".into())))
