@@ -76,6 +76,10 @@ struct JobState {
     tz: chrono_tz::Tz,
     enabled: bool,
     running: usize,
+    /// The last computed next slot and the instant it was computed after: still the next slot
+    /// for any later instant before it, so the run loop does not recompute 10,000 schedules at
+    /// every fire.
+    next: Mutex<Option<(DateTime<Utc>, DateTime<Utc>)>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -134,6 +138,7 @@ fn job_state(name: &str, def: &JobDef, config: &SchedulerConfig) -> Result<JobSt
         tz: def.timezone.unwrap_or(config.timezone).0,
         enabled: def.enabled,
         running: 0,
+        next: Mutex::new(None),
         def: def.clone(),
         schedule,
     })
@@ -223,9 +228,18 @@ impl Scheduler {
     pub fn next_slot(&self, job: &str, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
         let j = jobs.get(job)?;
-        j.schedule
+        let mut cache = j.next.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((computed_after, next)) = *cache {
+            if computed_after <= after && after < next {
+                return Some(next);
+            }
+        }
+        let next = j
+            .schedule
             .next_after(&after.with_timezone(&j.tz), &j.tz)
-            .map(|t| t.with_timezone(&Utc))
+            .map(|t| t.with_timezone(&Utc))?;
+        *cache = Some((after, next));
+        Some(next)
     }
 
     pub fn status(&self, job: &str) -> Result<JobStatus, JobError> {

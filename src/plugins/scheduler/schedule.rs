@@ -25,9 +25,10 @@ const NICKNAMES: &[&str] = &[
 #[derive(Clone)]
 pub struct Schedule {
     expr: String,
-    /// Shared by every schedule with the same expression: a parsed `croner::Cron` holds about
-    /// 5 KB (a bitfield for every year it could ever match), which 10,000 jobs would multiply.
-    cron: Arc<Cron>,
+    /// The parsed form is not kept: a `croner::Cron` holds about 5 KB (a bitfield for every year
+    /// it could ever match), which 10,000 jobs would multiply. It is shared while in use and
+    /// parsed again when needed (the scheduler asks once per fire).
+    parsed: Weak<Cron>,
     /// The hour field is `*` or a step: the job runs every real hour, through DST changes.
     every_hour: bool,
 }
@@ -91,6 +92,7 @@ impl Schedule {
                 cron
             }
         };
+        let parsed = Arc::downgrade(&cron);
         let fields: Vec<&str> = trimmed.split_whitespace().collect();
         let hour_field = match fields.len() {
             6 => fields[2],
@@ -107,7 +109,7 @@ impl Schedule {
         Ok(Self {
             expr: trimmed.to_string(),
             every_hour: hour_field.contains('*') || hour_field.contains('/'),
-            cron,
+            parsed,
         })
     }
 
@@ -145,9 +147,9 @@ impl Schedule {
         let mut cursor = whole - back;
         let mut best: Option<chrono::DateTime<Tz>> = None;
         let horizon = cursor + chrono::Duration::days(366 * 50);
+        let cron = self.cron()?;
         loop {
-            let next = self
-                .cron
+            let next = cron
                 .find_next_occurrence(&chrono::Utc.from_utc_datetime(&cursor), false)
                 .ok()?;
             let naive = next.naive_utc();
@@ -205,8 +207,22 @@ impl Schedule {
         &self.expr
     }
 
-    pub fn cron(&self) -> &Cron {
-        &self.cron
+    /// The parsed expression: the one in use elsewhere, or parsed again (it parsed when the
+    /// schedule was made, so None does not happen in practice).
+    pub fn cron(&self) -> Option<Arc<Cron>> {
+        if let Some(cron) = self.parsed.upgrade().or_else(|| interned(&self.expr)) {
+            return Some(cron);
+        }
+        let cron = Arc::new(
+            CronParser::builder()
+                .seconds(Seconds::Optional)
+                .year(Year::Disallowed)
+                .build()
+                .parse(&self.expr)
+                .ok()?,
+        );
+        intern(&self.expr, &cron);
+        Some(cron)
     }
 }
 
