@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: manifest → checked model → plugins → database → object store.
 
+pub mod api;
 pub mod cli;
 pub mod db;
 pub mod hooks;

@@ -16,6 +16,9 @@ pub struct Args {
     /// How long running jobs may take to finish after SIGINT/SIGTERM before they are interrupted.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub grace: Duration,
+    /// Serve the control API here instead of `server.listen` (IP:PORT).
+    #[arg(long)]
+    pub listen: Option<std::net::SocketAddr>,
     /// Log lines as `human` text or `json` objects (level with RUST_LOG, default info).
     #[arg(long = "log-format", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
@@ -59,7 +62,38 @@ pub fn run(args: &Args) -> u8 {
             }
         };
         tracing::info!(manifest = %args.manifest.display(), sha256 = %checked.sha256, database = %checked.manifest.database.connection, "started");
+        let rt = std::sync::Arc::new(rt);
         let stop = CancellationToken::new();
+        let server = &checked.manifest.server;
+        let api = if server.enabled {
+            let addr = match args.listen.map(Ok).unwrap_or_else(|| server.listen.parse()) {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(listen = %server.listen, error = %e, "server.listen is not an address");
+                    return exit::INVALID;
+                }
+            };
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot listen for the control API");
+                    return exit::INVALID;
+                }
+            };
+            tracing::info!(%addr, token = server.token.is_some(), "control API listening");
+            let app = crate::api::router(std::sync::Arc::new(crate::api::ApiState {
+                runtime: rt.clone(),
+                manifest: checked.clone(),
+            }));
+            let stop = stop.clone();
+            Some(tokio::spawn(async move {
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+            }))
+        } else {
+            None
+        };
         tokio::spawn({
             let stop = stop.clone();
             async move {
@@ -68,6 +102,9 @@ pub fn run(args: &Args) -> u8 {
             }
         });
         rt.run(stop, args.grace).await;
+        if let Some(api) = api {
+            let _ = api.await;
+        }
         exit::OK
     })
 }

@@ -2,6 +2,8 @@
 
 mod support;
 
+mod api;
+
 mod cache;
 mod db_core;
 mod db_processes;

@@ -1,0 +1,340 @@
+//! The control API: a small HTTP server on `server.listen` that shows and drives what the
+//! runtime runs. Handlers call the same plugin functions as the command line. When
+//! `server.token` is set, every endpoint but `/healthz` and `/readyz` needs it as a bearer token.
+//! Errors are JSON: `{"code": "...", "message": "..."}`.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::manifest::CheckedManifest;
+use crate::plugins::scheduler::jobs::JobError;
+use crate::plugins::state_machine::MachineError;
+use crate::runtime::Runtime;
+
+/// What the handlers share.
+pub struct ApiState {
+    pub runtime: Arc<Runtime>,
+    pub manifest: CheckedManifest,
+}
+
+type Shared = Arc<ApiState>;
+
+/// A JSON error with a code and an HTTP status.
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "code": self.code, "message": self.message })),
+        )
+            .into_response()
+    }
+}
+
+impl From<JobError> for ApiError {
+    fn from(e: JobError) -> Self {
+        let (status, code) = match &e {
+            JobError::Unknown(..) => (StatusCode::NOT_FOUND, "job_not_found"),
+            JobError::Exists(_) => (StatusCode::CONFLICT, "job_exists"),
+            JobError::Running(_) => (StatusCode::CONFLICT, "job_running"),
+            JobError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_job"),
+            JobError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database_error"),
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<MachineError> for ApiError {
+    fn from(e: MachineError) -> Self {
+        let (status, code) = match &e {
+            MachineError::UnknownMachine(..) => (StatusCode::NOT_FOUND, "machine_not_found"),
+            MachineError::NotInitialized { .. } => (StatusCode::NOT_FOUND, "entity_not_found"),
+            MachineError::AlreadyInitialized { .. } => (StatusCode::CONFLICT, "entity_exists"),
+            MachineError::InvalidEvent { .. } | MachineError::FinalState { .. } => {
+                (StatusCode::CONFLICT, "event_refused")
+            }
+            MachineError::GuardDenied { .. } | MachineError::GuardFailed { .. } => {
+                (StatusCode::CONFLICT, "guard_denied")
+            }
+            MachineError::Contention { .. } => (StatusCode::SERVICE_UNAVAILABLE, "contention"),
+            MachineError::Corrupt(..) | MachineError::Db(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, "database_error")
+            }
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+fn machines(state: &ApiState) -> Result<&crate::plugins::state_machine::StateMachines, ApiError> {
+    state.runtime.machines.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_machines",
+            "this manifest defines no state machines",
+        )
+    })
+}
+
+/// The router, with the token check when a token is configured.
+pub fn router(state: Shared) -> Router {
+    let api = Router::new()
+        .route("/api/v1/jobs", get(list_jobs))
+        .route("/api/v1/jobs/{name}", get(job_status))
+        .route("/api/v1/jobs/{name}/run", post(run_job))
+        .route("/api/v1/jobs/{name}/enable", post(enable_job))
+        .route("/api/v1/jobs/{name}/disable", post(disable_job))
+        .route("/api/v1/jobs/{name}/history", get(job_history))
+        .route("/api/v1/machines", get(list_machines))
+        .route("/api/v1/machines/{machine}", get(machine_definition))
+        .route("/api/v1/machines/{machine}/graph", get(machine_graph))
+        .route(
+            "/api/v1/machines/{machine}/entities/{entity}",
+            get(entity_state).post(init_entity),
+        )
+        .route(
+            "/api/v1/machines/{machine}/entities/{entity}/events",
+            post(send_event),
+        )
+        .route(
+            "/api/v1/machines/{machine}/entities/{entity}/history",
+            get(entity_history),
+        )
+        .route("/api/v1/manifest", get(effective_manifest))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route(
+            "/readyz",
+            get(|| async { Json(json!({ "status": "ready" })) }),
+        )
+        .merge(api)
+        .fallback(|| async {
+            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let Some(token) = state
+        .manifest
+        .manifest
+        .server
+        .token
+        .as_ref()
+        .filter(|t| !t.is_empty())
+    else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // Compared in constant time, so the token cannot be guessed byte by byte from timings.
+    let ok = presented.is_some_and(|p| {
+        let (a, b) = (p.as_bytes(), token.expose().as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    });
+    if ok {
+        next.run(request).await
+    } else {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "a valid bearer token is required",
+        )
+        .into_response()
+    }
+}
+
+async fn list_jobs(State(s): State<Shared>) -> ApiResult {
+    Ok(Json(json!(s.runtime.scheduler.all_status())))
+}
+
+async fn job_status(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(Json(json!(s.runtime.scheduler.status(&name)?)))
+}
+
+#[derive(Deserialize, Default)]
+struct RunBody {
+    #[serde(default)]
+    context: Value,
+}
+
+async fn run_job(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    body: Option<Json<RunBody>>,
+) -> ApiResult {
+    let context = body
+        .map(|b| b.0.context)
+        .filter(|c| !c.is_null())
+        .unwrap_or_else(|| json!({}));
+    Ok(Json(s.runtime.scheduler.run_now(&name, context).await?))
+}
+
+async fn enable_job(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    s.runtime.scheduler.enable(&name)?;
+    Ok(Json(json!(s.runtime.scheduler.status(&name)?)))
+}
+
+async fn disable_job(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    s.runtime.scheduler.disable(&name)?;
+    Ok(Json(json!(s.runtime.scheduler.status(&name)?)))
+}
+
+#[derive(Deserialize)]
+struct HistoryQuery {
+    status: Option<String>,
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+async fn job_history(
+    State(s): State<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult {
+    s.runtime.scheduler.status(&name)?;
+    Ok(Json(json!(
+        s.runtime
+            .scheduler
+            .history(&name, q.status.as_deref(), q.limit)
+            .await?
+    )))
+}
+
+async fn list_machines(State(s): State<Shared>) -> ApiResult {
+    let names = s
+        .runtime
+        .machines
+        .as_ref()
+        .map(|m| m.machine_names())
+        .unwrap_or_default();
+    Ok(Json(json!(names)))
+}
+
+async fn machine_definition(State(s): State<Shared>, Path(machine): Path<String>) -> ApiResult {
+    Ok(Json(json!(machines(&s)?.definition(&machine)?)))
+}
+
+#[derive(Deserialize)]
+struct GraphQuery {
+    format: Option<String>,
+}
+
+async fn machine_graph(
+    State(s): State<Shared>,
+    Path(machine): Path<String>,
+    Query(q): Query<GraphQuery>,
+) -> Result<Response, ApiError> {
+    let sm = machines(&s)?;
+    let (body, content_type) = match q.format.as_deref().unwrap_or("dot") {
+        "dot" => (sm.graph_dot(&machine)?, "text/vnd.graphviz"),
+        "mermaid" => (sm.graph_mermaid(&machine)?, "text/plain; charset=utf-8"),
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "bad_format",
+                format!("format `{other}`: use dot or mermaid"),
+            ))
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+#[derive(Deserialize, Default)]
+struct InitBody {
+    #[serde(default)]
+    context: Value,
+}
+
+async fn init_entity(
+    State(s): State<Shared>,
+    Path((machine, entity)): Path<(String, String)>,
+    body: Option<Json<InitBody>>,
+) -> ApiResult {
+    let context = body.map(|b| b.0.context).unwrap_or(Value::Null);
+    Ok(Json(json!(
+        machines(&s)?.initialize(&machine, &entity, context).await?
+    )))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EventBody {
+    event: String,
+    #[serde(default)]
+    context: Value,
+    event_id: Option<String>,
+}
+
+async fn send_event(
+    State(s): State<Shared>,
+    Path((machine, entity)): Path<(String, String)>,
+    Json(body): Json<EventBody>,
+) -> ApiResult {
+    let r = machines(&s)?
+        .send(
+            &machine,
+            &entity,
+            &body.event,
+            body.context,
+            body.event_id.as_deref(),
+        )
+        .await?;
+    Ok(Json(json!(r)))
+}
+
+async fn entity_state(
+    State(s): State<Shared>,
+    Path((machine, entity)): Path<(String, String)>,
+) -> ApiResult {
+    Ok(Json(json!(machines(&s)?.state(&machine, &entity).await?)))
+}
+
+async fn entity_history(
+    State(s): State<Shared>,
+    Path((machine, entity)): Path<(String, String)>,
+    Query(q): Query<HistoryQuery>,
+) -> ApiResult {
+    Ok(Json(json!(
+        machines(&s)?
+            .history(&machine, &entity, q.limit, q.offset.unwrap_or(0))
+            .await?
+    )))
+}
+
+async fn effective_manifest(State(s): State<Shared>) -> ApiResult {
+    Ok(Json(
+        json!({ "sha256": s.manifest.sha256, "manifest": s.manifest.manifest }),
+    ))
+}

@@ -1,0 +1,230 @@
+//! The control API, served by a real `s3db-run` process: every endpoint, with and without the
+//! token.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+struct Server {
+    child: std::process::Child,
+    base: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        format!(
+            r#"version: 1
+database: {{ connection: file://./data }}
+machines:
+  order:
+    initialState: pending
+    states:
+      pending: {{ on: {{ PAY: paid }} }}
+      paid: {{ type: final }}
+jobs:
+  hello: {{ schedule: "0 9 * * MON", action: {{ run: ["echo", "{{\"hi\": 1}}"] }} }}
+server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
+"#
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .arg("s3db.yaml")
+        .current_dir(dir.path())
+        .env_remove("S3DB_CONNECTION")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Server {
+        child,
+        base,
+        _dir: dir,
+    }
+}
+
+async fn call(
+    s: &Server,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value, String) {
+    let client = reqwest::Client::new();
+    let mut req = client.request(method.parse().unwrap(), format!("{}{path}", s.base));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
+    )
+}
+
+const T: Option<&str> = Some("s3cr3t-token");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_endpoint_answers_and_needs_the_token() {
+    let s = start();
+    assert_eq!(call(&s, "GET", "/healthz", None, None).await.0, 200);
+    assert_eq!(call(&s, "GET", "/readyz", None, None).await.0, 200);
+    for (method, path) in [
+        ("GET", "/api/v1/jobs"),
+        ("GET", "/api/v1/jobs/hello"),
+        ("POST", "/api/v1/jobs/hello/run"),
+        ("GET", "/api/v1/machines"),
+        ("GET", "/api/v1/manifest"),
+        ("GET", "/api/v1/machines/order/entities/o1"),
+    ] {
+        let (status, body, _) = call(&s, method, path, None, None).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{method} {path}"
+        );
+        assert_eq!(
+            call(&s, method, path, Some("wrong"), None).await.0,
+            401,
+            "{method} {path}"
+        );
+    }
+
+    let (status, jobs, _) = call(&s, "GET", "/api/v1/jobs", T, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(jobs[0]["name"], "hello");
+    assert!(jobs[0]["nextRun"].as_str().unwrap().contains("T09:00:00"));
+    let (status, run, _) = call(&s, "POST", "/api/v1/jobs/hello/run", T, None).await;
+    assert_eq!(
+        (status, run["status"].as_str(), run["result"].clone()),
+        (200, Some("success"), json!({ "hi": 1 }))
+    );
+    let (_, history, _) = call(
+        &s,
+        "GET",
+        "/api/v1/jobs/hello/history?status=success&limit=5",
+        T,
+        None,
+    )
+    .await;
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    let (_, disabled, _) = call(&s, "POST", "/api/v1/jobs/hello/disable", T, None).await;
+    assert_eq!(disabled["enabled"], false);
+    let (_, enabled, _) = call(&s, "POST", "/api/v1/jobs/hello/enable", T, None).await;
+    assert_eq!(enabled["enabled"], true);
+    let (status, missing, _) = call(&s, "GET", "/api/v1/jobs/nope", T, None).await;
+    assert_eq!(
+        (status, missing["code"].as_str()),
+        (404, Some("job_not_found"))
+    );
+
+    assert_eq!(
+        call(&s, "GET", "/api/v1/machines", T, None).await.1,
+        json!(["order"])
+    );
+    assert_eq!(
+        call(&s, "GET", "/api/v1/machines/order", T, None).await.1["initialState"],
+        "pending"
+    );
+    let (status, _, dot) = call(&s, "GET", "/api/v1/machines/order/graph", T, None).await;
+    assert!(status == 200 && dot.starts_with("digraph"), "{dot}");
+    let (_, _, mermaid) = call(
+        &s,
+        "GET",
+        "/api/v1/machines/order/graph?format=mermaid",
+        T,
+        None,
+    )
+    .await;
+    assert!(mermaid.starts_with("stateDiagram-v2"));
+    let (status, init, _) = call(
+        &s,
+        "POST",
+        "/api/v1/machines/order/entities/o1",
+        T,
+        Some(json!({ "context": { "a": 1 } })),
+    )
+    .await;
+    assert_eq!((status, init["state"].as_str()), (200, Some("pending")));
+    let (status, again, _) = call(&s, "POST", "/api/v1/machines/order/entities/o1", T, None).await;
+    assert_eq!(
+        (status, again["code"].as_str()),
+        (409, Some("entity_exists"))
+    );
+    let (status, sent, _) = call(
+        &s,
+        "POST",
+        "/api/v1/machines/order/entities/o1/events",
+        T,
+        Some(json!({ "event": "PAY", "eventId": "e1" })),
+    )
+    .await;
+    assert_eq!((status, sent["to"].as_str()), (200, Some("paid")));
+    let (status, refused, _) = call(
+        &s,
+        "POST",
+        "/api/v1/machines/order/entities/o1/events",
+        T,
+        Some(json!({ "event": "PAY" })),
+    )
+    .await;
+    assert_eq!(
+        (status, refused["code"].as_str()),
+        (409, Some("event_refused"))
+    );
+    assert_eq!(
+        call(&s, "GET", "/api/v1/machines/order/entities/o1", T, None)
+            .await
+            .1["state"],
+        "paid"
+    );
+    let (_, h, _) = call(
+        &s,
+        "GET",
+        "/api/v1/machines/order/entities/o1/history",
+        T,
+        None,
+    )
+    .await;
+    assert_eq!(h.as_array().unwrap().len(), 1);
+    assert_eq!(
+        call(&s, "GET", "/api/v1/machines/nope", T, None).await.0,
+        404
+    );
+
+    let (status, manifest, text) = call(&s, "GET", "/api/v1/manifest", T, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(manifest["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(manifest["manifest"]["server"]["token"], "***");
+    assert!(!text.contains("s3cr3t-token"));
+    let (status, unknown, _) = call(&s, "GET", "/api/v1/nothing", T, None).await;
+    assert_eq!((status, unknown["code"].as_str()), (404, Some("not_found")));
+}
