@@ -3,6 +3,8 @@
 //! `server.token` is set, every endpoint but `/healthz` and `/readyz` needs it as a bearer token.
 //! Errors are JSON: `{"code": "...", "message": "..."}`.
 
+pub mod metrics;
+
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, Request, State};
@@ -23,6 +25,7 @@ use crate::runtime::Runtime;
 pub struct ApiState {
     pub runtime: Arc<Runtime>,
     pub manifest: CheckedManifest,
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 type Shared = Arc<ApiState>;
@@ -125,6 +128,7 @@ pub fn router(state: Shared) -> Router {
             get(entity_history),
         )
         .route("/api/v1/manifest", get(effective_manifest))
+        .route("/metrics", get(render_metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(
@@ -331,6 +335,17 @@ async fn entity_history(
             .history(&machine, &entity, q.limit, q.offset.unwrap_or(0))
             .await?
     )))
+}
+
+async fn render_metrics(State(s): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        s.metrics.render(&s.runtime),
+    )
+        .into_response()
 }
 
 async fn effective_manifest(State(s): State<Shared>) -> ApiResult {

@@ -81,9 +81,12 @@ pub fn run(args: &Args) -> u8 {
                 }
             };
             tracing::info!(%addr, token = server.token.is_some(), "control API listening");
+            let metrics = crate::api::metrics::Metrics::new(&checked.sha256);
+            metrics.follow(&rt);
             let app = crate::api::router(std::sync::Arc::new(crate::api::ApiState {
                 runtime: rt.clone(),
                 manifest: checked.clone(),
+                metrics,
             }));
             let stop = stop.clone();
             Some(tokio::spawn(async move {

@@ -225,6 +225,30 @@ async fn every_endpoint_answers_and_needs_the_token() {
     assert_eq!(manifest["sha256"].as_str().map(str::len), Some(64));
     assert_eq!(manifest["manifest"]["server"]["token"], "***");
     assert!(!text.contains("s3cr3t-token"));
+    assert_eq!(call(&s, "GET", "/metrics", None, None).await.0, 401);
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = call(&s, "GET", "/metrics", T, None).await.2;
+        if text.contains("s3db_transitions_total") && text.contains("s3db_job_runs_total") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for line in [
+        "s3db_job_runs_total{job=\"hello\",status=\"success\"} 1",
+        "s3db_job_duration_seconds_count{job=\"hello\"} 1",
+        "s3db_transitions_total{machine=\"order\",event=\"PAY\"} 1",
+        "s3db_job_last_success_timestamp_seconds{job=\"hello\"}",
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
+    assert!(
+        text.contains(&format!(
+            "s3db_manifest_info{{sha256=\"{}\"}} 1",
+            manifest["sha256"].as_str().unwrap()
+        )),
+        "{text}"
+    );
     let (status, unknown, _) = call(&s, "GET", "/api/v1/nothing", T, None).await;
     assert_eq!((status, unknown["code"].as_str()), (404, Some("not_found")));
 }

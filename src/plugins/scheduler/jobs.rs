@@ -41,6 +41,12 @@ pub enum JobEvent {
         error: String,
         attempt: u32,
     },
+    /// Every run ends with one of these, whatever its status.
+    JobFinished {
+        job: String,
+        status: String,
+        duration_ms: u64,
+    },
     JobEnabled {
         job: String,
     },
@@ -466,6 +472,11 @@ impl Scheduler {
             .entry(job.into())
             .or_default()
             .retain(|(id, _)| *id != run_id);
+        self.emit(JobEvent::JobFinished {
+            job: job.into(),
+            status: status.into(),
+            duration_ms,
+        });
         match status {
             "success" => {
                 self.emit(JobEvent::JobComplete {
