@@ -4,6 +4,7 @@
 //! Errors are JSON: `{"code": "...", "message": "..."}`.
 
 pub mod metrics;
+pub mod openapi;
 
 use std::sync::Arc;
 
@@ -129,6 +130,10 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/api/v1/manifest", get(effective_manifest))
         .route("/metrics", get(render_metrics))
+        .route(
+            "/api/v1/openapi.json",
+            get(|| async { Json(openapi::document()) }),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route(

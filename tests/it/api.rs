@@ -249,6 +249,20 @@ async fn every_endpoint_answers_and_needs_the_token() {
         )),
         "{text}"
     );
+    let (status, doc, _) = call(&s, "GET", "/api/v1/openapi.json", T, None).await;
+    assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.1.0")));
+    // Every route the router serves is documented.
+    let source = std::fs::read_to_string(crate::support::repo().join("src/api/mod.rs")).unwrap();
+    for route in source
+        .split(".route(\"")
+        .skip(1)
+        .map(|r| r.split('"').next().unwrap())
+    {
+        assert!(
+            doc["paths"].get(route).is_some(),
+            "{route} is not in the OpenAPI document"
+        );
+    }
     let (status, unknown, _) = call(&s, "GET", "/api/v1/nothing", T, None).await;
     assert_eq!((status, unknown["code"].as_str()), (404, Some("not_found")));
 }

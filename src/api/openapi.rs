@@ -1,0 +1,85 @@
+//! The OpenAPI 3.1 document of the control API, served at `/api/v1/openapi.json`. Written by
+//! hand next to the router; a test checks that every route is in it.
+
+use serde_json::{json, Value};
+
+fn op(summary: &str, tag: &str, params: &[&str], body: Option<Value>) -> Value {
+    let mut o = json!({
+        "summary": summary,
+        "tags": [tag],
+        "responses": {
+            "200": { "description": "OK", "content": { "application/json": {} } },
+            "401": { "$ref": "#/components/responses/Unauthorized" },
+            "404": { "$ref": "#/components/responses/Error" },
+            "409": { "$ref": "#/components/responses/Error" }
+        }
+    });
+    let parameters: Vec<Value> = params
+        .iter()
+        .map(|p| {
+            let (name, location) = match p.strip_prefix('?') {
+                Some(q) => (q, "query"),
+                None => (*p, "path"),
+            };
+            json!({ "name": name, "in": location, "required": location == "path", "schema": { "type": "string" } })
+        })
+        .collect();
+    if !parameters.is_empty() {
+        o["parameters"] = Value::Array(parameters);
+    }
+    if let Some(schema) = body {
+        o["requestBody"] = json!({ "content": { "application/json": { "schema": schema } } });
+    }
+    o
+}
+
+pub fn document() -> Value {
+    let context = json!({ "type": "object", "properties": { "context": { "type": "object" } } });
+    json!({
+        "openapi": "3.1.0",
+        "info": { "title": "s3db-run control API", "version": env!("CARGO_PKG_VERSION") },
+        "security": [{ "bearer": [] }],
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": { "code": { "type": "string" }, "message": { "type": "string" } }
+                }
+            },
+            "responses": {
+                "Error": { "description": "An error", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } },
+                "Unauthorized": { "description": "A valid bearer token is required", "content": { "application/json": { "schema": { "$ref": "#/components/schemas/Error" } } } }
+            }
+        },
+        "paths": {
+            "/healthz": { "get": { "summary": "Liveness", "security": [], "responses": { "200": { "description": "OK" } } } },
+            "/readyz": { "get": { "summary": "Readiness", "security": [], "responses": { "200": { "description": "OK" } } } },
+            "/metrics": { "get": op("Prometheus metrics", "metrics", &[], None) },
+            "/api/v1/openapi.json": { "get": op("This document", "meta", &[], None) },
+            "/api/v1/manifest": { "get": op("The effective manifest, secrets redacted, and its SHA-256", "meta", &[], None) },
+            "/api/v1/jobs": { "get": op("Every job with its next run", "jobs", &[], None) },
+            "/api/v1/jobs/{name}": { "get": op("A job's status", "jobs", &["name"], None) },
+            "/api/v1/jobs/{name}/run": { "post": op("Run a job now", "jobs", &["name"], Some(context.clone())) },
+            "/api/v1/jobs/{name}/enable": { "post": op("Enable a job", "jobs", &["name"], None) },
+            "/api/v1/jobs/{name}/disable": { "post": op("Disable a job", "jobs", &["name"], None) },
+            "/api/v1/jobs/{name}/history": { "get": op("A job's runs, newest first", "jobs", &["name", "?status", "?limit"], None) },
+            "/api/v1/machines": { "get": op("Machine names", "machines", &[], None) },
+            "/api/v1/machines/{machine}": { "get": op("A machine's definition", "machines", &["machine"], None) },
+            "/api/v1/machines/{machine}/graph": { "get": op("A machine's diagram (dot or mermaid)", "machines", &["machine", "?format"], None) },
+            "/api/v1/machines/{machine}/entities/{entity}": {
+                "get": op("An entity's state and valid events", "machines", &["machine", "entity"], None),
+                "post": op("Initialize an entity", "machines", &["machine", "entity"], Some(context.clone()))
+            },
+            "/api/v1/machines/{machine}/entities/{entity}/events": {
+                "post": op("Send an event", "machines", &["machine", "entity"], Some(json!({
+                    "type": "object",
+                    "required": ["event"],
+                    "properties": { "event": { "type": "string" }, "context": { "type": "object" }, "eventId": { "type": "string" } }
+                })))
+            },
+            "/api/v1/machines/{machine}/entities/{entity}/history": { "get": op("An entity's transitions, newest first", "machines", &["machine", "entity", "?limit", "?offset"], None) }
+        }
+    })
+}
