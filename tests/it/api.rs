@@ -266,3 +266,27 @@ async fn every_endpoint_answers_and_needs_the_token() {
     let (status, unknown, _) = call(&s, "GET", "/api/v1/nothing", T, None).await;
     assert_eq!((status, unknown["code"].as_str()), (404, Some("not_found")));
 }
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        "version: 1\ndatabase: { connection: file://./data }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(["run", "s3db.yaml", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(dir.path())
+        .env_remove("S3DB_CONNECTION")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot listen for the control API"),
+        "{stderr}"
+    );
+}

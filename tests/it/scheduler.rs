@@ -433,7 +433,8 @@ async fn three_runner_processes_run_every_second_exactly_once() {
     let mut runners: Vec<std::process::Child> = (0..3)
         .map(|_| {
             std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
-                .arg("s3db.yaml")
+                // Each runner's control API on a port of its own.
+                .args(["s3db.yaml", "--listen", "127.0.0.1:0"])
                 .current_dir(dir.path())
                 .env_remove("S3DB_CONNECTION")
                 .env("RUST_LOG", "warn")
@@ -602,7 +603,14 @@ fn sigterm_waits_for_running_jobs_within_the_grace_period() {
         )
         .unwrap();
         let mut runner = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
-            .args(["run", "s3db.yaml", "--grace", grace])
+            .args([
+                "run",
+                "s3db.yaml",
+                "--grace",
+                grace,
+                "--listen",
+                "127.0.0.1:0",
+            ])
             .current_dir(dir.path())
             .env_remove("S3DB_CONNECTION")
             .stderr(std::process::Stdio::null())
