@@ -97,48 +97,19 @@ pub fn run(args: &Args) -> u8 {
 }
 
 async fn with_scheduler(args: &Args) -> u8 {
-    use std::sync::Arc;
     let checked = match super::load_checked(&args.target.manifest) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let db = match crate::db::Database::open(&checked, args.target.connection.as_deref()).await {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INVALID;
-        }
-    };
-    let m = &checked.manifest;
-    let hooks = Arc::new(crate::hooks::HookRunner::new(
-        m,
-        &checked.base_dir,
-        db.clone(),
-    ));
-    if !m.machines.is_empty() {
-        if let Err(e) = crate::plugins::state_machine::StateMachines::build(
-            &m.machines,
-            &m.state_machine,
-            &db,
-            hooks.clone(),
-        )
-        .await
-        {
-            eprintln!("error: {e}");
-            return exit::INVALID;
-        }
-    }
-    let clock = Arc::new(crate::plugins::scheduler::clock::SystemClock);
-    let scheduler =
-        match crate::plugins::scheduler::Scheduler::build(&m.jobs, &m.scheduler, &db, hooks, clock)
-            .await
-        {
-            Ok(s) => s,
+    let runtime =
+        match crate::runtime::Runtime::build(&checked, args.target.connection.as_deref()).await {
+            Ok(rt) => rt,
             Err(e) => {
                 eprintln!("error: {e}");
                 return exit::INVALID;
             }
         };
+    let scheduler = runtime.scheduler;
     match &args.command {
         JobCommand::List => {
             for s in scheduler.all_status() {

@@ -1,12 +1,8 @@
 //! `s3db-run machine …`: drive the manifest's state machines from the shell.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use super::exit;
-use crate::hooks::HookRunner;
-use crate::plugins::state_machine::StateMachines;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -82,21 +78,21 @@ async fn run_async(args: &Args) -> u8 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let db = match crate::db::Database::open(&checked, args.target.connection.as_deref()).await {
-        Ok(db) => db,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INVALID;
-        }
-    };
+    let runtime =
+        match crate::runtime::Runtime::build(&checked, args.target.connection.as_deref()).await {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::INVALID;
+            }
+        };
     let m = &checked.manifest;
-    let hooks = Arc::new(HookRunner::new(m, &checked.base_dir, db.clone()));
-    let machines = match StateMachines::build(&m.machines, &m.state_machine, &db, hooks).await {
-        Ok(sm) => sm,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::INVALID;
-        }
+    let Some(machines) = runtime.machines else {
+        eprintln!(
+            "error: {} defines no state machines",
+            args.target.manifest.display()
+        );
+        return exit::INVALID;
     };
     let context = match &args.command {
         MachineCommand::Init { context, .. } | MachineCommand::Send { context, .. } => {

@@ -54,7 +54,7 @@ pub fn run(args: &Args) -> u8 {
         Err(code) => return code,
     };
     super::block_on(async {
-        let rt = match Runtime::build(&checked).await {
+        let rt = match Runtime::build(&checked, None).await {
             Ok(rt) => rt,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");

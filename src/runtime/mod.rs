@@ -27,9 +27,13 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub async fn build(checked: &CheckedManifest) -> Result<Self, String> {
+    /// Builds everything the manifest declares; `connection` overrides the manifest's.
+    pub async fn build(
+        checked: &CheckedManifest,
+        connection: Option<&str>,
+    ) -> Result<Self, String> {
         let m = &checked.manifest;
-        let mut db = Database::open(checked, None)
+        let mut db = Database::open(checked, connection)
             .await
             .map_err(|e| format!("database: {e}"))?;
         let cache = match &m.cache {
