@@ -97,18 +97,10 @@ pub fn run(args: &Args) -> u8 {
 }
 
 async fn with_scheduler(args: &Args) -> u8 {
-    let checked = match super::load_checked(&args.target.manifest) {
-        Ok(c) => c,
+    let (_manifest, runtime) = match args.target.runtime().await {
+        Ok(built) => built,
         Err(code) => return code,
     };
-    let runtime =
-        match crate::runtime::Runtime::build(&checked, args.target.connection.as_deref()).await {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::INVALID;
-            }
-        };
     let scheduler = runtime.scheduler;
     match &args.command {
         JobCommand::List => {

@@ -74,18 +74,10 @@ fn parse_context(text: Option<&str>) -> Result<Value, u8> {
 }
 
 async fn run_async(args: &Args) -> u8 {
-    let checked = match super::load_checked(&args.target.manifest) {
-        Ok(c) => c,
+    let (checked, runtime) = match args.target.runtime().await {
+        Ok(built) => built,
         Err(code) => return code,
     };
-    let runtime =
-        match crate::runtime::Runtime::build(&checked, args.target.connection.as_deref()).await {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::INVALID;
-            }
-        };
     let m = &checked.manifest;
     let Some(machines) = runtime.machines else {
         eprintln!(

@@ -140,6 +140,23 @@ pub struct DatabaseArgs {
     pub connection: Option<String>,
 }
 
+impl DatabaseArgs {
+    /// The checked manifest and its plugins, built as the runner builds them. On failure the
+    /// problem is printed and the exit code returned.
+    pub async fn runtime(
+        &self,
+    ) -> Result<(crate::manifest::CheckedManifest, crate::runtime::Runtime), u8> {
+        let checked = load_checked(&self.manifest)?;
+        match crate::runtime::Runtime::build(&checked, self.connection.as_deref()).await {
+            Ok(rt) => Ok((checked, rt)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                Err(exit::INVALID)
+            }
+        }
+    }
+}
+
 /// Runs an async command to completion on a multi-threaded runtime.
 pub fn block_on(command: impl std::future::Future<Output = u8>) -> u8 {
     match tokio::runtime::Builder::new_multi_thread()
