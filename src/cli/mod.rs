@@ -1,6 +1,7 @@
 //! The command line: clap definitions and dispatch. Every command is a library function that
 //! returns an exit code, so tests call them directly; `main.rs` only calls `main()`.
 
+pub mod backup;
 pub mod cache;
 pub mod db;
 pub mod diff;
@@ -67,6 +68,11 @@ pub enum Command {
     Db(db::Args),
     /// Drive the manifest's state machines: init, send, state, history, graph.
     Machine(machine::Args),
+    /// Back up the database: `backup full|incremental|TYPE`, `--list`, `--status ID`,
+    /// `--delete ID`, `prune [--dry-run]`.
+    Backup(backup::BackupArgs),
+    /// Restore a backup (an incremental with its chain); verifies it completely first.
+    Restore(backup::RestoreArgs),
     /// Look at (`stats`) or empty (`clear`) the manifest's cache.
     Cache(cache::Args),
     /// Scheduled jobs: list, run by hand, history; `job next EXPR` checks a schedule.
@@ -105,6 +111,8 @@ pub fn run(cli: Cli) -> u8 {
         Command::Db(args) => db::run(&args),
         Command::Machine(args) => machine::run(&args),
         Command::Cache(args) => cache::run(&args),
+        Command::Backup(args) => backup::run_backup(&args),
+        Command::Restore(args) => backup::run_restore(&args),
         Command::Job(args) => job::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(

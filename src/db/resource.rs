@@ -332,6 +332,40 @@ impl Resource {
         Err(self.conflict(id, &ETag("(retries exhausted)".into())))
     }
 
+    /// Writes a record exactly as a backup holds it (timestamps included, not re-validated: the
+    /// backup is the truth). Without `overwrite` an existing record is kept and false is
+    /// returned. The caller drops cached reads afterwards (`invalidate_all`).
+    pub async fn restore(
+        &self,
+        id: &str,
+        mut data: Map<String, Value>,
+        overwrite: bool,
+    ) -> DbResult<bool> {
+        Self::check_id(id)?;
+        data.insert("id".into(), Value::String(id.to_string()));
+        self.put_refs(&self.refs(&data, id)).await?;
+        let mode = if overwrite {
+            PutMode::Overwrite
+        } else {
+            PutMode::Create
+        };
+        match self
+            .db
+            .store()
+            .put(
+                &self.key(id),
+                codec::encode_record(&data),
+                mode,
+                &PutOptions::default(),
+            )
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(StoreError::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Deletes a record; returns whether it existed. With `expected`, only at that version.
     pub async fn delete(&self, id: &str, expected: Option<&ETag>) -> DbResult<bool> {
         let Some(current) = self.get(id).await? else {

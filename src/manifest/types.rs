@@ -358,6 +358,16 @@ pub enum Command {
     Shell(String),
 }
 
+impl Command {
+    /// The argv to execute: a list as is, a string under `/bin/sh -c`.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Argv(argv) => argv.clone(),
+            Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), s.clone()],
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Command {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::db::Database;
 use crate::hooks::HookRunner;
 use crate::manifest::CheckedManifest;
+use crate::plugins::backup::Backup;
 use crate::plugins::cache::Cache;
 use crate::plugins::scheduler::clock::{Clock, SystemClock};
 use crate::plugins::scheduler::Scheduler;
@@ -24,6 +25,7 @@ pub struct Runtime {
     pub machines: Option<StateMachines>,
     pub scheduler: Scheduler,
     pub cache: Option<Arc<Cache>>,
+    pub backup: Option<Backup>,
 }
 
 impl Runtime {
@@ -51,6 +53,16 @@ impl Runtime {
         let hooks = Arc::new(
             HookRunner::new(m, &checked.base_dir, db.clone()).with_default_timeout(timeout),
         );
+        let backup = match &m.backup {
+            Some(config) => {
+                let b = Backup::build(config, &db, &checked.base_dir, Some(hooks.clone()))
+                    .await
+                    .map_err(|e| format!("backup: {e}"))?;
+                hooks.set_backup(Arc::new(b.clone()));
+                Some(b)
+            }
+            None => None,
+        };
         let machines = if m.machines.is_empty() {
             None
         } else {
@@ -70,6 +82,7 @@ impl Runtime {
             machines,
             scheduler,
             cache,
+            backup,
         })
     }
 

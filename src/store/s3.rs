@@ -98,6 +98,114 @@ impl S3Store {
         body: Bytes,
         options: &PutOptions,
     ) -> StoreResult<ETag> {
+        let count = body.len().div_ceil(PART_SIZE);
+        self.multipart(key, full, options, count, |i| {
+            let end = ((i + 1) * PART_SIZE).min(body.len());
+            let part = body.slice(i * PART_SIZE..end);
+            async move { Ok(ByteStream::from(part)) }
+        })
+        .await
+    }
+
+    /// Uploads a local file as `key` (in parts when it is large), reading it part by part so
+    /// memory stays bounded whatever its size.
+    pub async fn put_file(
+        &self,
+        key: &str,
+        path: &std::path::Path,
+        options: &PutOptions,
+    ) -> StoreResult<ETag> {
+        validate_key(key)?;
+        let full = self.full_key(key);
+        let io =
+            |e: std::io::Error| StoreError::backend("s3", key, format!("{}: {e}", path.display()));
+        let size = tokio::fs::metadata(path).await.map_err(io)?.len();
+        if size < MULTIPART_THRESHOLD as u64 {
+            let body = ByteStream::from_path(path)
+                .await
+                .map_err(|e| StoreError::backend("s3", key, e))?;
+            let mut req = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&full)
+                .content_length(i64::try_from(size).unwrap_or(i64::MAX))
+                .body(body);
+            if let Some(class) = &options.storage_class {
+                req = req.storage_class(StorageClass::from(class.as_str()));
+            }
+            req = match &options.server_side_encryption {
+                Some(ServerSideEncryption::Aes256) => {
+                    req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+                }
+                Some(ServerSideEncryption::Kms { key_id }) => req
+                    .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                    .set_ssekms_key_id(key_id.clone()),
+                None => req,
+            };
+            let out = req.send().await.map_err(|e| sdk_error(key, e))?;
+            return Ok(ETag(out.e_tag().unwrap_or_default().to_string()));
+        }
+        let part_size = PART_SIZE as u64;
+        let count = usize::try_from(size.div_ceil(part_size)).unwrap_or(usize::MAX);
+        self.multipart(key, &full, options, count, |i| {
+            let offset = i as u64 * part_size;
+            let length = part_size.min(size - offset);
+            async move {
+                ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(aws_sdk_s3::primitives::Length::Exact(length))
+                    .build()
+                    .await
+                    .map_err(|e| StoreError::backend("s3", key, e))
+            }
+        })
+        .await
+    }
+
+    /// Streams an object's body to `chunk`, piece by piece; false when the object is absent.
+    pub async fn read_stream(
+        &self,
+        key: &str,
+        mut chunk: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> StoreResult<bool> {
+        validate_key(key)?;
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.full_key(key))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if status(&e) == Some(404) || e.code() == Some("NoSuchKey") => return Ok(false),
+            Err(e) => return Err(sdk_error(key, e)),
+        };
+        let mut body = out.body;
+        while let Some(bytes) = body
+            .try_next()
+            .await
+            .map_err(|e| StoreError::backend("s3", key, format!("reading the body failed: {e}")))?
+        {
+            chunk(&bytes).map_err(|e| StoreError::backend("s3", key, e))?;
+        }
+        Ok(true)
+    }
+
+    async fn multipart<F, Fut>(
+        &self,
+        key: &str,
+        full: &str,
+        options: &PutOptions,
+        count: usize,
+        part: F,
+    ) -> StoreResult<ETag>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<ByteStream>>,
+    {
         let mut create = self
             .client
             .create_multipart_upload()
@@ -119,23 +227,24 @@ impl S3Store {
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
         let result = async {
             let mut parts = Vec::new();
-            for (i, chunk) in body.chunks(PART_SIZE).enumerate() {
+            for i in 0..count {
                 let number = i32::try_from(i + 1).unwrap_or(i32::MAX);
-                let part = self
+                let body = part(i).await?;
+                let uploaded = self
                     .client
                     .upload_part()
                     .bucket(&self.bucket)
                     .key(full)
                     .upload_id(&upload_id)
                     .part_number(number)
-                    .body(ByteStream::from(body.slice_ref(chunk)))
+                    .body(body)
                     .send()
                     .await
                     .map_err(|e| sdk_error(key, e))?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(number)
-                        .set_e_tag(part.e_tag)
+                        .set_e_tag(uploaded.e_tag)
                         .build(),
                 );
             }

@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod backup;
 
 mod cache;
 mod db_core;

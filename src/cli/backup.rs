@@ -1,0 +1,305 @@
+//! `s3db-run backup …` and `s3db-run restore …`: the backup plugin from the command line, with
+//! the manifest's `backup:` section.
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::exit;
+use crate::plugins::backup::{Backup, BackupInfo, RestoreOptions};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(
+    after_help = "Examples:\n  s3db-run backup full\n  s3db-run backup incremental\n  s3db-run backup weekly-snapshot --resources users,orders\n  s3db-run backup --list --output json\n  s3db-run backup --status full-2024-03-15T14-30-45-abc123\n  s3db-run backup prune --dry-run"
+)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub target: super::DatabaseArgs,
+    /// `full`, `incremental`, any other label (a full backup with that name), or `prune`.
+    #[arg(value_name = "TYPE")]
+    pub kind: Option<String>,
+    /// Only these resources (comma-separated): a selective backup.
+    #[arg(long, value_delimiter = ',')]
+    pub resources: Option<Vec<String>>,
+    /// List the backups at the destinations, newest first.
+    #[arg(long, conflicts_with_all = ["status", "delete", "kind"])]
+    pub list: bool,
+    /// With --list: at most this many.
+    #[arg(long, requires = "list")]
+    pub limit: Option<usize>,
+    /// With --list: only ids starting with this.
+    #[arg(long, requires = "list")]
+    pub prefix: Option<String>,
+    /// Show one backup's status.
+    #[arg(long, value_name = "ID", conflicts_with_all = ["delete", "kind"])]
+    pub status: Option<String>,
+    /// Delete one backup from every destination.
+    #[arg(long, value_name = "ID", conflicts_with = "kind")]
+    pub delete: Option<String>,
+    /// Show the destinations (getStorageInfo).
+    #[arg(long, conflicts_with = "kind")]
+    pub info: bool,
+    /// With `prune`: show what would be deleted, delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub target: super::DatabaseArgs,
+    /// The backup to restore (an incremental restores its whole chain).
+    pub id: String,
+    /// Replace records that exist (without it they are kept and counted as skipped).
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Only these resources (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub resources: Option<Vec<String>>,
+    #[arg(long, value_enum, default_value_t = Output::Human)]
+    pub output: Output,
+}
+
+async fn plugin(target: &super::DatabaseArgs) -> Result<Backup, u8> {
+    let (_, rt) = target.runtime().await?;
+    rt.backup.ok_or_else(|| {
+        eprintln!(
+            "error: {} has no `backup:` section",
+            target.manifest.display()
+        );
+        exit::INVALID
+    })
+}
+
+/// A spinner with counts on a terminal; nothing otherwise (logs and CI stay clean).
+fn progress(backup: &Backup) -> Option<indicatif::ProgressBar> {
+    if !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let b = bar.clone();
+    backup.on_progress(Arc::new(move |p| {
+        b.set_message(format!("{}: {}", p.phase, p.done));
+    }));
+    Some(bar)
+}
+
+fn human_size(n: u64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < units.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", units[u])
+    }
+}
+
+fn print_info(b: &BackupInfo) {
+    let records: u64 = b.records.values().sum();
+    println!(
+        "{:<48} {:<11} {:<10} {:>10} {:>9}  {}",
+        b.id,
+        b.status,
+        b.kind,
+        human_size(b.size),
+        records,
+        b.started_at.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+}
+
+pub fn run_backup(args: &BackupArgs) -> u8 {
+    super::block_on(async {
+        let backup = match plugin(&args.target).await {
+            Ok(b) => b,
+            Err(code) => return code,
+        };
+        let json_out = args.output == Output::Json;
+        let fail = |e: &dyn std::fmt::Display| {
+            eprintln!("error: {e}");
+            exit::INVALID
+        };
+        if args.info {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&backup.storage_info().await).unwrap_or_default()
+            );
+            return exit::OK;
+        }
+        if args.list {
+            return match backup
+                .list_backups(args.limit, args.prefix.as_deref())
+                .await
+            {
+                Ok(list) if json_out => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&list).unwrap_or_default()
+                    );
+                    exit::OK
+                }
+                Ok(list) => {
+                    println!(
+                        "{:<48} {:<11} {:<10} {:>10} {:>9}  STARTED",
+                        "ID", "STATUS", "KIND", "SIZE", "RECORDS"
+                    );
+                    list.iter().for_each(print_info);
+                    exit::OK
+                }
+                Err(e) => fail(&e),
+            };
+        }
+        if let Some(id) = &args.status {
+            return match backup.status(id).await {
+                Ok(info) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&info).unwrap_or_default()
+                    );
+                    exit::OK
+                }
+                Err(e) => fail(&e),
+            };
+        }
+        if let Some(id) = &args.delete {
+            return match backup.delete(id).await {
+                Ok(()) => {
+                    println!("deleted {id}");
+                    exit::OK
+                }
+                Err(e) => fail(&e),
+            };
+        }
+        let Some(kind) = &args.kind else {
+            eprintln!("error: say what to do: `backup full`, `backup incremental`, `backup --list`, `backup --status ID` or `backup prune`");
+            return exit::USAGE;
+        };
+        if kind == "prune" {
+            return match backup.prune(args.dry_run).await {
+                Ok(decisions) if json_out => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &json!({ "dryRun": args.dry_run, "decisions": decisions })
+                        )
+                        .unwrap_or_default()
+                    );
+                    exit::OK
+                }
+                Ok(decisions) => {
+                    let verb = if args.dry_run {
+                        "would delete"
+                    } else {
+                        "deleted"
+                    };
+                    for d in &decisions {
+                        let what = if d.keep { "keep" } else { verb };
+                        println!("{:<12} {:<48} {}", what, d.id, d.reasons.join(", "));
+                    }
+                    let gone = decisions.iter().filter(|d| !d.keep).count();
+                    println!("{} kept, {gone} {verb}", decisions.len() - gone);
+                    exit::OK
+                }
+                Err(e) => fail(&e),
+            };
+        }
+        if args.dry_run {
+            eprintln!("error: --dry-run goes with `backup prune`");
+            return exit::USAGE;
+        }
+        let bar = progress(&backup);
+        let result = backup.backup(kind, args.resources.clone()).await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        match result {
+            Ok(info) if json_out => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&info).unwrap_or_default()
+                );
+                exit::OK
+            }
+            Ok(info) => {
+                let records: u64 = info.records.values().sum();
+                println!(
+                    "backup {} completed: {} {} record(s) of {} resource(s), {}, in {:.1} s",
+                    info.id,
+                    info.kind,
+                    records,
+                    info.resources.len(),
+                    human_size(info.size),
+                    info.duration_ms.unwrap_or(0) as f64 / 1000.0
+                );
+                if let Some(parent) = &info.parent {
+                    println!("parent: {parent}");
+                }
+                println!("stored at: {}", info.destinations.join(", "));
+                exit::OK
+            }
+            Err(e) => fail(&e),
+        }
+    })
+}
+
+pub fn run_restore(args: &RestoreArgs) -> u8 {
+    super::block_on(async {
+        let backup = match plugin(&args.target).await {
+            Ok(b) => b,
+            Err(code) => return code,
+        };
+        let bar = progress(&backup);
+        let result = backup
+            .restore(
+                &args.id,
+                RestoreOptions {
+                    overwrite: args.overwrite,
+                    resources: args.resources.clone(),
+                },
+            )
+            .await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        match result {
+            Ok(stats) if args.output == Output::Json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&stats).unwrap_or_default()
+                );
+                exit::OK
+            }
+            Ok(stats) => {
+                println!(
+                    "restored {} from {}: {} record(s) written, {} kept (existing), {} deleted, resources: {}",
+                    stats.backup_id,
+                    stats.chain.join(" → "),
+                    stats.records,
+                    stats.skipped,
+                    stats.deleted,
+                    stats.restored.join(", ")
+                );
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::INVALID
+            }
+        }
+    })
+}

@@ -1,0 +1,507 @@
+//! Where backups are kept: the `filesystem` and `s3` drivers behind one small trait, and path
+//! templates. The `multi` driver is a list of these with a strategy (in `mod.rs`).
+//!
+//! Owns: moving whole files and small objects to and from a destination, listing, deleting.
+//! Never: knows the archive format or the database.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Datelike};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use super::archive::hex;
+use crate::manifest::model::{BackupDriver, BackupDriverConfig, ServerSideEncryption};
+use crate::store::connection::S3Location;
+use crate::store::s3::S3Store;
+use crate::store::{ObjectStore, PutMode, PutOptions, StoreError};
+
+/// A place that holds backup files, addressed by `/`-separated keys.
+#[async_trait]
+pub trait Destination: Send + Sync {
+    /// Where it is (no credentials).
+    fn describe(&self) -> String;
+    /// The folder/prefix a backup started at `at` goes to (`path` with its templates filled).
+    fn folder(&self, id: &str, kind: &str, at: &DateTime<chrono_tz::Tz>) -> String;
+    /// The fixed part of `path`, under which every backup is found.
+    fn root(&self) -> String;
+    /// Copies a local file to `key`, completely or not at all.
+    async fn upload(&self, key: &str, file: &Path) -> Result<(), String>;
+    /// Writes a small object; `create_only` fails with `Err(None)` when it exists.
+    async fn put(&self, key: &str, body: Bytes, create_only: bool) -> Result<(), Option<String>>;
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, String>;
+    /// Streams `key` into `to` (when given) and returns its SHA-256 and size; None when absent.
+    async fn fetch(&self, key: &str, to: Option<&Path>) -> Result<Option<(String, u64)>, String>;
+    /// Every key under `prefix`.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, String>;
+    async fn delete(&self, key: &str) -> Result<(), String>;
+    /// getStorageInfo: the driver and its settings, and what it can tell about space.
+    async fn storage_info(&self) -> Value;
+}
+
+/// Builds one destination of a (non-multi) driver.
+pub async fn build(
+    driver: BackupDriver,
+    config: &BackupDriverConfig,
+    base_dir: &Path,
+    db_location: Option<S3Location>,
+) -> Result<Box<dyn Destination>, String> {
+    match driver {
+        BackupDriver::Filesystem => {
+            let path = config
+                .path
+                .clone()
+                .ok_or("the filesystem backup driver needs a `path`")?;
+            Ok(Box::new(FsDestination {
+                base_dir: base_dir.to_path_buf(),
+                template: path,
+                file_mode: config.permissions.as_ref().and_then(|m| m.bits()),
+                dir_mode: config.directory_permissions.as_ref().and_then(|m| m.bits()),
+            }))
+        }
+        BackupDriver::S3 => {
+            let location = match (db_location, &config.bucket) {
+                (Some(db), bucket) => S3Location {
+                    bucket: bucket.clone().unwrap_or(db.bucket.clone()),
+                    prefix: String::new(),
+                    ..db
+                },
+                (None, Some(bucket)) => S3Location {
+                    bucket: bucket.clone(),
+                    prefix: String::new(),
+                    region: std::env::var("AWS_REGION").ok(),
+                    endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
+                    force_path_style: std::env::var("AWS_ENDPOINT_URL").is_ok(),
+                    credentials: None,
+                },
+                (None, None) => {
+                    return Err(
+                        "the s3 backup driver needs a `bucket` when the database is not on S3"
+                            .into(),
+                    )
+                }
+            };
+            let template = config
+                .path
+                .clone()
+                .unwrap_or_else(|| "backups/".into())
+                .trim_start_matches("./")
+                .trim_start_matches('/')
+                .to_string();
+            Ok(Box::new(S3Destination {
+                store: S3Store::connect(location).await,
+                template,
+                options: PutOptions {
+                    storage_class: config
+                        .storage_class
+                        .map(|c| serde_json::to_value(c).ok())
+                        .and_then(|v| v.and_then(|v| v.as_str().map(str::to_string))),
+                    server_side_encryption: config.server_side_encryption.map(|s| match s {
+                        ServerSideEncryption::AES256 => crate::store::ServerSideEncryption::Aes256,
+                        ServerSideEncryption::AwsKms => crate::store::ServerSideEncryption::Kms {
+                            key_id: config.kms_key_id.clone(),
+                        },
+                    }),
+                    content_type: None,
+                },
+            }))
+        }
+        BackupDriver::Multi => Err("a multi destination cannot contain another multi".into()),
+    }
+}
+
+/// Fills a path template.
+pub fn render(template: &str, id: &str, kind: &str, at: &DateTime<chrono_tz::Tz>) -> String {
+    let mut out = template
+        .replace("{date}", &at.format("%Y-%m-%d").to_string())
+        .replace("{time}", &at.format("%H-%M-%S").to_string())
+        .replace("{year}", &format!("{:04}", at.year()))
+        .replace("{month}", &format!("{:02}", at.month()))
+        .replace("{day}", &format!("{:02}", at.day()))
+        .replace("{backupId}", id)
+        .replace("{type}", kind);
+    if !out.is_empty() && !out.ends_with('/') {
+        out.push('/');
+    }
+    out
+}
+
+/// The part of a template before its first variable, cut back to a folder.
+pub fn fixed_root(template: &str) -> String {
+    if !template.contains('{') {
+        return render(
+            template,
+            "",
+            "",
+            &chrono::Utc::now().with_timezone(&chrono_tz::UTC),
+        );
+    }
+    let fixed = template.split('{').next().unwrap_or("");
+    match fixed.rfind('/') {
+        Some(i) => fixed[..=i].to_string(),
+        None => String::new(),
+    }
+}
+
+pub struct FsDestination {
+    base_dir: PathBuf,
+    template: String,
+    file_mode: Option<u32>,
+    dir_mode: Option<u32>,
+}
+
+impl FsDestination {
+    fn path(&self, key: &str) -> PathBuf {
+        self.base_dir.join(key)
+    }
+
+    fn ensure_parent(&self, path: &Path) -> Result<(), String> {
+        let Some(parent) = path.parent() else {
+            return Ok(());
+        };
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        if let Some(mode) = self.dir_mode {
+            use std::os::unix::fs::DirBuilderExt;
+            builder.mode(mode);
+        }
+        builder
+            .create(parent)
+            .map_err(|e| format!("cannot create {}: {e}", parent.display()))
+    }
+
+    /// Writes through a temporary file and a rename, so a reader never sees half a file.
+    fn write_atomically(
+        &self,
+        path: &Path,
+        fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        self.ensure_parent(path)?;
+        let tmp = path.with_extension(format!("tmp-{}", super::random_suffix()));
+        let result = (|| -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            fill(&mut file)?;
+            if let Some(mode) = self.file_mode {
+                use std::os::unix::fs::PermissionsExt;
+                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+            }
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            if let Some(dir) = path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| format!("a file task failed: {e}"))?
+}
+
+#[async_trait]
+impl Destination for FsDestination {
+    fn describe(&self) -> String {
+        format!("filesystem:{}", self.template)
+    }
+
+    fn folder(&self, id: &str, kind: &str, at: &DateTime<chrono_tz::Tz>) -> String {
+        render(&self.template, id, kind, at)
+    }
+
+    fn root(&self) -> String {
+        fixed_root(&self.template)
+    }
+
+    async fn upload(&self, key: &str, file: &Path) -> Result<(), String> {
+        let this = self.clone_parts();
+        let (path, src) = (self.path(key), file.to_path_buf());
+        blocking(move || {
+            this.write_atomically(&path, |out| {
+                let mut input = std::fs::File::open(&src)?;
+                std::io::copy(&mut input, out).map(|_| ())
+            })
+        })
+        .await
+    }
+
+    async fn put(&self, key: &str, body: Bytes, create_only: bool) -> Result<(), Option<String>> {
+        let this = self.clone_parts();
+        let path = self.path(key);
+        blocking(move || {
+            if !create_only {
+                return this
+                    .write_atomically(&path, |f| f.write_all(&body))
+                    .map(|_| true);
+            }
+            this.ensure_parent(&path)?;
+            // create_new is atomic: of two writers, one gets AlreadyExists.
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(mut f) => {
+                    f.write_all(&body)
+                        .and_then(|_| f.sync_all())
+                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                    Ok(true)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+            }
+        })
+        .await
+        .map_err(Some)
+        .and_then(|created| if created { Ok(()) } else { Err(None) })
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, String> {
+        let path = self.path(key);
+        match tokio::fs::read(&path).await {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    async fn fetch(&self, key: &str, to: Option<&Path>) -> Result<Option<(String, u64)>, String> {
+        let (path, to) = (self.path(key), to.map(Path::to_path_buf));
+        blocking(move || {
+            let mut input = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            };
+            let mut hasher = super::archive::Hashing::new(match &to {
+                Some(to) => Box::new(std::io::BufWriter::new(
+                    std::fs::File::create(to)
+                        .map_err(|e| format!("cannot create {}: {e}", to.display()))?,
+                )) as Box<dyn Write>,
+                None => Box::new(std::io::sink()),
+            });
+            std::io::copy(&mut input, &mut hasher)
+                .and_then(|_| hasher.flush())
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let (_, sha, size) = hasher.finish();
+            Ok(Some((sha, size)))
+        })
+        .await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, String> {
+        let root = self.path(prefix);
+        let prefix = prefix.to_string();
+        blocking(move || {
+            let mut out = Vec::new();
+            let mut stack = vec![(root, prefix)];
+            while let Some((dir, key)) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+                };
+                for entry in entries.flatten() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    let child = format!("{key}{name}");
+                    match entry.file_type() {
+                        Ok(t) if t.is_dir() => stack.push((entry.path(), format!("{child}/"))),
+                        Ok(_) => out.push(child),
+                        Err(_) => {}
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        let path = self.path(key);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot delete {}: {e}", path.display())),
+        }
+    }
+
+    async fn storage_info(&self) -> Value {
+        let root = self.path(&self.root());
+        let space = nix::sys::statvfs::statvfs(&root).ok().map(|s| {
+            json!({
+                "availableBytes": s.blocks_available() * s.fragment_size(),
+                "totalBytes": s.blocks() * s.fragment_size(),
+            })
+        });
+        json!({
+            "driver": "filesystem",
+            "path": self.template,
+            "root": root.display().to_string(),
+            "permissions": self.file_mode.map(|m| format!("{m:o}")),
+            "directoryPermissions": self.dir_mode.map(|m| format!("{m:o}")),
+            "space": space,
+        })
+    }
+}
+
+impl FsDestination {
+    fn clone_parts(&self) -> Self {
+        Self {
+            base_dir: self.base_dir.clone(),
+            template: self.template.clone(),
+            file_mode: self.file_mode,
+            dir_mode: self.dir_mode,
+        }
+    }
+}
+
+pub struct S3Destination {
+    store: S3Store,
+    template: String,
+    options: PutOptions,
+}
+
+fn s3_error(e: StoreError) -> String {
+    e.to_string()
+}
+
+#[async_trait]
+impl Destination for S3Destination {
+    fn describe(&self) -> String {
+        format!("s3://{}/{}", self.store.bucket(), self.template)
+    }
+
+    fn folder(&self, id: &str, kind: &str, at: &DateTime<chrono_tz::Tz>) -> String {
+        render(&self.template, id, kind, at)
+    }
+
+    fn root(&self) -> String {
+        fixed_root(&self.template)
+    }
+
+    async fn upload(&self, key: &str, file: &Path) -> Result<(), String> {
+        self.store
+            .put_file(key, file, &self.options)
+            .await
+            .map(|_| ())
+            .map_err(s3_error)
+    }
+
+    async fn put(&self, key: &str, body: Bytes, create_only: bool) -> Result<(), Option<String>> {
+        let mode = if create_only {
+            PutMode::Create
+        } else {
+            PutMode::Overwrite
+        };
+        let options = PutOptions {
+            content_type: Some("application/json".into()),
+            ..self.options.clone()
+        };
+        match self.store.put(key, body, mode, &options).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::AlreadyExists { .. }) => Err(None),
+            Err(e) => Err(Some(s3_error(e))),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, String> {
+        self.store
+            .get(key)
+            .await
+            .map(|o| o.map(|o| o.body))
+            .map_err(s3_error)
+    }
+
+    async fn fetch(&self, key: &str, to: Option<&Path>) -> Result<Option<(String, u64)>, String> {
+        let mut out = match to {
+            Some(to) => Some(std::io::BufWriter::new(
+                std::fs::File::create(to)
+                    .map_err(|e| format!("cannot create {}: {e}", to.display()))?,
+            )),
+            None => None,
+        };
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let found = self
+            .store
+            .read_stream(key, |chunk| {
+                hasher.update(chunk);
+                size += chunk.len() as u64;
+                match &mut out {
+                    Some(w) => w.write_all(chunk),
+                    None => Ok(()),
+                }
+            })
+            .await
+            .map_err(s3_error)?;
+        if let Some(mut w) = out {
+            w.flush()
+                .map_err(|e| format!("cannot write the download: {e}"))?;
+        }
+        Ok(found.then(|| (hex(&hasher.finalize()), size)))
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, String> {
+        Ok(crate::store::list_all(&self.store, prefix)
+            .await
+            .map_err(s3_error)?
+            .into_iter()
+            .map(|m| m.key)
+            .collect())
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), String> {
+        self.store.delete(key, None).await.map_err(s3_error)
+    }
+
+    async fn storage_info(&self) -> Value {
+        json!({
+            "driver": "s3",
+            "bucket": self.store.bucket(),
+            "path": self.template,
+            "storageClass": self.options.storage_class,
+            "serverSideEncryption": match &self.options.server_side_encryption {
+                Some(crate::store::ServerSideEncryption::Aes256) => Some("AES256"),
+                Some(crate::store::ServerSideEncryption::Kms { .. }) => Some("aws:kms"),
+                None => None,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn templates_fill_every_variable_in_the_zone() {
+        let at = chrono_tz::Europe::Berlin
+            .with_ymd_and_hms(2024, 3, 5, 14, 30, 45)
+            .unwrap();
+        assert_eq!(
+            render(
+                "b/{year}/{month}/{day}/{date}_{time}/{type}/{backupId}",
+                "full-x",
+                "full",
+                &at
+            ),
+            "b/2024/03/05/2024-03-05_14-30-45/full/full-x/"
+        );
+        assert_eq!(fixed_root("./backups/{date}/"), "./backups/");
+        assert_eq!(fixed_root("backups"), "backups/");
+        assert_eq!(fixed_root("a/b/c{date}"), "a/b/");
+    }
+}

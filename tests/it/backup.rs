@@ -1,0 +1,864 @@
+//! The backup plugin end to end: real files, real S3 (moto), real processes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use s3db_run::hooks::builtins::BuiltinKind;
+use s3db_run::hooks::{HookInput, HookKind};
+use s3db_run::manifest::model::HookRef;
+use s3db_run::plugins::backup::{Backup, BackupError, RestoreOptions};
+use s3db_run::runtime::Runtime;
+use s3db_run::store::{list_all, DynStore};
+
+use crate::support::s3;
+
+const RESOURCES: &str = r#"
+  resources:
+    users:
+      attributes: { name: string|required, age: number }
+      partitions: { byAge: { fields: { age: number } } }
+      timestamps: true
+    orders: { attributes: { total: number } }
+"#;
+
+/// A manifest in a folder of its own, with its database on fs, memory or S3.
+struct Setup {
+    dir: tempfile::TempDir,
+    connection: String,
+    backup_yaml: String,
+    key: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Db {
+    Fs,
+    Memory,
+    S3,
+}
+
+impl Setup {
+    async fn new(db: Db, backup_yaml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let connection = match db {
+            Db::Fs => format!("file://{}/data", dir.path().display()),
+            Db::Memory => format!("memory://b{:x}/db", rand::random::<u64>()),
+            Db::S3 => s3::connection_string().await,
+        };
+        Self {
+            dir,
+            connection,
+            backup_yaml: backup_yaml.to_string(),
+            key: "correct horse battery staple".into(),
+        }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// The runtime of the manifest; `declare` false leaves the resources out (a database that
+    /// knows nothing, as after a disaster).
+    async fn runtime(&self, declare: bool) -> Runtime {
+        let text = format!(
+            "version: 1\ndatabase:\n  connection: file://./unused\n{}\n{}",
+            if declare { RESOURCES } else { "" },
+            self.backup_yaml
+        );
+        let file = self.path("s3db.yaml");
+        std::fs::write(&file, text).expect("write manifest");
+        let key = self.key.clone();
+        let env = move |name: &str| (name == "BACKUP_KEY").then(|| key.clone());
+        let loaded = s3db_run::manifest::load_path(&file, None, &env).expect("read");
+        let checked = loaded
+            .manifest
+            .unwrap_or_else(|| panic!("{:#?}", loaded.report.diagnostics));
+        Runtime::build(&checked, Some(&self.connection))
+            .await
+            .expect("runtime")
+    }
+}
+
+fn backup_of(rt: &Runtime) -> Backup {
+    rt.backup.clone().expect("backup plugin")
+}
+
+async fn seed(rt: &Runtime, users: usize, orders: usize) {
+    let u = rt.db.resource("users").unwrap();
+    let o = rt.db.resource("orders").unwrap();
+    let mut work = Vec::new();
+    for i in 0..users {
+        let u = u.clone();
+        work.push(tokio::spawn(async move {
+            let data = json!({ "name": format!("user {i} {}", "x".repeat(i % 50)), "age": i % 7 });
+            u.insert(data.as_object().unwrap().clone(), Some(&format!("u{i:05}")))
+                .await
+                .unwrap();
+        }));
+    }
+    for i in 0..orders {
+        let o = o.clone();
+        work.push(tokio::spawn(async move {
+            o.insert(
+                json!({ "total": i as f64 * 1.5 })
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                Some(&format!("o{i:05}")),
+            )
+            .await
+            .unwrap();
+        }));
+    }
+    for w in work {
+        w.await.unwrap();
+    }
+}
+
+/// Every record of every resource, by resource and id.
+async fn snapshot(rt: &Runtime) -> BTreeMap<String, BTreeMap<String, Map<String, Value>>> {
+    let mut out = BTreeMap::new();
+    for name in ["users", "orders"] {
+        let Ok(r) = rt.db.resource(name) else {
+            continue;
+        };
+        let records = r.list(Default::default()).await.unwrap();
+        out.insert(
+            name.to_string(),
+            records.into_iter().map(|r| (r.id, r.data)).collect(),
+        );
+    }
+    out
+}
+
+/// Deletes every object of the database, `s3db.json` included.
+async fn wipe(store: &DynStore) {
+    for obj in list_all(store.as_ref(), "").await.unwrap() {
+        store.delete(&obj.key, None).await.unwrap();
+    }
+    assert!(list_all(store.as_ref(), "").await.unwrap().is_empty());
+}
+
+fn fs_backup_yaml(extra: &str) -> String {
+    format!("backup:\n  driver: filesystem\n  config: {{ path: \"./backups/{{date}}/\" }}\n{extra}")
+}
+
+fn s3_backup_yaml(extra: &str) -> String {
+    format!("backup:\n  driver: s3\n  config: {{ path: \"backups/{{year}}/{{month}}/\" }}\n{extra}")
+}
+
+async fn full_backup_wipe_restore_gives_identical_records(db: Db, yaml: String) {
+    let setup = Setup::new(db, &yaml).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 300, 40).await;
+    let before = snapshot(&rt).await;
+    let by_age_before = in_age_3(&rt).await;
+    assert_eq!(by_age_before, 43);
+    let info = backup_of(&rt).backup("full", None).await.unwrap();
+    assert_eq!(info.status, "completed");
+    assert_eq!(info.records["users"], 300);
+    assert_eq!(info.records["orders"], 40);
+
+    wipe(rt.db.store()).await;
+    // A runner that knows no resources: the definitions come from the archive.
+    let fresh = setup.runtime(false).await;
+    let listed = backup_of(&fresh).list_backups(None, None).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, info.id);
+    let stats = backup_of(&fresh)
+        .restore(&info.id, RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(stats.records, 340);
+    assert_eq!(stats.skipped, 0);
+    assert_eq!(snapshot(&fresh).await, before);
+    // Partition references were rebuilt too.
+    assert_eq!(in_age_3(&fresh).await, by_age_before);
+}
+
+async fn in_age_3(rt: &Runtime) -> usize {
+    rt.db
+        .resource("users")
+        .unwrap()
+        .list(s3db_run::db::ListOptions {
+            partition: Some(("byAge".into(), vec![("age".into(), "3".into())])),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_backup_wipe_restore_gives_identical_records_on_fs() {
+    let enc = "  encryption: { algorithm: AES-256-GCM, key: \"${BACKUP_KEY}\" }\n";
+    full_backup_wipe_restore_gives_identical_records(Db::Fs, fs_backup_yaml(enc)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_backup_wipe_restore_gives_identical_records_on_s3() {
+    let extra = "  compression: brotli\n  encryption: { algorithm: AES-256-GCM, key: \"${BACKUP_KEY}\", keyDerivation: { algorithm: PBKDF2, iterations: 600000 } }\n";
+    full_backup_wipe_restore_gives_identical_records(Db::S3, s3_backup_yaml(extra)).await;
+}
+
+async fn incremental_chain_restores_exactly_the_final_state(db: Db, yaml: String) {
+    let setup = Setup::new(db, &yaml).await;
+    let rt = setup.runtime(true).await;
+    let b = backup_of(&rt);
+    seed(&rt, 60, 10).await;
+    let full = b.backup("full", None).await.unwrap();
+    let users = rt.db.resource("users").unwrap();
+    let orders = rt.db.resource("orders").unwrap();
+    users
+        .update(
+            "u00001",
+            json!({ "name": "renamed" }).as_object().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    users.delete("u00002", None).await.unwrap();
+    orders.delete("o00003", None).await.unwrap();
+    users
+        .insert(
+            json!({ "name": "new" }).as_object().unwrap().clone(),
+            Some("n1"),
+        )
+        .await
+        .unwrap();
+    let inc1 = b.backup("incremental", None).await.unwrap();
+    assert_eq!(inc1.kind, "incremental");
+    assert_eq!(inc1.parent.as_deref(), Some(full.id.as_str()));
+    assert_eq!(
+        inc1.records["users"], 2,
+        "only the changed and the new record"
+    );
+    assert_eq!(inc1.tombstones["users"], 1);
+    assert_eq!(inc1.tombstones["orders"], 1);
+
+    users
+        .update("u00001", json!({ "age": 99 }).as_object().unwrap(), None)
+        .await
+        .unwrap();
+    users.delete("n1", None).await.unwrap();
+    users
+        .insert(
+            json!({ "name": "again" }).as_object().unwrap().clone(),
+            Some("u00002"),
+        )
+        .await
+        .unwrap();
+    let inc2 = b.backup("incremental", None).await.unwrap();
+    assert_eq!(inc2.parent.as_deref(), Some(inc1.id.as_str()));
+    let expected = snapshot(&rt).await;
+
+    wipe(rt.db.store()).await;
+    let fresh = setup.runtime(false).await;
+    let stats = backup_of(&fresh)
+        .restore(
+            &inc2.id,
+            RestoreOptions {
+                overwrite: true,
+                resources: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        stats.chain,
+        [full.id.clone(), inc1.id.clone(), inc2.id.clone()]
+    );
+    let got = snapshot(&fresh).await;
+    assert_eq!(got, expected);
+    assert!(!got["users"].contains_key("n1"), "deleted record came back");
+    assert!(
+        !got["orders"].contains_key("o00003"),
+        "deleted record came back"
+    );
+    assert_eq!(got["users"]["u00001"]["age"], json!(99));
+
+    // Restoring the middle of the chain gives that moment's state.
+    wipe(fresh.db.store()).await;
+    let again = setup.runtime(false).await;
+    backup_of(&again)
+        .restore(&inc1.id, RestoreOptions::default())
+        .await
+        .unwrap();
+    let mid = snapshot(&again).await;
+    assert!(mid["users"].contains_key("n1"));
+    assert!(!mid["users"].contains_key("u00002"));
+    assert_eq!(mid["users"]["u00001"]["name"], json!("renamed"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn incremental_chain_restores_exactly_the_final_state_on_fs() {
+    incremental_chain_restores_exactly_the_final_state(
+        Db::Fs,
+        fs_backup_yaml("  compression: deflate\n"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn incremental_chain_restores_exactly_the_final_state_on_s3() {
+    let enc = "  encryption: { algorithm: AES-256-GCM, key: \"${BACKUP_KEY}\" }\n";
+    incremental_chain_restores_exactly_the_final_state(Db::S3, s3_backup_yaml(enc)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_incremental_with_no_changes_reads_no_record_bodies() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 200, 20).await;
+    let counting = std::sync::Arc::new(s3db_run::store::counting::CountingStore::new(
+        rt.db.store().clone(),
+    ));
+    let counts = counting.counts.clone();
+    let declared = Default::default();
+    let db = s3db_run::db::Database::connect(counting, &declared)
+        .await
+        .unwrap();
+    let m = s3db_run::manifest::load_path(&setup.path("s3db.yaml"), None, &|_: &str| None)
+        .unwrap()
+        .manifest
+        .unwrap();
+    let b = Backup::build(
+        m.manifest.backup.as_ref().unwrap(),
+        &db,
+        setup.dir.path(),
+        None,
+    )
+    .await
+    .unwrap();
+    b.backup("full", None).await.unwrap();
+    let (reads_full, _, _) = counts.snapshot();
+    assert!(
+        reads_full >= 220,
+        "a full backup reads every record ({reads_full})"
+    );
+    let inc = b.backup("incremental", None).await.unwrap();
+    let (reads, _, _) = counts.snapshot();
+    let during = reads - reads_full;
+    assert_eq!(inc.records.values().sum::<u64>(), 0);
+    assert_eq!(inc.tombstones.values().sum::<u64>(), 0);
+    // s3db.json and the lock, not one of the 220 records.
+    assert!(
+        during <= 4,
+        "{during} reads during an unchanged incremental"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn selective_backup_and_selective_restore() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 20, 5).await;
+    let b = backup_of(&rt);
+    let only_orders = b
+        .backup("orders-only", Some(vec!["orders".into()]))
+        .await
+        .unwrap();
+    assert_eq!(only_orders.resources, ["orders"]);
+    assert!(only_orders.selective);
+    assert!(only_orders.id.starts_with("orders-only-"));
+    let full = b.backup("full", None).await.unwrap();
+    wipe(rt.db.store()).await;
+    let fresh = setup.runtime(false).await;
+    let stats = backup_of(&fresh)
+        .restore(
+            &full.id,
+            RestoreOptions {
+                overwrite: false,
+                resources: Some(vec!["users".into()]),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stats.records, 20);
+    assert!(
+        fresh.db.resource("orders").is_err(),
+        "orders were not asked for"
+    );
+    let err = backup_of(&fresh)
+        .restore(
+            &only_orders.id,
+            RestoreOptions {
+                overwrite: false,
+                resources: Some(vec!["users".into()]),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("has no resource `users`"), "{err}");
+    // An unknown resource in a backup request is refused before anything runs.
+    let err = b
+        .backup("full", Some(vec!["nope".into()]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, BackupError::Config(_)), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restore_without_overwrite_keeps_existing_records() {
+    let setup = Setup::new(Db::Memory, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 10, 0).await;
+    let b = backup_of(&rt);
+    let full = b.backup("full", None).await.unwrap();
+    let users = rt.db.resource("users").unwrap();
+    users
+        .update(
+            "u00003",
+            json!({ "name": "changed" }).as_object().unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    users.delete("u00004", None).await.unwrap();
+    let stats = b
+        .restore(&full.id, RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((stats.records, stats.skipped), (1, 9));
+    assert_eq!(
+        users.get("u00003").await.unwrap().unwrap().data["name"],
+        json!("changed")
+    );
+    assert!(users.get("u00004").await.unwrap().is_some());
+    let stats = b
+        .restore(
+            &full.id,
+            RestoreOptions {
+                overwrite: true,
+                resources: None,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(stats.records, 10);
+    assert!(users.get("u00003").await.unwrap().unwrap().data["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("user 3"));
+}
+
+fn archive_of(dir: &Path) -> (PathBuf, PathBuf) {
+    let mut archive = None;
+    let mut meta = None;
+    for entry in walk(dir) {
+        let name = entry.to_string_lossy().to_string();
+        if name.ends_with(".s3db-backup") {
+            archive = Some(entry.clone());
+        }
+        if name.ends_with(".meta.json") {
+            meta = Some(entry);
+        }
+    }
+    (archive.expect("archive"), meta.expect("meta"))
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// Rewrites the metadata's SHA-256 and size to match a tampered archive, as an attacker with
+/// write access to the destination would, so only the encryption stands in the way.
+fn forge_metadata(archive: &Path, meta: &Path) {
+    let bytes = std::fs::read(archive).unwrap();
+    let mut m: Value = serde_json::from_slice(&std::fs::read(meta).unwrap()).unwrap();
+    m["sha256"] = json!(format!("{:x}", Sha256::digest(&bytes)));
+    m["size"] = json!(bytes.len());
+    std::fs::write(meta, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damaged_archives_and_wrong_keys_fail_before_any_record_is_written() {
+    let yaml = fs_backup_yaml(
+        "  compression: none\n  encryption: { algorithm: AES-256-GCM, key: \"${BACKUP_KEY}\" }\n",
+    );
+    let setup = Setup::new(Db::Fs, &yaml).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 1500, 0).await;
+    let full = backup_of(&rt).backup("full", None).await.unwrap();
+    assert!(
+        full.size > 4 * 64 * 1024,
+        "several segments ({})",
+        full.size
+    );
+    let (archive, meta) = archive_of(&setup.path("backups"));
+    let pristine = std::fs::read(&archive).unwrap();
+    let pristine_meta = std::fs::read(&meta).unwrap();
+    // The key appears nowhere at the destination.
+    for f in walk(&setup.path("backups")) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes
+                .windows(setup.key.len())
+                .any(|w| w == setup.key.as_bytes()),
+            "{} contains the key",
+            f.display()
+        );
+    }
+    wipe(rt.db.store()).await;
+
+    let seg = 64 * 1024 + 16;
+    let body_start = {
+        let len = u32::from_be_bytes(pristine[8..12].try_into().unwrap()) as usize;
+        12 + len
+    };
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        (
+            "flipped byte",
+            {
+                let mut b = pristine.clone();
+                b[body_start + seg + 100] ^= 1;
+                b
+            },
+            true,
+        ),
+        (
+            "flipped byte, metadata left alone",
+            {
+                let mut b = pristine.clone();
+                b[body_start + 10] ^= 0x80;
+                b
+            },
+            false,
+        ),
+        (
+            "truncated at a segment boundary",
+            pristine[..body_start + 2 * seg].to_vec(),
+            true,
+        ),
+        (
+            "truncated mid-segment",
+            pristine[..pristine.len() - 7].to_vec(),
+            true,
+        ),
+        (
+            "swapped segments",
+            {
+                let mut b = pristine.clone();
+                let (a, rest) = b[body_start..].split_at_mut(seg);
+                a.swap_with_slice(&mut rest[..seg]);
+                b
+            },
+            true,
+        ),
+    ];
+    for (what, bytes, forge) in cases {
+        std::fs::write(&archive, &bytes).unwrap();
+        std::fs::write(&meta, &pristine_meta).unwrap();
+        if forge {
+            forge_metadata(&archive, &meta);
+        }
+        let fresh = setup.runtime(false).await;
+        let err = backup_of(&fresh)
+            .restore(&full.id, RestoreOptions::default())
+            .await
+            .expect_err(what);
+        let text = err.to_string();
+        assert!(
+            text.contains("damaged") || text.contains("altered") || text.contains("truncated"),
+            "{what}: {text}"
+        );
+        let objects = list_all(fresh.db.store().as_ref(), "resource=")
+            .await
+            .unwrap();
+        assert!(
+            objects.is_empty(),
+            "{what}: {} objects written",
+            objects.len()
+        );
+    }
+
+    std::fs::write(&archive, &pristine).unwrap();
+    std::fs::write(&meta, &pristine_meta).unwrap();
+    let wrong = Setup {
+        key: "wrong key".into(),
+        ..setup
+    };
+    let with_wrong = wrong.runtime(false).await;
+    let err = backup_of(&with_wrong)
+        .restore(&full.id, RestoreOptions::default())
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("wrong encryption key"), "{text}");
+    assert!(!text.contains("wrong key\""), "the key leaks: {text}");
+    let objects = list_all(with_wrong.db.store().as_ref(), "resource=")
+        .await
+        .unwrap();
+    assert!(objects.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn multi_driver_with_a_failing_destination_under_each_strategy() {
+    for (strategy, order, succeeds, holders) in [
+        ("all", ["ok", "broken"], false, vec![]),
+        ("any", ["ok", "broken"], true, vec!["ok"]),
+        ("priority", ["broken", "ok"], true, vec!["ok"]),
+        ("priority", ["ok", "other"], true, vec!["ok"]),
+    ] {
+        let dest = |name: &str| {
+            format!(
+                "      - {{ driver: filesystem, config: {{ path: \"./{name}/x/{{date}}/\" }} }}\n"
+            )
+        };
+        let yaml = format!(
+            "backup:\n  driver: multi\n  config:\n    strategy: {strategy}\n    destinations:\n{}{}",
+            dest(order[0]),
+            dest(order[1])
+        );
+        let setup = Setup::new(Db::Fs, &yaml).await;
+        // A file where a folder must be: writing under it fails.
+        std::fs::write(setup.path("broken"), b"not a folder").unwrap();
+        let rt = setup.runtime(true).await;
+        seed(&rt, 5, 1).await;
+        let b = backup_of(&rt);
+        let result = b.backup("full", None).await;
+        assert_eq!(result.is_ok(), succeeds, "{strategy}: {result:?}");
+        let completed: Vec<_> = b
+            .list_backups(None, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|i| i.is_completed())
+            .collect();
+        assert_eq!(completed.len(), usize::from(succeeds), "{strategy}");
+        for name in ["ok", "other"] {
+            let has = setup.path(name).exists()
+                && walk(&setup.path(name))
+                    .iter()
+                    .any(|p| p.to_string_lossy().ends_with(".done"));
+            assert_eq!(has, holders.contains(&name), "{strategy} {order:?}: {name}");
+        }
+        if succeeds {
+            let id = &completed[0].id;
+            wipe(rt.db.store()).await;
+            let fresh = setup.runtime(false).await;
+            let stats = backup_of(&fresh)
+                .restore(id, RestoreOptions::default())
+                .await
+                .unwrap();
+            assert_eq!(stats.records, 6, "{strategy}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn prune_applies_retention_and_dry_run_deletes_nothing() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("  retention: { daily: 1 }\n")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 3, 0).await;
+    let b = backup_of(&rt);
+    let first = b.backup("full", None).await.unwrap();
+    let second = b.backup("incremental", None).await.unwrap();
+    let third = b.backup("full", None).await.unwrap();
+    let dry = b.prune(true).await.unwrap();
+    assert_eq!(b.list_backups(None, None).await.unwrap().len(), 3);
+    let kept: Vec<_> = dry
+        .iter()
+        .filter(|d| d.keep)
+        .map(|d| d.id.clone())
+        .collect();
+    assert_eq!(kept, std::slice::from_ref(&third.id));
+    b.prune(false).await.unwrap();
+    let left: Vec<_> = b
+        .list_backups(None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(left, std::slice::from_ref(&third.id));
+    assert!(matches!(
+        b.status(&first.id).await,
+        Err(BackupError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.status(&second.id).await,
+        Err(BackupError::NotFound(_))
+    ));
+    // Deleting a full that an incremental needs is refused.
+    let inc = b.backup("incremental", None).await.unwrap();
+    let err = b.delete(&third.id).await.unwrap_err();
+    assert!(err.to_string().contains(&inc.id), "{err}");
+    b.delete(&inc.id).await.unwrap();
+    b.delete(&third.id).await.unwrap();
+    assert!(b.list_backups(None, None).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_and_callbacks_report_each_step() {
+    let yaml = format!(
+        "actions:\n  record: {{ run: [\"/bin/sh\", \"-c\", \"cat >> events.jsonl; echo >> events.jsonl\"] }}\n{}",
+        fs_backup_yaml("  onBackupStart: record\n  onBackupComplete: record\n  onRestoreComplete: record\n")
+    );
+    let setup = Setup::new(Db::Fs, &yaml).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 2, 0).await;
+    let b = backup_of(&rt);
+    let mut events = b.subscribe();
+    let info = b.backup("nightly", None).await.unwrap();
+    b.restore(&info.id, RestoreOptions::default())
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        names.push(e.event);
+    }
+    assert_eq!(
+        names,
+        [
+            "backup_start",
+            "backup_complete",
+            "restore_start",
+            "restore_complete"
+        ]
+    );
+    let log = std::fs::read_to_string(setup.path("events.jsonl")).unwrap();
+    let docs: Vec<Value> = log
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 3);
+    assert_eq!(docs[0]["stats"]["backupId"], json!(info.id));
+    assert_eq!(docs[1]["stats"]["size"], json!(info.size));
+    assert_eq!(docs[2]["stats"]["records"], json!(0));
+    assert_eq!(docs[2]["stats"]["skipped"], json!(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_second_runner_cannot_back_up_while_the_lock_is_held() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 400, 0).await;
+    let other = setup.runtime(true).await;
+    let (first, second) = (backup_of(&rt), backup_of(&other));
+    let (a, b) = tokio::join!(first.backup("full", None), second.backup("full", None));
+    let locked = [&a, &b]
+        .iter()
+        .filter(|r| matches!(r, Err(BackupError::Locked { .. })))
+        .count();
+    assert_eq!(locked, 1, "{a:?} / {b:?}");
+    assert_eq!([&a, &b].iter().filter(|r| r.is_ok()).count(), 1);
+}
+
+async fn backup_builtins(db: Db) {
+    let yaml = format!(
+        "actions:\n  nightly: {{ builtin: backup.run, with: {{ type: nightly, resources: [users] }} }}\n  tidy: {{ builtin: backup.prune, with: {{ dryRun: true }} }}\n{}",
+        fs_backup_yaml("  retention: { daily: 1 }\n")
+    );
+    let setup = Setup::new(db, &yaml).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 4, 2).await;
+    let run = |name: &'static str| {
+        let hooks = rt.hooks.clone();
+        async move {
+            let hook = hooks
+                .resolve(&HookRef::Named(name.into()), BuiltinKind::Action)
+                .unwrap();
+            hooks
+                .action(&hook, &HookInput::new(name.to_string(), HookKind::Job))
+                .await
+        }
+    };
+    let first = run("nightly").await.unwrap();
+    assert_eq!(first["type"], json!("nightly"));
+    assert_eq!(first["resources"], json!(["users"]));
+    assert_eq!(first["records"]["users"], json!(4));
+    let second = run("nightly").await.unwrap();
+    let pruned = run("tidy").await.unwrap();
+    assert_eq!(pruned["dryRun"], json!(true));
+    let decisions = pruned["decisions"].as_array().unwrap();
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(decisions[0]["id"], second["id"]);
+    assert_eq!(decisions[0]["keep"], json!(true));
+    assert_eq!(decisions[1]["keep"], json!(false));
+    assert_eq!(
+        backup_of(&rt).list_backups(None, None).await.unwrap().len(),
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_builtins_run_and_prune_on_fs() {
+    backup_builtins(Db::Fs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_builtins_run_and_prune_on_memory() {
+    backup_builtins(Db::Memory).await;
+}
+
+#[test]
+fn a_backup_process_killed_midway_is_not_listed_as_completed() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let setup = rt.block_on(async {
+        let setup = Setup::new(Db::S3, &s3_backup_yaml("")).await;
+        let runtime = setup.runtime(true).await;
+        seed(&runtime, 1200, 0).await;
+        setup
+    });
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(["backup", "full", "-f"])
+        .arg(setup.path("s3db.yaml"))
+        .args(["--connection", &setup.connection])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // The archive is being written: the records are being read from S3.
+    let temp = setup.path("tmp/backups");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let writing = temp.exists()
+            && walk(&temp)
+                .iter()
+                .any(|p| p.to_string_lossy().ends_with(".s3db-backup"));
+        if writing {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the backup ended before it was killed"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    rt.block_on(async {
+        let runtime = setup.runtime(true).await;
+        let list = backup_of(&runtime).list_backups(None, None).await.unwrap();
+        assert_eq!(list.len(), 1, "its metadata says it started");
+        assert_ne!(list[0].status, "completed");
+        let err = backup_of(&runtime)
+            .restore(&list[0].id, RestoreOptions::default())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BackupError::Unusable { .. } | BackupError::Locked { .. }
+            ),
+            "{err}"
+        );
+    });
+}
