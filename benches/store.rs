@@ -7,8 +7,6 @@
 //! S3 uses `S3DB_TEST_S3_ENDPOINT` when set, else starts `.venv/bin/moto_server` (installed by
 //! scripts/test).
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +19,9 @@ use s3db_run::store::connection::S3Location;
 use s3db_run::store::s3::{ensure_bucket, S3Store};
 use s3db_run::store::DynStore;
 use serde_json::{json, Map, Value};
+
+mod common;
+use common::moto;
 
 struct Args {
     records: usize,
@@ -150,28 +151,6 @@ async fn raw_list_then_get(store: &S3Store, prefix: &str, concurrency: usize) ->
     .collect()
     .await;
     (t.elapsed(), bodies.len())
-}
-
-fn moto() -> (String, Option<Child>) {
-    if let Ok(e) = std::env::var("S3DB_TEST_S3_ENDPOINT") {
-        return (e, None);
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let child = Command::new(".venv/bin/moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start .venv/bin/moto_server (run scripts/test once to install it)");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (format!("http://127.0.0.1:{port}"), Some(child))
 }
 
 #[tokio::main(flavor = "multi_thread")]

@@ -41,6 +41,12 @@ struct ActionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BackupLabels {
+    kind: String,
+    status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ManifestLabels {
     sha256: String,
 }
@@ -60,6 +66,22 @@ pub struct Metrics {
     cache_misses: Counter,
     seen_hits: AtomicU64,
     seen_misses: AtomicU64,
+    backups: Family<BackupLabels, Counter>,
+    backup_duration: Histogram,
+    backup_size: Gauge,
+    backup_last_success: Gauge<f64, AtomicU64>,
+    reloads: Family<ReloadLabels, Counter>,
+    reload_last_success: Gauge<f64, AtomicU64>,
+    manifest: Family<ManifestLabels, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReloadLabels {
+    result: String,
+}
+
+fn unix_now() -> f64 {
+    chrono::Utc::now().timestamp_millis() as f64 / 1000.0
 }
 
 impl Metrics {
@@ -115,7 +137,47 @@ impl Metrics {
                 sha256: manifest_sha256.to_string(),
             })
             .set(1);
-        registry.register("manifest_info", "The running manifest's SHA-256", manifest);
+        registry.register(
+            "manifest_info",
+            "The running manifest's SHA-256",
+            manifest.clone(),
+        );
+        let backups = Family::<BackupLabels, Counter>::default();
+        registry.register(
+            "backups",
+            "Backups by kind (full, incremental) and final status",
+            backups.clone(),
+        );
+        let backup_duration = Histogram::new(exponential_buckets(0.05, 2.0, 16));
+        registry.register(
+            "backup_duration_seconds",
+            "Duration of completed backups",
+            backup_duration.clone(),
+        );
+        let backup_size = Gauge::default();
+        registry.register(
+            "backup_size_bytes",
+            "Archive size of the last completed backup",
+            backup_size.clone(),
+        );
+        let backup_last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "When a backup last completed (Unix time)",
+            backup_last_success.clone(),
+        );
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "reloads",
+            "Manifest reload attempts by result (applied, unchanged, failed)",
+            reloads.clone(),
+        );
+        let reload_last_success = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "reload_last_success_timestamp_seconds",
+            "When a manifest reload last succeeded (Unix time)",
+            reload_last_success.clone(),
+        );
         Arc::new(Self {
             registry,
             job_runs,
@@ -127,7 +189,32 @@ impl Metrics {
             cache_misses,
             seen_hits: AtomicU64::new(0),
             seen_misses: AtomicU64::new(0),
+            backups,
+            backup_duration,
+            backup_size,
+            backup_last_success,
+            reloads,
+            reload_last_success,
+            manifest,
         })
+    }
+
+    /// Counts a reload attempt; a successful one also moves `manifest_info` to the new hash.
+    pub fn reloaded(&self, result: &str, sha256: Option<&str>) {
+        self.reloads
+            .get_or_create(&ReloadLabels {
+                result: result.into(),
+            })
+            .inc();
+        if let Some(sha) = sha256 {
+            self.reload_last_success.set(unix_now());
+            self.manifest.clear();
+            self.manifest
+                .get_or_create(&ManifestLabels {
+                    sha256: sha.to_string(),
+                })
+                .set(1);
+        }
     }
 
     /// Follows the plugins' events for as long as the runtime lives.
@@ -164,6 +251,43 @@ impl Metrics {
                 }
             }
         });
+        if let Some(backup) = &runtime.backup {
+            let mut events = backup.subscribe();
+            let this = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(e) => {
+                            let status = match e.event {
+                                "backup_complete" => "completed",
+                                "backup_error" => "failed",
+                                "backup_cancelled" => "cancelled",
+                                _ => continue,
+                            };
+                            let kind = if e.label == "incremental" {
+                                "incremental"
+                            } else {
+                                "full"
+                            };
+                            this.backups
+                                .get_or_create(&BackupLabels {
+                                    kind: kind.into(),
+                                    status: status.into(),
+                                })
+                                .inc();
+                            if status == "completed" {
+                                let ms = e.detail["duration"].as_u64().unwrap_or(0);
+                                this.backup_duration.observe(ms as f64 / 1000.0);
+                                this.backup_size.set(e.detail["size"].as_i64().unwrap_or(0));
+                                this.backup_last_success.set(unix_now());
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
         if let Some(machines) = &runtime.machines {
             let mut events = machines.subscribe();
             let this = self.clone();

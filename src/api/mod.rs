@@ -18,6 +18,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::manifest::CheckedManifest;
+use crate::plugins::backup::{Backup, BackupError, RestoreOptions};
 use crate::plugins::scheduler::jobs::JobError;
 use crate::plugins::state_machine::MachineError;
 use crate::runtime::Runtime;
@@ -92,7 +93,31 @@ impl From<MachineError> for ApiError {
     }
 }
 
+impl From<BackupError> for ApiError {
+    fn from(e: BackupError) -> Self {
+        let status = match &e {
+            BackupError::NotFound(_) => StatusCode::NOT_FOUND,
+            BackupError::Locked { .. } => StatusCode::CONFLICT,
+            BackupError::Config(_) => StatusCode::BAD_REQUEST,
+            BackupError::Unusable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            BackupError::Cancelled(_) => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.code(), e.to_string())
+    }
+}
+
 type ApiResult = Result<Json<Value>, ApiError>;
+
+fn backup(state: &ApiState) -> Result<&Backup, ApiError> {
+    state.runtime.backup.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_backup",
+            "this manifest has no `backup:` section",
+        )
+    })
+}
 
 fn machines(state: &ApiState) -> Result<&crate::plugins::state_machine::StateMachines, ApiError> {
     state.runtime.machines.as_ref().ok_or_else(|| {
@@ -128,6 +153,9 @@ pub fn router(state: Shared) -> Router {
             "/api/v1/machines/{machine}/entities/{entity}/history",
             get(entity_history),
         )
+        .route("/api/v1/backups", get(list_backups).post(start_backup))
+        .route("/api/v1/backups/{id}", get(backup_status))
+        .route("/api/v1/backups/{id}/restore", post(restore_backup))
         .route("/api/v1/manifest", get(effective_manifest))
         .route("/metrics", get(render_metrics))
         .route(
@@ -357,4 +385,79 @@ async fn effective_manifest(State(s): State<Shared>) -> ApiResult {
     Ok(Json(
         json!({ "sha256": s.manifest.sha256, "manifest": s.manifest.manifest }),
     ))
+}
+
+#[derive(Deserialize, Default)]
+struct BackupListQuery {
+    limit: Option<usize>,
+    prefix: Option<String>,
+}
+
+async fn list_backups(State(s): State<Shared>, Query(q): Query<BackupListQuery>) -> ApiResult {
+    let list = backup(&s)?
+        .list_backups(q.limit, q.prefix.as_deref())
+        .await?;
+    Ok(Json(json!(list)))
+}
+
+#[derive(Deserialize, Default)]
+struct BackupBody {
+    #[serde(rename = "type", default)]
+    kind: Option<String>,
+    #[serde(default)]
+    resources: Option<Vec<String>>,
+}
+
+/// Starts a backup and answers at once (202) with its id; `GET /api/v1/backups/{id}` follows it.
+async fn start_backup(State(s): State<Shared>, body: Option<Json<BackupBody>>) -> Response {
+    let plugin = match backup(&s) {
+        Ok(b) => b.clone(),
+        Err(e) => return e.into_response(),
+    };
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let label = body.kind.unwrap_or_else(|| "full".into());
+    let id = Backup::new_id(&label);
+    let answer = json!({ "id": id, "type": label, "status": "running" });
+    tokio::spawn(async move {
+        // Failures are logged, emitted as events and written to the backup's metadata.
+        let _ = plugin.backup_with_id(id, &label, body.resources).await;
+    });
+    (StatusCode::ACCEPTED, Json(answer)).into_response()
+}
+
+async fn backup_status(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    let plugin = backup(&s)?;
+    if plugin.running().contains(&id) {
+        if let Ok(info) = plugin.status(&id).await {
+            return Ok(Json(json!(info)));
+        }
+        return Ok(Json(json!({ "id": id, "status": "running" })));
+    }
+    Ok(Json(json!(plugin.status(&id).await?)))
+}
+
+#[derive(Deserialize, Default)]
+struct RestoreBody {
+    #[serde(default)]
+    overwrite: bool,
+    #[serde(default)]
+    resources: Option<Vec<String>>,
+}
+
+async fn restore_backup(
+    State(s): State<Shared>,
+    Path(id): Path<String>,
+    body: Option<Json<RestoreBody>>,
+) -> ApiResult {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let stats = backup(&s)?
+        .restore(
+            &id,
+            RestoreOptions {
+                overwrite: body.overwrite,
+                resources: body.resources,
+            },
+        )
+        .await?;
+    Ok(Json(json!(stats)))
 }

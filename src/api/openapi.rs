@@ -79,7 +79,19 @@ pub fn document() -> Value {
                     "properties": { "event": { "type": "string" }, "context": { "type": "object" }, "eventId": { "type": "string" } }
                 })))
             },
-            "/api/v1/machines/{machine}/entities/{entity}/history": { "get": op("An entity's transitions, newest first", "machines", &["machine", "entity", "?limit", "?offset"], None) }
+            "/api/v1/machines/{machine}/entities/{entity}/history": { "get": op("An entity's transitions, newest first", "machines", &["machine", "entity", "?limit", "?offset"], None) },
+            "/api/v1/backups": {
+                "get": op("Backups at the destinations, newest first", "backups", &["?limit", "?prefix"], None),
+                "post": op("Start a backup (202 with its id)", "backups", &[], Some(json!({
+                    "type": "object",
+                    "properties": { "type": { "type": "string", "default": "full" }, "resources": { "type": "array", "items": { "type": "string" } } }
+                })))
+            },
+            "/api/v1/backups/{id}": { "get": op("A backup's status", "backups", &["id"], None) },
+            "/api/v1/backups/{id}/restore": { "post": op("Restore a backup (verified first)", "backups", &["id"], Some(json!({
+                "type": "object",
+                "properties": { "overwrite": { "type": "boolean", "default": false }, "resources": { "type": "array", "items": { "type": "string" } } }
+            }))) }
         }
     })
 }

@@ -39,6 +39,7 @@ machines:
       paid: {{ type: final }}
 jobs:
   hello: {{ schedule: "0 9 * * MON", action: {{ run: ["echo", "{{\"hi\": 1}}"] }} }}
+backup: {{ driver: filesystem, config: {{ path: "./backups/" }} }}
 server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
 "#
         ),
@@ -104,6 +105,10 @@ async fn every_endpoint_answers_and_needs_the_token() {
         ("GET", "/api/v1/machines"),
         ("GET", "/api/v1/manifest"),
         ("GET", "/api/v1/machines/order/entities/o1"),
+        ("GET", "/api/v1/backups"),
+        ("POST", "/api/v1/backups"),
+        ("GET", "/api/v1/backups/x"),
+        ("POST", "/api/v1/backups/x/restore"),
     ] {
         let (status, body, _) = call(&s, method, path, None, None).await;
         assert_eq!(
@@ -249,6 +254,66 @@ async fn every_endpoint_answers_and_needs_the_token() {
         )),
         "{text}"
     );
+    // Backups: start (202 with an id), follow to completion, list, restore; errors are JSON.
+    let (status, started, _) = call(
+        &s,
+        "POST",
+        "/api/v1/backups",
+        T,
+        Some(json!({ "type": "full" })),
+    )
+    .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let mut done = Value::Null;
+    for _ in 0..200 {
+        let (code, body, _) = call(&s, "GET", &format!("/api/v1/backups/{id}"), T, None).await;
+        if code == 200 && body["status"] == "completed" {
+            done = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(done["id"], json!(id), "the backup did not complete");
+    assert!(done["records"]["entity_states"].is_u64(), "{done}");
+    let (status, list, _) = call(&s, "GET", "/api/v1/backups?limit=5", T, None).await;
+    assert_eq!((status, list[0]["id"].clone()), (200, json!(id)));
+    let (status, restored, _) = call(
+        &s,
+        "POST",
+        &format!("/api/v1/backups/{id}/restore"),
+        T,
+        Some(json!({ "overwrite": true })),
+    )
+    .await;
+    assert_eq!(status, 200, "{restored}");
+    assert_eq!(restored["chain"], json!([id]));
+    let (status, missing, _) = call(&s, "GET", "/api/v1/backups/nope", T, None).await;
+    assert_eq!(
+        (status, missing["code"].as_str()),
+        (404, Some("backup_not_found"))
+    );
+    let (status, bad, _) = call(&s, "POST", "/api/v1/backups/nope/restore", T, None).await;
+    assert_eq!(
+        (status, bad["code"].as_str()),
+        (404, Some("backup_not_found"))
+    );
+    for _ in 0..50 {
+        text = call(&s, "GET", "/metrics", T, None).await.2;
+        if text.contains("s3db_backups_total") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        text.contains("s3db_backups_total{kind=\"full\",status=\"completed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("s3db_backup_last_success_timestamp_seconds"),
+        "{text}"
+    );
+
     let (status, doc, _) = call(&s, "GET", "/api/v1/openapi.json", T, None).await;
     assert_eq!((status, doc["openapi"].as_str()), (200, Some("3.1.0")));
     // Every route the router serves is documented.
