@@ -17,16 +17,17 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::manifest::CheckedManifest;
 use crate::plugins::backup::{Backup, BackupError, RestoreOptions};
 use crate::plugins::scheduler::jobs::JobError;
 use crate::plugins::state_machine::MachineError;
+use crate::runtime::reload::Reloader;
 use crate::runtime::Runtime;
 
 /// What the handlers share.
 pub struct ApiState {
     pub runtime: Arc<Runtime>,
-    pub manifest: CheckedManifest,
+    /// The running manifest, swapped by reloads.
+    pub reloader: Arc<Reloader>,
     pub metrics: Arc<metrics::Metrics>,
 }
 
@@ -157,6 +158,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/backups/{id}", get(backup_status))
         .route("/api/v1/backups/{id}/restore", post(restore_backup))
         .route("/api/v1/manifest", get(effective_manifest))
+        .route("/api/v1/reload", get(last_reload).post(reload_now))
         .route("/metrics", get(render_metrics))
         .route(
             "/api/v1/openapi.json",
@@ -180,8 +182,8 @@ pub fn router(state: Shared) -> Router {
 }
 
 async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    let Some(token) = state
-        .manifest
+    let manifest = state.reloader.manifest();
+    let Some(token) = manifest
         .manifest
         .server
         .token
@@ -382,8 +384,9 @@ async fn render_metrics(State(s): State<Shared>) -> Response {
 }
 
 async fn effective_manifest(State(s): State<Shared>) -> ApiResult {
+    let manifest = s.reloader.manifest();
     Ok(Json(
-        json!({ "sha256": s.manifest.sha256, "manifest": s.manifest.manifest }),
+        json!({ "sha256": manifest.sha256, "manifest": manifest.manifest }),
     ))
 }
 
@@ -460,4 +463,23 @@ async fn restore_backup(
         )
         .await?;
     Ok(Json(json!(stats)))
+}
+
+/// Reloads the manifest now; answers with the result and any diagnostics (422 when the new
+/// manifest was refused and the old one keeps running).
+async fn reload_now(State(s): State<Shared>) -> Response {
+    let result = s.reloader.reload("api").await;
+    let status = if result.result == "failed" {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(json!(result))).into_response()
+}
+
+async fn last_reload(State(s): State<Shared>) -> ApiResult {
+    Ok(Json(match s.reloader.last() {
+        Some(r) => json!(r),
+        None => json!({ "result": "none", "sha256": s.reloader.manifest().sha256 }),
+    }))
 }

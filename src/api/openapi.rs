@@ -87,6 +87,10 @@ pub fn document() -> Value {
                     "properties": { "type": { "type": "string", "default": "full" }, "resources": { "type": "array", "items": { "type": "string" } } }
                 })))
             },
+            "/api/v1/reload": {
+                "get": op("The last reload's result and diagnostics", "runner", &[], None),
+                "post": op("Reload the manifest now (422 when it is refused)", "runner", &[], None)
+            },
             "/api/v1/backups/{id}": { "get": op("A backup's status", "backups", &["id"], None) },
             "/api/v1/backups/{id}/restore": { "post": op("Restore a backup (verified first)", "backups", &["id"], Some(json!({
                 "type": "object",

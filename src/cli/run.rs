@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::exit;
+use crate::runtime::reload::Reloader;
 use crate::runtime::Runtime;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -64,6 +65,15 @@ pub fn run(args: &Args) -> u8 {
         tracing::info!(manifest = %args.manifest.display(), sha256 = %checked.sha256, database = %checked.manifest.database.connection, "started");
         let rt = std::sync::Arc::new(rt);
         let stop = CancellationToken::new();
+        let reloader = std::sync::Arc::new(Reloader::new(
+            &args.manifest,
+            rt.clone(),
+            std::sync::Arc::new(std::sync::RwLock::new(checked.clone())),
+        ));
+        if let Err(e) = reloader.watch(stop.clone()) {
+            tracing::warn!(error = %e, "hot reload on file change is off (SIGHUP and the API still reload)");
+        }
+        reloader.reload_on_sighup(stop.clone());
         let server = &checked.manifest.server;
         let api = if server.enabled {
             let addr = match args.listen.map(Ok).unwrap_or_else(|| server.listen.parse()) {
@@ -83,9 +93,16 @@ pub fn run(args: &Args) -> u8 {
             tracing::info!(%addr, token = server.token.is_some(), "control API listening");
             let metrics = crate::api::metrics::Metrics::new(&checked.sha256);
             metrics.follow(&rt);
+            let m = metrics.clone();
+            reloader.on_reload(std::sync::Arc::new(move |r| {
+                m.reloaded(
+                    &r.result,
+                    (r.result == "applied").then_some(r.sha256.as_str()),
+                );
+            }));
             let app = crate::api::router(std::sync::Arc::new(crate::api::ApiState {
                 runtime: rt.clone(),
-                manifest: checked.clone(),
+                reloader: reloader.clone(),
                 metrics,
             }));
             let stop = stop.clone();

@@ -80,8 +80,8 @@ pub struct ResolvedHook {
 
 /// Runs hooks for one manifest.
 pub struct HookRunner {
-    guards: indexmap::IndexMap<String, HookDef>,
-    actions: indexmap::IndexMap<String, HookDef>,
+    guards: std::sync::RwLock<indexmap::IndexMap<String, HookDef>>,
+    actions: std::sync::RwLock<indexmap::IndexMap<String, HookDef>>,
     base_dir: PathBuf,
     db: Database,
     /// Timeout of a shell hook that sets none.
@@ -98,8 +98,8 @@ impl std::fmt::Debug for HookRunner {
         write!(
             f,
             "HookRunner({} guards, {} actions)",
-            self.guards.len(),
-            self.actions.len()
+            self.guards.read().map(|g| g.len()).unwrap_or(0),
+            self.actions.read().map(|a| a.len()).unwrap_or(0)
         )
     }
 }
@@ -107,8 +107,8 @@ impl std::fmt::Debug for HookRunner {
 impl HookRunner {
     pub fn new(manifest: &Manifest, base_dir: impl Into<PathBuf>, db: Database) -> Self {
         Self {
-            guards: manifest.guards.clone(),
-            actions: manifest.actions.clone(),
+            guards: std::sync::RwLock::new(manifest.guards.clone()),
+            actions: std::sync::RwLock::new(manifest.actions.clone()),
             base_dir: base_dir.into(),
             db,
             default_timeout: Duration::from_secs(60),
@@ -134,6 +134,12 @@ impl HookRunner {
         let _ = self.machines.set(ops);
     }
 
+    /// A reload's new named guards and actions; the next resolution uses them.
+    pub fn set_hooks(&self, manifest: &Manifest) {
+        *self.guards.write().unwrap_or_else(|e| e.into_inner()) = manifest.guards.clone();
+        *self.actions.write().unwrap_or_else(|e| e.into_inner()) = manifest.actions.clone();
+    }
+
     pub fn set_backup(&self, ops: Arc<dyn BackupOps>) {
         let _ = self.backup.set(ops);
     }
@@ -151,9 +157,13 @@ impl HookRunner {
             }),
             HookRef::Named(name) => {
                 let defined = match kind {
-                    BuiltinKind::Guard => self.guards.get(name),
-                    BuiltinKind::Action => self.actions.get(name),
-                };
+                    BuiltinKind::Guard => &self.guards,
+                    BuiltinKind::Action => &self.actions,
+                }
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(name)
+                .cloned();
                 if let Some(def) = defined {
                     return Ok(ResolvedHook {
                         name: name.clone(),

@@ -3,6 +3,8 @@
 //! cleanly: no new work, running jobs get a grace period, those cut off are recorded as
 //! interrupted.
 
+pub mod reload;
+
 use std::sync::Arc;
 use std::time::Duration;
 

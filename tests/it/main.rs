@@ -15,6 +15,7 @@ mod manifest_fixtures;
 mod manifest_load;
 mod manifest_props;
 mod manifest_schema;
+mod reload;
 mod s3_backend;
 mod schedule;
 mod scheduler;

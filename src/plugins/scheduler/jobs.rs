@@ -123,6 +123,9 @@ struct Inner {
     events: broadcast::Sender<JobEvent>,
     /// Runs in flight in this process, by job, for overlap policies and shutdown.
     tasks: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
+    /// Wakes the run loop when jobs are added, removed, enabled or disabled (a reload), so it
+    /// recomputes the next slot instead of sleeping toward a stale one.
+    changed: tokio::sync::Notify,
 }
 
 /// The scheduler plugin. Cheap to clone.
@@ -210,6 +213,7 @@ impl Scheduler {
                 clock,
                 events,
                 tasks: Mutex::default(),
+                changed: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -298,6 +302,7 @@ impl Scheduler {
                 .get_mut(job)
                 .ok_or_else(|| JobError::Unknown(job.into(), String::new()))?;
             j.enabled = enabled;
+            self.inner.changed.notify_one();
         }
         self.emit(if enabled {
             JobEvent::JobEnabled { job: job.into() }
@@ -317,6 +322,7 @@ impl Scheduler {
             jobs.insert(job.into(), state);
         }
         self.emit(JobEvent::JobAdded { job: job.into() });
+        self.inner.changed.notify_one();
         Ok(())
     }
 
@@ -332,6 +338,7 @@ impl Scheduler {
             return Err(self.unknown(job));
         }
         self.emit(JobEvent::JobRemoved { job: job.into() });
+        self.inner.changed.notify_one();
         Ok(())
     }
 
@@ -683,11 +690,13 @@ impl Scheduler {
             let Some((slot, _)) = due else {
                 tokio::select! {
                     _ = stop.cancelled() => return,
+                    _ = self.inner.changed.notified() => { after = clock.now(); continue; }
                     _ = tokio::time::sleep(Duration::from_secs(1)) => { after = clock.now(); continue; }
                 }
             };
             tokio::select! {
                 _ = stop.cancelled() => return,
+                _ = self.inner.changed.notified() => continue,
                 _ = clock.sleep_until(slot) => {}
             }
             let names: Vec<(String, OverlapPolicy, bool, Duration)> = self

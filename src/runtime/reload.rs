@@ -1,0 +1,319 @@
+//! Hot reload: re-reads the manifest when its folder changes (editors that write by rename,
+//! Kubernetes ConfigMap `..data` symlink swaps and `git checkout` all show up as events in the
+//! folder; the content hash decides), on SIGHUP, or on `POST /api/v1/reload`. The new manifest
+//! is loaded and checked completely before anything is swapped; a broken one changes nothing,
+//! and its diagnostics are kept for the API and counted in metrics.
+//!
+//! What is applied live: jobs (added, removed, changed — an unchanged job keeps its schedule and
+//! its running execution), machine definitions (from the next event), named guards and actions,
+//! new resources, the API token. The other sections (database connection, backup, cache,
+//! scheduler and state-machine settings, server address) need a restart; a reload that changes
+//! them applies the rest and says so in its result.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::Runtime;
+use crate::db::schema::StoredResource;
+use crate::manifest::diagnostic::DiagnosticRecord;
+use crate::manifest::diff::{diff, Change, ChangeKind};
+use crate::manifest::CheckedManifest;
+
+/// What the last reload did.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReloadResult {
+    /// `applied`, `unchanged` or `failed`.
+    pub result: String,
+    /// What asked for it: `watch`, `signal`, `api`.
+    pub trigger: String,
+    pub at: DateTime<Utc>,
+    /// The manifest now running.
+    pub sha256: String,
+    pub changes: Vec<Change>,
+    /// Changed sections that take effect only after a restart.
+    pub restart_required: Vec<String>,
+    pub diagnostics: Vec<DiagnosticRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub type ReloadHook = Arc<dyn Fn(&ReloadResult) + Send + Sync>;
+
+/// Owns the running manifest and swaps in new ones.
+pub struct Reloader {
+    path: PathBuf,
+    runtime: Arc<Runtime>,
+    current: Arc<RwLock<CheckedManifest>>,
+    last: Mutex<Option<ReloadResult>>,
+    /// SHA-256 of the file content last looked at (applied or refused): the same content is
+    /// not parsed, applied or reported twice.
+    seen: Mutex<String>,
+    /// One reload at a time.
+    busy: tokio::sync::Mutex<()>,
+    on_reload: Mutex<Option<ReloadHook>>,
+}
+
+impl Reloader {
+    pub fn new(path: &Path, runtime: Arc<Runtime>, current: Arc<RwLock<CheckedManifest>>) -> Self {
+        let seen = current.read().map(|c| c.sha256.clone()).unwrap_or_default();
+        Self {
+            seen: Mutex::new(seen),
+            path: path.to_path_buf(),
+            runtime,
+            current,
+            last: Mutex::new(None),
+            busy: tokio::sync::Mutex::new(()),
+            on_reload: Mutex::new(None),
+        }
+    }
+
+    /// Called after every reload attempt (metrics).
+    pub fn on_reload(&self, f: ReloadHook) {
+        *self.on_reload.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    pub fn manifest(&self) -> CheckedManifest {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn last(&self) -> Option<ReloadResult> {
+        self.last.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Re-reads the manifest and applies what changed.
+    pub async fn reload(&self, trigger: &str) -> ReloadResult {
+        let _one = self.busy.lock().await;
+        let old = self.manifest();
+        let mut result = ReloadResult {
+            result: "failed".into(),
+            trigger: trigger.into(),
+            at: Utc::now(),
+            sha256: old.sha256.clone(),
+            changes: Vec::new(),
+            restart_required: Vec::new(),
+            diagnostics: Vec::new(),
+            error: None,
+        };
+        // SIGHUP and the API always re-read (the environment may have changed); file events
+        // skip content already looked at.
+        if trigger == "watch" {
+            if let Ok(bytes) = std::fs::read(&self.path) {
+                let sha = crate::plugins::backup::archive::hex(
+                    &<sha2::Sha256 as sha2::Digest>::digest(&bytes),
+                );
+                let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+                if *seen == sha {
+                    result.result = "unchanged".into();
+                    return result;
+                }
+                *seen = sha;
+            }
+        }
+        let loaded = crate::manifest::load_path(&self.path, None, &crate::manifest::ProcessEnv);
+        match loaded {
+            Err(e) => {
+                result.error = Some(format!("cannot read {}: {e}", self.path.display()));
+            }
+            Ok(loaded) => {
+                result.diagnostics = loaded.report.records();
+                match loaded.manifest {
+                    None => {
+                        result.error =
+                            Some("the new manifest is invalid; the old one keeps running".into());
+                    }
+                    Some(new) if new.sha256 == old.sha256 => {
+                        result.result = "unchanged".into();
+                    }
+                    Some(new) => match self.apply(&old, &new, &mut result).await {
+                        Ok(()) => {
+                            result.result = "applied".into();
+                            result.sha256 = new.sha256.clone();
+                            *self.current.write().unwrap_or_else(|e| e.into_inner()) = new;
+                        }
+                        Err(e) => result.error = Some(e),
+                    },
+                }
+            }
+        }
+        match result.result.as_str() {
+            "applied" => tracing::info!(
+                trigger,
+                sha256 = %result.sha256,
+                changes = result.changes.len(),
+                restart_required = ?result.restart_required,
+                "manifest reloaded"
+            ),
+            "unchanged" => tracing::debug!(trigger, "manifest unchanged"),
+            _ => tracing::error!(
+                trigger,
+                error = result.error.as_deref().unwrap_or(""),
+                diagnostics = result.diagnostics.len(),
+                "reload failed; the old manifest keeps running"
+            ),
+        }
+        if result.result != "unchanged" {
+            if let Some(f) = &*self.on_reload.lock().unwrap_or_else(|e| e.into_inner()) {
+                f(&result);
+            }
+            *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(result.clone());
+        }
+        result
+    }
+
+    /// Applies the difference. Everything that can fail is done before the first swap.
+    async fn apply(
+        &self,
+        old: &CheckedManifest,
+        new: &CheckedManifest,
+        result: &mut ReloadResult,
+    ) -> Result<(), String> {
+        let rt = &self.runtime;
+        let (o, n) = (&old.manifest, &new.manifest);
+        let changes = diff(o, n);
+        let mut restart = Vec::new();
+        for c in &changes {
+            match c.kind {
+                "database" | "backup" | "cache" | "scheduler" | "stateMachine" => {
+                    restart.push(c.kind.to_string())
+                }
+                "server" if c.fields.iter().any(|f| !f.path.starts_with("token")) => {
+                    restart.push("server".into())
+                }
+                "machine" if rt.machines.is_none() => restart.push("machines".into()),
+                _ => {}
+            }
+        }
+        restart.sort();
+        restart.dedup();
+
+        // 1. Build: parse every new or changed job's schedule; register new resources.
+        let job_changes: Vec<&Change> = changes.iter().filter(|c| c.kind == "job").collect();
+        for c in &job_changes {
+            if c.change != ChangeKind::Removed {
+                let def = &n.jobs[&c.name];
+                crate::plugins::scheduler::schedule::Schedule::parse(&def.schedule)
+                    .map_err(|e| format!("job `{}`: {e}", c.name))?;
+            }
+        }
+        if changes
+            .iter()
+            .any(|c| c.kind == "resource" && c.change != ChangeKind::Removed)
+        {
+            let declared = n
+                .database
+                .resources
+                .iter()
+                .map(|(name, def)| (name.clone(), StoredResource::from(def)))
+                .collect();
+            rt.db
+                .register(&declared)
+                .await
+                .map_err(|e| format!("resources: {e}"))?;
+        }
+
+        // 2. Swap.
+        rt.hooks.set_hooks(n);
+        if let Some(machines) = &rt.machines {
+            if changes.iter().any(|c| c.kind == "machine") {
+                machines.set_definitions(&n.machines);
+            }
+        }
+        for c in job_changes {
+            match c.change {
+                ChangeKind::Removed => {
+                    let _ = rt.scheduler.remove(&c.name);
+                }
+                ChangeKind::Added => {
+                    rt.scheduler
+                        .add(&c.name, n.jobs[&c.name].clone())
+                        .map_err(|e| e.to_string())?;
+                }
+                ChangeKind::Changed => {
+                    // The running execution (if any) finishes on its own; the next slot comes
+                    // from the new definition.
+                    let _ = rt.scheduler.remove(&c.name);
+                    rt.scheduler
+                        .add(&c.name, n.jobs[&c.name].clone())
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        if !restart.is_empty() {
+            tracing::warn!(sections = ?restart, "these changes take effect after a restart");
+        }
+        result.changes = changes;
+        result.restart_required = restart;
+        Ok(())
+    }
+
+    /// Watches the manifest's folder and reloads (debounced) until `stop`.
+    pub fn watch(
+        self: &Arc<Self>,
+        stop: tokio_util::sync::CancellationToken,
+    ) -> Result<(), String> {
+        use notify::Watcher;
+        let folder = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    let _ = tx.send(());
+                }
+            })
+            .map_err(|e| format!("cannot watch {}: {e}", folder.display()))?;
+        watcher
+            .watch(&folder, notify::RecursiveMode::NonRecursive)
+            .map_err(|e| format!("cannot watch {}: {e}", folder.display()))?;
+        let this = self.clone();
+        tokio::spawn(async move {
+            // The watcher lives as long as this task.
+            let _watcher = watcher;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    got = rx.recv() => if got.is_none() { return },
+                }
+                // Debounce: an editor's save or a ConfigMap swap is several events.
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => break,
+                        _ = rx.recv() => {}
+                    }
+                }
+                this.reload("watch").await;
+            }
+        });
+        Ok(())
+    }
+
+    /// Reloads on SIGHUP until `stop`.
+    pub fn reload_on_sighup(self: &Arc<Self>, stop: tokio_util::sync::CancellationToken) {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP");
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = hup.recv() => { this.reload("signal").await; }
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,241 @@
+//! Hot reload end to end: the runner as a process, its manifest changed on disk the ways editors,
+//! Kubernetes and git change it.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+struct Runner {
+    child: std::process::Child,
+    base: String,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A manifest with a per-second `tick` job (appending its slot to ticks.log) and `extra` jobs.
+fn manifest(port: u16, extra: &str) -> String {
+    format!(
+        r#"version: 1
+database: {{ connection: file://./data }}
+jobs:
+  tick: {{ schedule: "* * * * * *", action: {{ run: ["/bin/sh", "-c", "echo $S3DB_SCHEDULED_TIME >> ticks.log"] }} }}
+{extra}
+server: {{ listen: "127.0.0.1:{port}" }}
+"#
+    )
+}
+
+/// Starts the runner on `file` (relative to the folder), which `layout` has written.
+fn start(layout: impl FnOnce(&Path, u16) -> PathBuf) -> Runner {
+    let dir = tempfile::tempdir().unwrap();
+    let port = port();
+    let file = layout(dir.path(), port);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .arg(&file)
+        .current_dir(dir.path())
+        .env_remove("S3DB_CONNECTION")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the runner did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Runner { child, base, dir }
+}
+
+/// A plain HTTP/1.0 GET: the body.
+fn fetch(r: &Runner, path: &str) -> String {
+    use std::io::{Read, Write};
+    let addr = r.base.trim_start_matches("http://");
+    let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
+        return String::new();
+    };
+    let _ = write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+fn get(r: &Runner, path: &str) -> Value {
+    serde_json::from_str(&fetch(r, path)).unwrap_or(Value::Null)
+}
+
+fn jobs(r: &Runner) -> Vec<String> {
+    get(r, "/api/v1/jobs")
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|j| j["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `job` is listed; returns how long it took.
+fn until_listed(r: &Runner, job: &str, limit: Duration) -> Duration {
+    let t = Instant::now();
+    while !jobs(r).iter().any(|j| j == job) {
+        assert!(t.elapsed() < limit, "`{job}` not active after {limit:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    t.elapsed()
+}
+
+const NIGHTLY: &str =
+    "  nightly: { schedule: \"0 3 * * *\", action: { builtin: log, with: { message: hi } } }\n";
+
+#[test]
+fn a_reload_by_in_place_write_takes_effect_within_a_second() {
+    let r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    std::fs::write(r.dir.path().join("s3db.yaml"), manifest(port, NIGHTLY)).unwrap();
+    until_listed(&r, "nightly", Duration::from_secs(1));
+    assert_eq!(get(&r, "/api/v1/reload")["result"], "applied");
+}
+
+#[test]
+fn a_reload_by_rename_takes_effect_within_a_second() {
+    let r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    // As vim and most editors save: a new file, renamed over the old one.
+    let tmp = r.dir.path().join(".s3db.yaml.swp");
+    std::fs::write(&tmp, manifest(port, NIGHTLY)).unwrap();
+    std::fs::rename(&tmp, r.dir.path().join("s3db.yaml")).unwrap();
+    until_listed(&r, "nightly", Duration::from_secs(1));
+}
+
+#[test]
+fn a_reload_by_configmap_symlink_swap_takes_effect_within_a_second() {
+    // Kubernetes: s3db.yaml -> ..data/s3db.yaml, ..data -> ..2024_v1; an update writes a new
+    // timestamped folder and renames a new ..data link over the old one.
+    let r = start(|dir, port| {
+        std::fs::create_dir(dir.join("..v1")).unwrap();
+        std::fs::write(dir.join("..v1/s3db.yaml"), manifest(port, "")).unwrap();
+        std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/s3db.yaml", dir.join("s3db.yaml")).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let dir = r.dir.path();
+    std::fs::create_dir(dir.join("..v2")).unwrap();
+    std::fs::write(dir.join("..v2/s3db.yaml"), manifest(port, NIGHTLY)).unwrap();
+    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+    until_listed(&r, "nightly", Duration::from_secs(1));
+}
+
+fn ticks(r: &Runner) -> Vec<String> {
+    std::fs::read_to_string(r.dir.path().join("ticks.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_broken_manifest_keeps_the_old_jobs_and_shows_its_diagnostics() {
+    let r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, NIGHTLY)).unwrap();
+        dir.join("s3db.yaml")
+    });
+    std::fs::write(
+        r.dir.path().join("s3db.yaml"),
+        "version: 1\ndatabase: { connection: file://./data }\njobs:\n  tick: { schedule: \"every now and then\", action: { builtin: log } }\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let last = loop {
+        let last = get(&r, "/api/v1/reload");
+        if last["result"] == "failed" {
+            break last;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no failed reload: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let codes: Vec<&str> = last["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|d| d["code"].as_str())
+        .collect();
+    assert!(codes.iter().any(|c| c.starts_with("manifest::")), "{last}");
+    assert!(last["diagnostics"][0]["line"].as_u64().unwrap() > 0);
+    // The old configuration still runs: both jobs, and the ticks go on.
+    assert_eq!(jobs(&r), ["tick", "nightly"]);
+    let before = ticks(&r).len();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(ticks(&r).len() >= before + 2, "the old job stopped firing");
+    let metrics = fetch(&r, "/metrics");
+    assert!(
+        metrics.contains("s3db_reloads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_per_second_job_fires_exactly_once_per_slot_across_20_reloads() {
+    let r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    // Wait for the first tick, so the count starts from a fired slot.
+    let t = Instant::now();
+    while ticks(&r).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "tick never fired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for i in 0..20 {
+        // Each reload changes another job; `tick` is unchanged and must keep its schedule.
+        let other = format!(
+            "  other: {{ schedule: \"0 3 * * *\", description: \"v{i}\", action: {{ builtin: log }} }}\n"
+        );
+        std::fs::write(r.dir.path().join("s3db.yaml"), manifest(port, &other)).unwrap();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let slots = ticks(&r);
+    let mut unique = slots.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), slots.len(), "a slot fired twice: {slots:?}");
+    let times: Vec<i64> = unique
+        .iter()
+        .map(|s| chrono::DateTime::parse_from_rfc3339(s).unwrap().timestamp())
+        .collect();
+    for w in times.windows(2) {
+        assert_eq!(w[1] - w[0], 1, "a slot was missed: {slots:?}");
+    }
+    assert!(times.len() >= 5, "{slots:?}");
+    assert_eq!(get(&r, "/api/v1/reload")["result"], "applied");
+}
