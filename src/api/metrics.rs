@@ -251,7 +251,7 @@ impl Metrics {
                 }
             }
         });
-        if let Some(backup) = &runtime.backup {
+        if let Some(backup) = runtime.backup() {
             let mut events = backup.subscribe();
             let this = self.clone();
             tokio::spawn(async move {

@@ -110,8 +110,8 @@ impl From<BackupError> for ApiError {
 
 type ApiResult = Result<Json<Value>, ApiError>;
 
-fn backup(state: &ApiState) -> Result<&Backup, ApiError> {
-    state.runtime.backup.as_ref().ok_or_else(|| {
+fn backup(state: &ApiState) -> Result<Backup, ApiError> {
+    state.runtime.backup().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "no_backup",
@@ -414,7 +414,7 @@ struct BackupBody {
 /// Starts a backup and answers at once (202) with its id; `GET /api/v1/backups/{id}` follows it.
 async fn start_backup(State(s): State<Shared>, body: Option<Json<BackupBody>>) -> Response {
     let plugin = match backup(&s) {
-        Ok(b) => b.clone(),
+        Ok(b) => b,
         Err(e) => return e.into_response(),
     };
     let body = body.map(|b| b.0).unwrap_or_default();

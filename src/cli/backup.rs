@@ -72,7 +72,7 @@ pub struct RestoreArgs {
 
 async fn plugin(target: &super::DatabaseArgs) -> Result<Backup, u8> {
     let (_, rt) = target.runtime().await?;
-    rt.backup.ok_or_else(|| {
+    rt.backup().ok_or_else(|| {
         eprintln!(
             "error: {} has no `backup:` section",
             target.manifest.display()

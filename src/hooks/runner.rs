@@ -89,7 +89,7 @@ pub struct HookRunner {
     /// Time between SIGTERM and SIGKILL of a timed-out hook.
     grace: Duration,
     machines: OnceLock<Arc<dyn MachineOps>>,
-    backup: OnceLock<Arc<dyn BackupOps>>,
+    backup: std::sync::RwLock<Option<Arc<dyn BackupOps>>>,
     http: reqwest::Client,
 }
 
@@ -114,7 +114,7 @@ impl HookRunner {
             default_timeout: Duration::from_secs(60),
             grace: Duration::from_secs(2),
             machines: OnceLock::new(),
-            backup: OnceLock::new(),
+            backup: std::sync::RwLock::new(None),
             http: reqwest::Client::new(),
         }
     }
@@ -140,8 +140,9 @@ impl HookRunner {
         *self.actions.write().unwrap_or_else(|e| e.into_inner()) = manifest.actions.clone();
     }
 
+    /// The backup plugin for `backup.*` (replaced when a reload reconfigures it).
     pub fn set_backup(&self, ops: Arc<dyn BackupOps>) {
-        let _ = self.backup.set(ops);
+        *self.backup.write().unwrap_or_else(|e| e.into_inner()) = Some(ops);
     }
 
     pub fn database(&self) -> &Database {
@@ -504,7 +505,9 @@ impl HookRunner {
             "backup.run" | "backup.prune" => {
                 let ops = self
                     .backup
-                    .get()
+                    .read()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
                     .ok_or_else(|| fail("the backup plugin is not running".into()))?;
                 let result = if name == "backup.run" {
                     let resources = match p.map.get("resources") {

@@ -27,7 +27,8 @@ pub struct Runtime {
     pub machines: Option<StateMachines>,
     pub scheduler: Scheduler,
     pub cache: Option<Arc<Cache>>,
-    pub backup: Option<Backup>,
+    /// Swapped by a reload that changes `backup:`.
+    backup: std::sync::RwLock<Option<Backup>>,
 }
 
 impl Runtime {
@@ -84,8 +85,22 @@ impl Runtime {
             machines,
             scheduler,
             cache,
-            backup,
+            backup: std::sync::RwLock::new(backup),
         })
+    }
+
+    /// The backup plugin, when the manifest has a `backup:` section.
+    pub fn backup(&self) -> Option<Backup> {
+        self.backup
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Puts a reconfigured backup plugin in place (for the API, the CLI and `backup.*`).
+    pub fn set_backup(&self, backup: Backup) {
+        self.hooks.set_backup(Arc::new(backup.clone()));
+        *self.backup.write().unwrap_or_else(|e| e.into_inner()) = Some(backup);
     }
 
     /// Runs until `stop` is cancelled, then waits up to `grace` for running jobs.
@@ -116,10 +131,21 @@ impl Runtime {
             let _ = t.await;
         }
         let deadline = tokio::time::Instant::now() + grace;
-        while self.scheduler.all_status().iter().any(|s| s.running)
+        let backups_running = || self.backup().is_some_and(|b| !b.running().is_empty());
+        while (self.scheduler.all_status().iter().any(|s| s.running) || backups_running())
             && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(backup) = self.backup() {
+            if !backup.running().is_empty() {
+                // Cancelled backups end as `cancelled`; their marker is never written.
+                tracing::warn!(backups = ?backup.running(), "grace period over: cancelling running backups");
+                backup.cancel_all();
+                while !backup.running().is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
         }
         if self.scheduler.all_status().iter().any(|s| s.running) {
             tracing::warn!("grace period over: interrupting running jobs");

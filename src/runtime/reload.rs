@@ -6,9 +6,10 @@
 //!
 //! What is applied live: jobs (added, removed, changed — an unchanged job keeps its schedule and
 //! its running execution), machine definitions (from the next event), named guards and actions,
-//! new resources, the API token. The other sections (database connection, backup, cache,
-//! scheduler and state-machine settings, server address) need a restart; a reload that changes
-//! them applies the rest and says so in its result.
+//! new resources, the backup settings, the API token. The other sections (database connection,
+//! cache, scheduler and state-machine settings, server address; adding or removing `backup:`)
+//! change what every other part holds, so they take effect at the next start; a reload that
+//! changes them applies the rest and lists them in `restartRequired`.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -181,6 +182,7 @@ impl Reloader {
         let mut restart = Vec::new();
         for c in &changes {
             match c.kind {
+                "backup" if c.change == ChangeKind::Changed && rt.backup().is_some() => {}
                 "database" | "backup" | "cache" | "scheduler" | "stateMachine" => {
                     restart.push(c.kind.to_string())
                 }
@@ -219,8 +221,22 @@ impl Reloader {
                 .map_err(|e| format!("resources: {e}"))?;
         }
 
+        let backup = match (&n.backup, rt.backup()) {
+            (Some(config), Some(current)) if changes.iter().any(|c| c.kind == "backup") => Some(
+                current
+                    .reconfigured(config, &new.base_dir)
+                    .await
+                    .map_err(|e| format!("backup: {e}"))?,
+            ),
+            _ => None,
+        };
+
         // 2. Swap.
         rt.hooks.set_hooks(n);
+        if let Some(b) = backup {
+            // Running backups finish with the configuration they began with.
+            rt.set_backup(b);
+        }
         if let Some(machines) = &rt.machines {
             if changes.iter().any(|c| c.kind == "machine") {
                 machines.set_definitions(&n.machines);

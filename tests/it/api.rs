@@ -109,6 +109,8 @@ async fn every_endpoint_answers_and_needs_the_token() {
         ("POST", "/api/v1/backups"),
         ("GET", "/api/v1/backups/x"),
         ("POST", "/api/v1/backups/x/restore"),
+        ("GET", "/api/v1/reload"),
+        ("POST", "/api/v1/reload"),
     ] {
         let (status, body, _) = call(&s, method, path, None, None).await;
         assert_eq!(
@@ -312,6 +314,19 @@ async fn every_endpoint_answers_and_needs_the_token() {
     assert!(
         text.contains("s3db_backup_last_success_timestamp_seconds"),
         "{text}"
+    );
+
+    let (status, reload, _) = call(&s, "POST", "/api/v1/reload", T, None).await;
+    assert_eq!(
+        (status, reload["result"].as_str()),
+        (200, Some("unchanged")),
+        "{reload}"
+    );
+    let (status, last, _) = call(&s, "GET", "/api/v1/reload", T, None).await;
+    assert_eq!(
+        (status, last["sha256"].clone()),
+        (200, manifest["sha256"].clone()),
+        "{last}"
     );
 
     let (status, doc, _) = call(&s, "GET", "/api/v1/openapi.json", T, None).await;

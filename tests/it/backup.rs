@@ -82,7 +82,7 @@ impl Setup {
 }
 
 fn backup_of(rt: &Runtime) -> Backup {
-    rt.backup.clone().expect("backup plugin")
+    rt.backup().expect("backup plugin")
 }
 
 async fn seed(rt: &Runtime, users: usize, orders: usize) {
@@ -861,4 +861,37 @@ fn a_backup_process_killed_midway_is_not_listed_as_completed() {
             "{err}"
         );
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cancelled_backup_ends_cancelled_and_is_never_completed() {
+    let setup = Setup::new(Db::S3, &s3_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 600, 0).await;
+    let b = backup_of(&rt);
+    let mut events = b.subscribe();
+    let task = tokio::spawn({
+        let b = b.clone();
+        async move { b.backup("full", None).await }
+    });
+    let t = std::time::Instant::now();
+    while b.running().is_empty() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(30));
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    b.cancel_all();
+    let err = task.await.unwrap().unwrap_err();
+    assert!(matches!(err, BackupError::Cancelled(_)), "{err}");
+    assert!(b.running().is_empty());
+    let list = b.list_backups(None, None).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].status, "cancelled");
+    let mut names = Vec::new();
+    while let Ok(e) = events.try_recv() {
+        names.push(e.event);
+    }
+    assert_eq!(names, ["backup_start", "backup_cancelled"]);
+    // The lock was released: the next backup runs.
+    assert!(b.backup("full", None).await.is_ok());
 }

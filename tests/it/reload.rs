@@ -64,12 +64,19 @@ fn start(layout: impl FnOnce(&Path, u16) -> PathBuf) -> Runner {
 
 /// A plain HTTP/1.0 GET: the body.
 fn fetch(r: &Runner, path: &str) -> String {
+    request(r, "GET", path)
+}
+
+fn request(r: &Runner, method: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let addr = r.base.trim_start_matches("http://");
     let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
         return String::new();
     };
-    let _ = write!(conn, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    let _ = write!(
+        conn,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    );
     let mut text = String::new();
     let _ = conn.read_to_string(&mut text);
     text.split_once("\r\n\r\n")
@@ -238,4 +245,46 @@ fn a_per_second_job_fires_exactly_once_per_slot_across_20_reloads() {
     }
     assert!(times.len() >= 5, "{slots:?}");
     assert_eq!(get(&r, "/api/v1/reload")["result"], "applied");
+}
+
+#[test]
+fn a_reload_reconfigures_backups_and_lists_what_needs_a_restart() {
+    let backup = |folder: &str| {
+        format!("backup: {{ driver: filesystem, config: {{ path: \"./{folder}/\" }} }}\n")
+    };
+    let r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, "") + &backup("first")).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    std::fs::write(
+        r.dir.path().join("s3db.yaml"),
+        manifest(port, "") + &backup("second") + "cache: { driver: memory }\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let last = loop {
+        let last = get(&r, "/api/v1/reload");
+        if last["result"] == "applied" {
+            break last;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{last}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        last["restartRequired"],
+        serde_json::json!(["cache"]),
+        "{last}"
+    );
+    let started: Value = serde_json::from_str(&request(&r, "POST", "/api/v1/backups")).unwrap();
+    let id = started["id"].as_str().unwrap().to_string();
+    let t = Instant::now();
+    while !r.dir.path().join(format!("second/{id}.done")).exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the backup did not go to ./second"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!r.dir.path().join("first").exists());
 }

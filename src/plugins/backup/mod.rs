@@ -205,6 +205,11 @@ struct Inner {
     concurrency: usize,
     temp_dir: PathBuf,
     passphrase: Option<Passphrase>,
+    shared: Arc<Shared>,
+}
+
+/// What outlives a reconfiguration (a reload): subscribers, running backups, the lock owner.
+struct Shared {
     events: broadcast::Sender<BackupEvent>,
     running: Mutex<HashMap<String, CancellationToken>>,
     progress: Mutex<Option<ProgressFn>>,
@@ -371,6 +376,42 @@ impl Backup {
         base_dir: &Path,
         hooks: Option<Arc<HookRunner>>,
     ) -> Result<Self, BackupError> {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        let shared = Arc::new(Shared {
+            events: broadcast::channel(256).0,
+            running: Mutex::new(HashMap::new()),
+            progress: Mutex::new(None),
+            owner: format!("{host}/{}/{}", std::process::id(), random_suffix()),
+        });
+        Self::build_with(config, db, base_dir, hooks, shared).await
+    }
+
+    /// The plugin with a new configuration (a reload), keeping its subscribers, its lock
+    /// identity and its running backups (which finish with the configuration they began with).
+    pub async fn reconfigured(
+        &self,
+        config: &BackupConfig,
+        base_dir: &Path,
+    ) -> Result<Self, BackupError> {
+        Self::build_with(
+            config,
+            &self.inner.db,
+            base_dir,
+            self.inner.hooks.clone(),
+            self.inner.shared.clone(),
+        )
+        .await
+    }
+
+    async fn build_with(
+        config: &BackupConfig,
+        db: &Database,
+        base_dir: &Path,
+        hooks: Option<Arc<HookRunner>>,
+        shared: Arc<Shared>,
+    ) -> Result<Self, BackupError> {
         let db_location = db.store().s3_location();
         let (strategy, concurrency, specs) = match config.driver {
             BackupDriver::Multi => {
@@ -429,9 +470,6 @@ impl Backup {
                 temp_dir.display()
             ))
         })?;
-        let host = std::fs::read_to_string("/etc/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "host".into());
         Ok(Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -442,22 +480,20 @@ impl Backup {
                 concurrency,
                 temp_dir,
                 passphrase,
-                events: broadcast::channel(256).0,
-                running: Mutex::new(HashMap::new()),
-                progress: Mutex::new(None),
-                owner: format!("{host}/{}/{}", std::process::id(), random_suffix()),
+                shared,
             }),
         })
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<BackupEvent> {
-        self.inner.events.subscribe()
+        self.inner.shared.events.subscribe()
     }
 
     /// Reports progress of the operations that follow (a CLI progress bar).
     pub fn on_progress(&self, f: ProgressFn) {
         *self
             .inner
+            .shared
             .progress
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = Some(f);
@@ -466,6 +502,7 @@ impl Backup {
     fn progress(&self, phase: &'static str, done: u64) {
         if let Some(f) = &*self
             .inner
+            .shared
             .progress
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -482,7 +519,7 @@ impl Backup {
     }
 
     fn emit(&self, event: &'static str, id: &str, label: &str, detail: Value) {
-        let _ = self.inner.events.send(BackupEvent {
+        let _ = self.inner.shared.events.send(BackupEvent {
             event,
             id: id.into(),
             label: label.into(),
@@ -526,6 +563,7 @@ impl Backup {
     pub fn cancel_all(&self) {
         for token in self
             .inner
+            .shared
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -537,6 +575,7 @@ impl Backup {
 
     pub fn running(&self) -> Vec<String> {
         self.inner
+            .shared
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -602,12 +641,13 @@ impl Backup {
         let names = self.selected_resources(resources.as_deref())?;
         let lease = Lease::acquire(
             self.inner.db.store().clone(),
-            &self.inner.owner,
+            &self.inner.shared.owner,
             &format!("backup {id}"),
         )
         .await?;
         let cancel = CancellationToken::new();
         self.inner
+            .shared
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -679,6 +719,7 @@ impl Backup {
         }
         .await;
         self.inner
+            .shared
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -893,6 +934,9 @@ impl Backup {
                 }))
                 .buffered(concurrency);
                 while let Some((id, got)) = bodies.next().await {
+                    if stop.is_cancelled() {
+                        return Err(BackupError::Cancelled(info.id.clone()));
+                    }
                     // Deleted between the listing and the read: it is not in this backup.
                     let Some(obj) = got? else { continue };
                     if serde_json::from_slice::<serde::de::IgnoredAny>(&obj.body).is_err() {
@@ -1227,8 +1271,12 @@ impl Backup {
     /// Applies the retention policy; with `dry_run` nothing is deleted. Holds the backup lock,
     /// so no backup runs meanwhile and every incomplete backup is a dead one.
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<retention::Decision>, BackupError> {
-        let lease =
-            Lease::acquire(self.inner.db.store().clone(), &self.inner.owner, "prune").await?;
+        let lease = Lease::acquire(
+            self.inner.db.store().clone(),
+            &self.inner.shared.owner,
+            "prune",
+        )
+        .await?;
         let result = async {
             let all = self.locate_all().await?;
             let candidates: Vec<_> = all
@@ -1367,7 +1415,7 @@ impl Backup {
     ) -> Result<RestoreStats, BackupError> {
         let lease = Lease::acquire(
             self.inner.db.store().clone(),
-            &self.inner.owner,
+            &self.inner.shared.owner,
             &format!("restore {id}"),
         )
         .await?;
