@@ -6,8 +6,9 @@
 //!
 //! What is applied live: jobs (added, removed, changed — an unchanged job keeps its schedule and
 //! its running execution), machine definitions (from the next event), named guards and actions,
-//! new resources, the backup settings, the API token. The other sections (database connection,
-//! cache, scheduler and state-machine settings, server address; adding or removing `backup:`)
+//! new resources, the backup settings, the scheduler's settings (but its history resource), the
+//! API token. The other sections (database connection, cache, state-machine settings, server
+//! address, the job history resource; adding or removing `backup:`)
 //! change what every other part holds, so they take effect at the next start; a reload that
 //! changes them applies the rest and lists them in `restartRequired`.
 
@@ -183,6 +184,11 @@ impl Reloader {
         for c in &changes {
             match c.kind {
                 "backup" if c.change == ChangeKind::Changed && rt.backup().is_some() => {}
+                "scheduler"
+                    if !c.fields.iter().any(|f| {
+                        f.path.starts_with("persistJobs")
+                            || f.path.starts_with("jobHistoryResource")
+                    }) => {}
                 "database" | "backup" | "cache" | "scheduler" | "stateMachine" => {
                     restart.push(c.kind.to_string())
                 }
@@ -241,6 +247,14 @@ impl Reloader {
             if changes.iter().any(|c| c.kind == "machine") {
                 machines.set_definitions(&n.machines);
             }
+        }
+        if changes.iter().any(|c| c.kind == "scheduler")
+            && !restart.iter().any(|r| r == "scheduler")
+        {
+            // Before the job changes, so added and changed jobs get the new defaults.
+            rt.scheduler
+                .set_config(&n.scheduler)
+                .map_err(|e| e.to_string())?;
         }
         for c in job_changes {
             match c.change {

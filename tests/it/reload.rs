@@ -288,3 +288,39 @@ fn a_reload_reconfigures_backups_and_lists_what_needs_a_restart() {
     }
     assert!(!r.dir.path().join("first").exists());
 }
+
+#[test]
+fn a_reload_of_the_scheduler_time_zone_moves_every_job_s_next_run() {
+    let r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, NIGHTLY)).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let next = |r: &Runner| {
+        get(r, "/api/v1/jobs")
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["name"] == "nightly").cloned())
+            .and_then(|j| j["nextRun"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    assert!(
+        next(&r).contains("T03:00:00") && !next(&r).contains("+09:00"),
+        "{}",
+        next(&r)
+    );
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    std::fs::write(
+        r.dir.path().join("s3db.yaml"),
+        manifest(port, NIGHTLY) + "scheduler: { timezone: Asia/Tokyo }\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    // Next runs are shown in the job's zone.
+    while !next(&r).ends_with("T03:00:00+09:00") {
+        assert!(t.elapsed() < Duration::from_secs(5), "{}", next(&r));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        get(&r, "/api/v1/reload")["restartRequired"],
+        serde_json::json!([])
+    );
+}

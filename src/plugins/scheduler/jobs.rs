@@ -116,7 +116,8 @@ pub struct JobStatistics {
 
 struct Inner {
     jobs: RwLock<IndexMap<String, JobState>>,
-    config: SchedulerConfig,
+    /// Replaced by a reload (`set_config`).
+    config: RwLock<SchedulerConfig>,
     hooks: Arc<HookRunner>,
     history: Option<Resource>,
     clock: Arc<dyn Clock>,
@@ -207,7 +208,7 @@ impl Scheduler {
         Ok(Self {
             inner: Arc::new(Inner {
                 jobs: RwLock::new(states),
-                config: config.clone(),
+                config: RwLock::new(config.clone()),
                 hooks,
                 history,
                 clock,
@@ -287,6 +288,32 @@ impl Scheduler {
         names.iter().filter_map(|n| self.status(n).ok()).collect()
     }
 
+    fn config(&self) -> SchedulerConfig {
+        self.inner
+            .config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A reload's new settings (time zone, default timeout and retries, callbacks): every job's
+    /// zone and schedule are recomputed; enabled flags and running executions are kept. The
+    /// history settings (`persistJobs`, `jobHistoryResource`) are fixed at start.
+    pub fn set_config(&self, config: &SchedulerConfig) -> Result<(), JobError> {
+        let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+        let mut rebuilt = IndexMap::new();
+        for (name, old) in jobs.iter() {
+            let mut state = job_state(name, &old.def, config)?;
+            state.enabled = old.enabled;
+            state.running = old.running;
+            rebuilt.insert(name.clone(), state);
+        }
+        *jobs = rebuilt;
+        *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        self.inner.changed.notify_one();
+        Ok(())
+    }
+
     pub fn enable(&self, job: &str) -> Result<(), JobError> {
         self.set_enabled(job, true)
     }
@@ -313,7 +340,7 @@ impl Scheduler {
     }
 
     pub fn add(&self, job: &str, def: JobDef) -> Result<(), JobError> {
-        let state = job_state(job, &def, &self.inner.config)?;
+        let state = job_state(job, &def, &self.config())?;
         {
             let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
             if jobs.contains_key(job) {
@@ -413,16 +440,16 @@ impl Scheduler {
             slot: slot.map(text),
         });
         self.callback(
-            &self.inner.config.on_job_start,
+            &self.config().on_job_start,
             job,
             slot,
             json!({ "event": "start" }),
         )
         .await;
-        let policy = RetryPolicy::new(def.retries.unwrap_or(self.inner.config.default_retries));
+        let policy = RetryPolicy::new(def.retries.unwrap_or(self.config().default_retries));
         let timeout = def
             .timeout
-            .unwrap_or(self.inner.config.default_timeout)
+            .unwrap_or(self.config().default_timeout)
             .as_std();
         let mut attempt = 0;
         let (status, result, error) = loop {
@@ -491,16 +518,11 @@ impl Scheduler {
                     result: result.clone(),
                     duration_ms,
                 });
-                self.callback(
-                    &self.inner.config.on_job_complete,
-                    job,
-                    slot,
-                    record.clone(),
-                )
-                .await;
+                self.callback(&self.config().on_job_complete, job, slot, record.clone())
+                    .await;
             }
             _ => {
-                self.callback(&self.inner.config.on_job_error, job, slot, record.clone())
+                self.callback(&self.config().on_job_error, job, slot, record.clone())
                     .await
             }
         }
