@@ -1065,6 +1065,21 @@ impl Checker<'_> {
                     path.to_vec()
                 };
                 self.destination(driver, config.path.as_deref(), &cpath);
+                if driver == BackupDriver::S3
+                    && config.bucket.is_none()
+                    && !self.m.database.connection.expose().starts_with("s3://")
+                {
+                    // A warning: `--connection` or S3DB_CONNECTION may put the database on S3.
+                    let span = self.key_span(&cpath);
+                    self.emit(
+                        Diagnostic::warning(
+                            "manifest::backup_missing_bucket",
+                            span,
+                            "the s3 backup driver has no `bucket` and the database is not on S3, so there is no bucket to default to",
+                        )
+                        .with_help("add `bucket: my-backups` to the driver's config"),
+                    );
+                }
                 if config.kms_key_id.is_some()
                     && config.server_side_encryption != Some(ServerSideEncryption::AwsKms)
                 {
