@@ -6,9 +6,9 @@
 //!
 //! What is applied live: jobs (added, removed, changed — an unchanged job keeps its schedule and
 //! its running execution), machine definitions (from the next event), named guards and actions,
-//! new resources, the backup settings, the scheduler's settings (but its history resource), the
-//! API token. The other sections (database connection, cache, state-machine settings, server
-//! address, the job history resource; adding or removing `backup:`)
+//! new resources, the backup and cache settings, the scheduler's settings (but its history
+//! resource), the API token. The other sections (database connection, state-machine settings,
+//! server address, the job history resource; adding or removing `backup:` or `cache:`)
 //! change what every other part holds, so they take effect at the next start; a reload that
 //! changes them applies the rest and lists them in `restartRequired`.
 
@@ -184,6 +184,7 @@ impl Reloader {
         for c in &changes {
             match c.kind {
                 "backup" if c.change == ChangeKind::Changed && rt.backup().is_some() => {}
+                "cache" if c.change == ChangeKind::Changed && rt.cache.is_some() => {}
                 "scheduler"
                     if !c.fields.iter().any(|f| {
                         f.path.starts_with("persistJobs")
@@ -237,8 +238,21 @@ impl Reloader {
             _ => None,
         };
 
+        let cache = match (&n.cache, &rt.cache) {
+            (Some(config), Some(current)) if changes.iter().any(|c| c.kind == "cache") => Some(
+                current
+                    .prepare(config, rt.db.store(), &new.base_dir)
+                    .await
+                    .map_err(|e| format!("cache: {e}"))?,
+            ),
+            _ => None,
+        };
+
         // 2. Swap.
         rt.hooks.set_hooks(n);
+        if let (Some(prepared), Some(current)) = (cache, &rt.cache) {
+            current.swap(prepared);
+        }
         if let Some(b) = backup {
             // Running backups finish with the configuration they began with.
             rt.set_backup(b);

@@ -471,3 +471,43 @@ async fn the_s3_driver_can_keep_entries_in_another_bucket() {
         .unwrap_err();
     assert!(err.contains("needs an s3:// database"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconfigured_cache_takes_its_new_settings_and_starts_empty() {
+    let s = setup(Driver::Memory, "5m", 100).await;
+    let items = s.db.resource("items").unwrap();
+    items
+        .insert(obj(json!({ "n": 1 })), Some("a"))
+        .await
+        .unwrap();
+    items.get_cached("a").await.unwrap();
+    items.get_cached("a").await.unwrap();
+    assert_eq!(s.cache.snapshot().hits, 1);
+    let yaml = "version: 1\ndatabase: { connection: \"memory://x/y\" }\ncache: { driver: filesystem, ttl: 1m, maxSize: 10, config: { directory: ./other } }\n";
+    let config: CacheConfig = load_text(yaml, Format::Yaml)
+        .manifest
+        .expect("valid")
+        .manifest
+        .cache
+        .expect("cache");
+    let prepared = s
+        .cache
+        .prepare(&config, &s.store, s.dir.path())
+        .await
+        .unwrap();
+    // Preparing changes nothing yet.
+    assert_eq!(s.cache.driver_name(), "memory");
+    s.cache.swap(prepared);
+    assert_eq!(s.cache.driver_name(), "filesystem");
+    assert_eq!(s.cache.settings().ttl, Duration::from_secs(60));
+    let before = reads(&s);
+    items.get_cached("a").await.unwrap();
+    assert_eq!(
+        reads(&s),
+        before + 1,
+        "the new driver starts empty: a miss reads the store"
+    );
+    items.get_cached("a").await.unwrap();
+    assert_eq!(reads(&s), before + 1, "then it serves hits");
+    assert!(s.dir.path().join("other").exists());
+}

@@ -259,7 +259,9 @@ fn a_reload_reconfigures_backups_and_lists_what_needs_a_restart() {
     let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
     std::fs::write(
         r.dir.path().join("s3db.yaml"),
-        manifest(port, "") + &backup("second") + "cache: { driver: memory }\n",
+        manifest(port, "")
+            + &backup("second")
+            + "cache: { driver: memory }\nstateMachine: { verbose: true }\n",
     )
     .unwrap();
     let t = Instant::now();
@@ -271,9 +273,10 @@ fn a_reload_reconfigures_backups_and_lists_what_needs_a_restart() {
         assert!(t.elapsed() < Duration::from_secs(5), "{last}");
         std::thread::sleep(Duration::from_millis(20));
     };
+    // Adding a cache section changes what the database holds: that needs a restart.
     assert_eq!(
         last["restartRequired"],
-        serde_json::json!(["cache"]),
+        serde_json::json!(["cache", "stateMachine"]),
         "{last}"
     );
     let started: Value = serde_json::from_str(&request(&r, "POST", "/api/v1/backups")).unwrap();
@@ -323,4 +326,33 @@ fn a_reload_of_the_scheduler_time_zone_moves_every_job_s_next_run() {
         get(&r, "/api/v1/reload")["restartRequired"],
         serde_json::json!([])
     );
+}
+
+#[test]
+fn a_reload_of_cache_settings_applies_without_a_restart() {
+    let r = start(|dir, port| {
+        std::fs::write(
+            dir.join("s3db.yaml"),
+            manifest(port, "") + "cache: { driver: memory, ttl: 5m }\n",
+        )
+        .unwrap();
+        dir.join("s3db.yaml")
+    });
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    std::fs::write(
+        r.dir.path().join("s3db.yaml"),
+        manifest(port, "") + "cache: { driver: memory, ttl: 1m, maxSize: 50 }\n",
+    )
+    .unwrap();
+    let t = Instant::now();
+    let last = loop {
+        let last = get(&r, "/api/v1/reload");
+        if last["result"] == "applied" {
+            break last;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "{last}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(last["restartRequired"], serde_json::json!([]), "{last}");
+    assert_eq!(last["changes"][0]["kind"], "cache", "{last}");
 }

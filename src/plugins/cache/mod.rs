@@ -128,16 +128,24 @@ pub(crate) fn open(entry: &[u8]) -> Result<Vec<u8>, ()> {
 
 /// The cache: a driver, its settings and this process's counters.
 pub struct Cache {
-    driver: Box<dyn CacheDriver>,
-    pub settings: Settings,
+    /// The driver and its settings; a reload swaps in new ones (`prepare` + `swap`).
+    active: std::sync::RwLock<Arc<Active>>,
     pub stats: Arc<CacheStats>,
     /// Reads always miss (`--no-cache`); writes still invalidate.
     write_only: bool,
 }
 
+struct Active {
+    driver: Box<dyn CacheDriver>,
+    settings: Settings,
+}
+
+/// A driver built from a new configuration, ready to be swapped in.
+pub struct PreparedCache(Active);
+
 impl std::fmt::Debug for Cache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Cache({})", self.driver.name())
+        write!(f, "Cache({})", self.active().driver.name())
     }
 }
 
@@ -149,6 +157,50 @@ impl Cache {
         store: &DynStore,
         base_dir: &Path,
     ) -> Result<Self, String> {
+        let stats = Arc::new(CacheStats::default());
+        let active = Self::build_active(config, store, base_dir, stats.clone()).await?;
+        Ok(Self {
+            active: std::sync::RwLock::new(Arc::new(active)),
+            stats,
+            write_only: false,
+        })
+    }
+
+    /// Builds the driver of a new configuration (a reload) without touching the running one.
+    pub async fn prepare(
+        &self,
+        config: &CacheConfig,
+        store: &DynStore,
+        base_dir: &Path,
+    ) -> Result<PreparedCache, String> {
+        Self::build_active(config, store, base_dir, self.stats.clone())
+            .await
+            .map(PreparedCache)
+    }
+
+    /// Puts a prepared driver in place; the old one's entries are dropped with it.
+    pub fn swap(&self, prepared: PreparedCache) {
+        *self.active.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(prepared.0);
+    }
+
+    fn active(&self) -> Arc<Active> {
+        self.active
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The settings in force.
+    pub fn settings(&self) -> Settings {
+        self.active().settings.clone()
+    }
+
+    async fn build_active(
+        config: &CacheConfig,
+        store: &DynStore,
+        base_dir: &Path,
+        stats: Arc<CacheStats>,
+    ) -> Result<Active, String> {
         let c = &config.config;
         let settings = Settings {
             ttl: c.ttl.unwrap_or(config.ttl).as_std(),
@@ -165,7 +217,6 @@ impl Cache {
             eviction: c.eviction_policy.unwrap_or_default(),
             include_partitions: config.include_partitions,
         };
-        let stats = Arc::new(CacheStats::default());
         let driver: Box<dyn CacheDriver> = match config.driver {
             DriverKind::Memory => Box::new(memory::MemoryCache::new(
                 &settings,
@@ -205,20 +256,17 @@ impl Cache {
                 ))
             }
         };
-        Ok(Self {
-            driver,
-            settings,
-            stats,
-            write_only: false,
-        })
+        Ok(Active { driver, settings })
     }
 
     /// A memory cache with these settings (tests, benchmarks).
     pub fn memory(settings: Settings) -> Self {
         let stats = Arc::new(CacheStats::default());
         Self {
-            driver: Box::new(memory::MemoryCache::new(&settings, stats.clone(), false)),
-            settings,
+            active: std::sync::RwLock::new(Arc::new(Active {
+                driver: Box::new(memory::MemoryCache::new(&settings, stats.clone(), false)),
+                settings,
+            })),
             stats,
             write_only: false,
         }
@@ -230,8 +278,7 @@ impl Cache {
         stats: Arc<CacheStats>,
     ) -> Self {
         Self {
-            driver,
-            settings,
+            active: std::sync::RwLock::new(Arc::new(Active { driver, settings })),
             stats,
             write_only: false,
         }
@@ -244,14 +291,14 @@ impl Cache {
     }
 
     pub fn driver_name(&self) -> &'static str {
-        self.driver.name()
+        self.active().driver.name()
     }
 
     pub async fn get(&self, key: &str) -> Option<Bytes> {
         if self.write_only {
             return None;
         }
-        let found = self.driver.get(key).await;
+        let found = self.active().driver.get(key).await;
         let counter = if found.is_some() {
             &self.stats.hits
         } else {
@@ -266,24 +313,24 @@ impl Cache {
             return;
         }
         self.stats.sets.fetch_add(1, Ordering::Relaxed);
-        self.driver.set(key, value).await;
+        self.active().driver.set(key, value).await;
     }
 
     pub async fn delete(&self, key: &str) {
-        self.driver.delete(key).await;
+        self.active().driver.delete(key).await;
     }
 
     pub async fn invalidate_prefix(&self, prefix: &str) {
         self.stats.invalidations.fetch_add(1, Ordering::Relaxed);
-        self.driver.delete_prefix(prefix).await;
+        self.active().driver.delete_prefix(prefix).await;
     }
 
     pub async fn clear(&self) {
-        self.driver.clear().await;
+        self.active().driver.clear().await;
     }
 
     pub async fn usage(&self) -> (u64, u64) {
-        self.driver.usage().await
+        self.active().driver.usage().await
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
@@ -291,7 +338,7 @@ impl Cache {
         let hits = s.hits.load(Ordering::Relaxed);
         let misses = s.misses.load(Ordering::Relaxed);
         StatsSnapshot {
-            driver: self.driver.name().into(),
+            driver: self.active().driver.name().into(),
             hits,
             misses,
             sets: s.sets.load(Ordering::Relaxed),
