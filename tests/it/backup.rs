@@ -895,3 +895,88 @@ async fn a_cancelled_backup_ends_cancelled_and_is_never_completed() {
     // The lock was released: the next backup runs.
     assert!(b.backup("full", None).await.is_ok());
 }
+
+/// Runs `s3db-run ARGS -f MANIFEST` in the setup's folder; (exit code, stdout, stderr).
+fn cli(setup: &Setup, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(args)
+        .arg("-f")
+        .arg(setup.path("s3db.yaml"))
+        .args(["--connection", &setup.connection])
+        .env("BACKUP_KEY", &setup.key)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_backup_and_restore_commands_work_end_to_end() {
+    let yaml = fs_backup_yaml(
+        "  encryption: { algorithm: AES-256-GCM, key: \"${BACKUP_KEY}\" }\n  retention: { daily: 1 }\n",
+    );
+    let setup = Setup::new(Db::Fs, &yaml).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 30, 3).await;
+
+    let (code, out, err) = cli(&setup, &["backup", "full", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let full: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(full["records"]["users"], json!(30));
+    let id = full["id"].as_str().unwrap().to_string();
+    let (code, out, _) = cli(&setup, &["backup", "incremental"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("completed: incremental 0 record(s)"), "{out}");
+    assert!(out.contains(&format!("parent: {id}")), "{out}");
+
+    let (code, out, _) = cli(&setup, &["backup", "--list", "--output", "json"]);
+    assert_eq!(code, 0);
+    let list: Vec<Value> = serde_json::from_str(&out).unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1]["id"], json!(id));
+    let (code, out, _) = cli(&setup, &["backup", "--list"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ID") && out.contains(&id), "{out}");
+    let (code, out, _) = cli(&setup, &["backup", "--status", &id]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["status"],
+        json!("completed")
+    );
+    let (code, _, err) = cli(&setup, &["backup", "--status", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("backup `nope` not found"), "{err}");
+    let (code, out, _) = cli(&setup, &["backup", "--info"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["driver"],
+        json!("filesystem")
+    );
+
+    // Prune keeps the newest (an incremental) and its full.
+    let (code, out, _) = cli(&setup, &["backup", "prune", "--dry-run"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("2 kept, 0 would delete"), "{out}");
+    assert!(out.contains("needed by"), "{out}");
+
+    wipe(rt.db.store()).await;
+    let (code, out, err) = cli(&setup, &["restore", &id, "--resources", "users"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("30 record(s) written"), "{out}");
+    let fresh = setup.runtime(true).await;
+    assert_eq!(snapshot(&fresh).await["users"].len(), 30);
+    assert_eq!(snapshot(&fresh).await["orders"].len(), 0);
+
+    // The key never reaches the output, even when it is wrong.
+    let wrong = Setup {
+        key: "not the key".into(),
+        ..setup
+    };
+    let (code, out, err) = cli(&wrong, &["restore", &id]);
+    assert_eq!(code, 1);
+    assert!(err.contains("wrong encryption key"), "{err}");
+    assert!(!out.contains("not the key") && !err.contains("not the key"));
+}
