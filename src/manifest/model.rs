@@ -330,8 +330,8 @@ impl BackupDriver {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct BackupDriverConfig {
-    /// Folder (filesystem) or key prefix (s3) of the archives. Templates: {date} {time} {year}
-    /// {month} {day} {backupId} {type}.
+    /// Folder (filesystem, required) or key prefix (s3; default `backups/DATABASE-PREFIX/`) of the
+    /// archives. Templates: {date} {time} {year} {month} {day} {backupId} {type}.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = "./backups/{date}/")]
     pub path: Option<String>,

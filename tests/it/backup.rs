@@ -980,3 +980,32 @@ async fn the_backup_and_restore_commands_work_end_to_end() {
     assert!(err.contains("wrong encryption key"), "{err}");
     assert!(!out.contains("not the key") && !err.contains("not the key"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_backups_default_to_a_folder_of_their_database_outside_its_prefix() {
+    let setup = Setup::new(Db::S3, "backup: { driver: s3 }\n").await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 3, 0).await;
+    let info = backup_of(&rt).backup("full", None).await.unwrap();
+    let bucket = setup
+        .connection
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap()
+        .to_string();
+    let root = s3db_run::store::s3::S3Store::connect(s3::location(&bucket, "")).await;
+    let keys: Vec<String> = list_all(&root, "backups/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.key)
+        .collect();
+    assert!(
+        keys.contains(&format!("backups/db/{}.done", info.id)),
+        "{keys:?}"
+    );
+    // Nothing of the backup is inside the database's prefix.
+    let inside = list_all(rt.db.store().as_ref(), "").await.unwrap();
+    assert!(inside.iter().all(|m| !m.key.contains(&info.id)));
+}

@@ -63,6 +63,15 @@ pub async fn build(
             }))
         }
         BackupDriver::S3 => {
+            // Without a path, backups of a database go under its own prefix below `backups/`,
+            // so databases sharing a bucket never list each other's backups, and a deleted
+            // database prefix does not take its backups with it.
+            let default_path = match &db_location {
+                Some(db) if !db.prefix.trim_matches('/').is_empty() => {
+                    format!("backups/{}/", db.prefix.trim_matches('/'))
+                }
+                _ => "backups/".to_string(),
+            };
             let location = match (db_location, &config.bucket) {
                 (Some(db), bucket) => S3Location {
                     bucket: bucket.clone().unwrap_or(db.bucket.clone()),
@@ -87,7 +96,7 @@ pub async fn build(
             let template = config
                 .path
                 .clone()
-                .unwrap_or_else(|| "backups/".into())
+                .unwrap_or(default_path)
                 .trim_start_matches("./")
                 .trim_start_matches('/')
                 .to_string();
