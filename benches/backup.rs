@@ -22,7 +22,7 @@ use s3db_run::store::DynStore;
 use serde_json::json;
 
 mod common;
-use common::moto;
+use common::{moto, raw_list_then_get};
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -51,50 +51,6 @@ fn declared() -> IndexMap<String, StoredResource> {
         },
     );
     m
-}
-
-async fn raw_get_all(store: &S3Store, prefix: &str, concurrency: usize) -> (Duration, usize) {
-    let client = store.client().clone();
-    let bucket = store.bucket().to_string();
-    let t = Instant::now();
-    let mut keys = Vec::new();
-    let mut token = None;
-    loop {
-        let out = client
-            .list_objects_v2()
-            .bucket(&bucket)
-            .prefix(store.full_key(prefix))
-            .set_continuation_token(token)
-            .send()
-            .await
-            .expect("list");
-        keys.extend(
-            out.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
-        token = out.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
-    let n = futures::stream::iter(keys.into_iter().map(|k| {
-        let (client, bucket) = (client.clone(), bucket.clone());
-        async move {
-            let out = client
-                .get_object()
-                .bucket(bucket)
-                .key(k)
-                .send()
-                .await
-                .expect("get");
-            out.body.collect().await.expect("body").into_bytes().len()
-        }
-    }))
-    .buffer_unordered(concurrency)
-    .count()
-    .await;
-    (t.elapsed(), n)
 }
 
 async fn raw_put_all(store: &S3Store, n: usize, body: &[u8], concurrency: usize) -> Duration {
@@ -198,7 +154,7 @@ async fn main() {
     let info = backup.backup("full", None).await.expect("backup");
     let ours = t.elapsed();
     let rss_backup = peak_rss_mib();
-    let (raw, n) = raw_get_all(&s3, "resource=bench/data/", concurrency).await;
+    let (raw, n) = raw_list_then_get(&s3, "resource=bench/data/", concurrency).await;
     assert_eq!(n, records);
     println!(
         "full backup: {:.1} s, {:.0} records/s, archive {:.1} MiB, peak RSS {:.0} MiB",

@@ -3,10 +3,8 @@
 //! (target: at most 1 read and 2 writes). Run with `cargo bench --bench machines`.
 //! S3 uses `S3DB_TEST_S3_ENDPOINT` when set, else starts `.venv/bin/moto_server`.
 
-use std::net::{TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::StreamExt;
 use s3db_run::db::Database;
@@ -19,31 +17,12 @@ use s3db_run::store::counting::CountingStore;
 use s3db_run::store::s3::{ensure_bucket, S3Store};
 use serde_json::Value;
 
-fn endpoint() -> (String, Option<std::process::Child>) {
-    if let Ok(e) = std::env::var("S3DB_TEST_S3_ENDPOINT") {
-        return (e, None);
-    }
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
-    let child = Command::new(".venv/bin/moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start .venv/bin/moto_server (run scripts/test once to install it)");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    (format!("http://127.0.0.1:{port}"), Some(child))
-}
+mod common;
+use common::moto;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let (endpoint, mut child) = endpoint();
+    let (endpoint, mut child) = moto();
     let bucket = format!("bench-sm-{:08x}", rand::random::<u32>());
     let location = S3Location {
         bucket: bucket.clone(),

@@ -21,7 +21,7 @@ use s3db_run::store::DynStore;
 use serde_json::{json, Map, Value};
 
 mod common;
-use common::moto;
+use common::{moto, raw_list_then_get};
 
 struct Args {
     records: usize,
@@ -105,52 +105,6 @@ async fn run_db(name: &str, store: DynStore, a: &Args) -> Duration {
     println!("{name:<7} get    {}", rate(a.records, get));
     println!("{name:<7} list+get {}", rate(a.records, list));
     list
-}
-
-/// The floor: list the same keys and GET them with the SDK directly, at the same concurrency.
-async fn raw_list_then_get(store: &S3Store, prefix: &str, concurrency: usize) -> (Duration, usize) {
-    let client = store.client().clone();
-    let bucket = store.bucket().to_string();
-    let t = Instant::now();
-    let mut keys = Vec::new();
-    let mut token = None;
-    loop {
-        let out = client
-            .list_objects_v2()
-            .bucket(&bucket)
-            .prefix(store.full_key(prefix))
-            .set_continuation_token(token)
-            .send()
-            .await
-            .expect("list");
-        keys.extend(
-            out.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
-        token = out.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
-    let bodies: Vec<usize> = futures::stream::iter(keys.into_iter().map(|k| {
-        let client = client.clone();
-        let bucket = bucket.clone();
-        async move {
-            let out = client
-                .get_object()
-                .bucket(bucket)
-                .key(k)
-                .send()
-                .await
-                .expect("get");
-            out.body.collect().await.expect("body").into_bytes().len()
-        }
-    }))
-    .buffer_unordered(concurrency)
-    .collect()
-    .await;
-    (t.elapsed(), bodies.len())
 }
 
 #[tokio::main(flavor = "multi_thread")]

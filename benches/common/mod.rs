@@ -1,8 +1,14 @@
-//! What the benches share: an S3 server on loopback.
+//! What the benches share: an S3 server on loopback, the raw-SDK floor.
+
+// Each bench is its own crate and uses a part of this module.
+#![allow(dead_code)]
 
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use s3db_run::store::s3::S3Store;
 
 /// The S3 endpoint: `S3DB_TEST_S3_ENDPOINT` when set, else a `.venv/bin/moto_server` started
 /// here (stop the returned child when done).
@@ -26,4 +32,54 @@ pub fn moto() -> (String, Option<Child>) {
         std::thread::sleep(Duration::from_millis(100));
     }
     (format!("http://127.0.0.1:{port}"), Some(child))
+}
+
+/// The floor: list the same keys and GET them with the SDK directly, at the same concurrency.
+pub async fn raw_list_then_get(
+    store: &S3Store,
+    prefix: &str,
+    concurrency: usize,
+) -> (Duration, usize) {
+    let client = store.client().clone();
+    let bucket = store.bucket().to_string();
+    let t = Instant::now();
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let out = client
+            .list_objects_v2()
+            .bucket(&bucket)
+            .prefix(store.full_key(prefix))
+            .set_continuation_token(token)
+            .send()
+            .await
+            .expect("list");
+        keys.extend(
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+        token = out.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    let bodies: Vec<usize> = futures::stream::iter(keys.into_iter().map(|k| {
+        let client = client.clone();
+        let bucket = bucket.clone();
+        async move {
+            let out = client
+                .get_object()
+                .bucket(bucket)
+                .key(k)
+                .send()
+                .await
+                .expect("get");
+            out.body.collect().await.expect("body").into_bytes().len()
+        }
+    }))
+    .buffer_unordered(concurrency)
+    .collect()
+    .await;
+    (t.elapsed(), bodies.len())
 }

@@ -22,6 +22,26 @@ use super::{
     ServerSideEncryption, StoreError, StoreResult,
 };
 
+/// Storage class and server-side encryption on a request builder that has them (put object,
+/// create multipart upload): the SDK's builders share no trait, so this is a macro.
+macro_rules! with_put_options {
+    ($req:expr, $options:expr) => {{
+        let mut req = $req;
+        if let Some(class) = &$options.storage_class {
+            req = req.storage_class(StorageClass::from(class.as_str()));
+        }
+        match &$options.server_side_encryption {
+            Some(ServerSideEncryption::Aes256) => {
+                req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+            }
+            Some(ServerSideEncryption::Kms { key_id }) => req
+                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
+                .set_ssekms_key_id(key_id.clone()),
+            None => req,
+        }
+    }};
+}
+
 /// Bodies at least this large are uploaded in parts (S3 allows 5 MiB parts at least).
 pub const MULTIPART_THRESHOLD: usize = 16 * 1024 * 1024;
 const PART_SIZE: usize = 8 * 1024 * 1024;
@@ -131,18 +151,7 @@ impl S3Store {
                 .key(&full)
                 .content_length(i64::try_from(size).unwrap_or(i64::MAX))
                 .body(body);
-            if let Some(class) = &options.storage_class {
-                req = req.storage_class(StorageClass::from(class.as_str()));
-            }
-            req = match &options.server_side_encryption {
-                Some(ServerSideEncryption::Aes256) => {
-                    req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
-                }
-                Some(ServerSideEncryption::Kms { key_id }) => req
-                    .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                    .set_ssekms_key_id(key_id.clone()),
-                None => req,
-            };
+            req = with_put_options!(req, options);
             let out = req.send().await.map_err(|e| sdk_error(key, e))?;
             return Ok(ETag(out.e_tag().unwrap_or_default().to_string()));
         }
@@ -211,18 +220,7 @@ impl S3Store {
             .create_multipart_upload()
             .bucket(&self.bucket)
             .key(full);
-        if let Some(class) = &options.storage_class {
-            create = create.storage_class(StorageClass::from(class.as_str()));
-        }
-        create = match &options.server_side_encryption {
-            Some(ServerSideEncryption::Aes256) => {
-                create.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
-            }
-            Some(ServerSideEncryption::Kms { key_id }) => create
-                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-            None => create,
-        };
+        create = with_put_options!(create, options);
         let upload = create.send().await.map_err(|e| sdk_error(key, e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
         let result = async {
@@ -385,21 +383,10 @@ impl ObjectStore for S3Store {
             PutMode::Update(etag) => req.if_match(etag.as_str()),
             PutMode::Overwrite => req,
         };
-        if let Some(class) = &options.storage_class {
-            req = req.storage_class(StorageClass::from(class.as_str()));
-        }
         if let Some(ct) = &options.content_type {
             req = req.content_type(ct);
         }
-        req = match &options.server_side_encryption {
-            Some(ServerSideEncryption::Aes256) => {
-                req.server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
-            }
-            Some(ServerSideEncryption::Kms { key_id }) => req
-                .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::AwsKms)
-                .set_ssekms_key_id(key_id.clone()),
-            None => req,
-        };
+        req = with_put_options!(req, options);
         match req.send().await {
             Ok(out) => Ok(ETag(out.e_tag().unwrap_or_default().to_string())),
             // 409 is S3's answer when two conditional writes of one key race.

@@ -109,6 +109,22 @@ fn until_listed(r: &Runner, job: &str, limit: Duration) -> Duration {
     t.elapsed()
 }
 
+/// Waits (up to 5 s) until the last reload has this result; returns it.
+fn until_reload(r: &Runner, result: &str) -> Value {
+    let t = Instant::now();
+    loop {
+        let last = get(r, "/api/v1/reload");
+        if last["result"] == result {
+            return last;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "no `{result}` reload: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 const NIGHTLY: &str =
     "  nightly: { schedule: \"0 3 * * *\", action: { builtin: log, with: { message: hi } } }\n";
 
@@ -177,18 +193,7 @@ fn a_broken_manifest_keeps_the_old_jobs_and_shows_its_diagnostics() {
         "version: 1\ndatabase: { connection: file://./data }\njobs:\n  tick: { schedule: \"every now and then\", action: { builtin: log } }\n",
     )
     .unwrap();
-    let t = Instant::now();
-    let last = loop {
-        let last = get(&r, "/api/v1/reload");
-        if last["result"] == "failed" {
-            break last;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "no failed reload: {last}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let last = until_reload(&r, "failed");
     let codes: Vec<&str> = last["diagnostics"]
         .as_array()
         .unwrap()
@@ -264,15 +269,7 @@ fn a_reload_reconfigures_backups_and_lists_what_needs_a_restart() {
             + "cache: { driver: memory }\nstateMachine: { verbose: true }\n",
     )
     .unwrap();
-    let t = Instant::now();
-    let last = loop {
-        let last = get(&r, "/api/v1/reload");
-        if last["result"] == "applied" {
-            break last;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "{last}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let last = until_reload(&r, "applied");
     // Adding a cache section changes what the database holds: that needs a restart.
     assert_eq!(
         last["restartRequired"],
@@ -344,15 +341,7 @@ fn a_reload_of_cache_settings_applies_without_a_restart() {
         manifest(port, "") + "cache: { driver: memory, ttl: 1m, maxSize: 50 }\n",
     )
     .unwrap();
-    let t = Instant::now();
-    let last = loop {
-        let last = get(&r, "/api/v1/reload");
-        if last["result"] == "applied" {
-            break last;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "{last}");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let last = until_reload(&r, "applied");
     assert_eq!(last["restartRequired"], serde_json::json!([]), "{last}");
     assert_eq!(last["changes"][0]["kind"], "cache", "{last}");
 }
