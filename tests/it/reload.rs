@@ -68,6 +68,11 @@ fn fetch(r: &Runner, path: &str) -> String {
 }
 
 fn request(r: &Runner, method: &str, path: &str) -> String {
+    request_with(r, method, path, "")
+}
+
+/// An HTTP/1.0 request with a JSON body: the answer's body.
+fn request_with(r: &Runner, method: &str, path: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let addr = r.base.trim_start_matches("http://");
     let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
@@ -75,7 +80,8 @@ fn request(r: &Runner, method: &str, path: &str) -> String {
     };
     let _ = write!(
         conn,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
     );
     let mut text = String::new();
     let _ = conn.read_to_string(&mut text);
@@ -344,4 +350,35 @@ fn a_reload_of_cache_settings_applies_without_a_restart() {
     let last = until_reload(&r, "applied");
     assert_eq!(last["restartRequired"], serde_json::json!([]), "{last}");
     assert_eq!(last["changes"][0]["kind"], "cache", "{last}");
+}
+
+#[test]
+fn new_machine_definitions_apply_to_the_next_event() {
+    let machine = |extra: &str| {
+        format!(
+            "machines:\n  order:\n    initialState: pending\n    states:\n      pending: {{ on: {{ PAY: paid }} }}\n      paid: {{ on: {{ {extra} }} }}\n      shipped: {{ type: final }}\n"
+        )
+    };
+    let r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, "") + &machine("")).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let events = "/api/v1/machines/order/entities/o1/events";
+    request_with(&r, "POST", "/api/v1/machines/order/entities/o1", "{}");
+    let paid: Value =
+        serde_json::from_str(&request_with(&r, "POST", events, r#"{"event":"PAY"}"#)).unwrap();
+    assert_eq!(paid["to"], "paid", "{paid}");
+    let refused: Value =
+        serde_json::from_str(&request_with(&r, "POST", events, r#"{"event":"SHIP"}"#)).unwrap();
+    assert_eq!(refused["code"], "event_refused", "{refused}");
+    std::fs::write(
+        r.dir.path().join("s3db.yaml"),
+        manifest(port, "") + &machine("SHIP: shipped"),
+    )
+    .unwrap();
+    until_reload(&r, "applied");
+    let shipped: Value =
+        serde_json::from_str(&request_with(&r, "POST", events, r#"{"event":"SHIP"}"#)).unwrap();
+    assert_eq!(shipped["to"], "shipped", "{shipped}");
 }
