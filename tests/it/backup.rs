@@ -747,7 +747,26 @@ async fn a_second_runner_cannot_back_up_while_the_lock_is_held() {
     seed(&rt, 400, 0).await;
     let other = setup.runtime(true).await;
     let (first, second) = (backup_of(&rt), backup_of(&other));
+    let (mut ea, mut eb) = (first.subscribe(), second.subscribe());
     let (a, b) = tokio::join!(first.backup("full", None), second.backup("full", None));
+    let names =
+        |rx: &mut tokio::sync::broadcast::Receiver<s3db_run::plugins::backup::BackupEvent>| {
+            let mut out = Vec::new();
+            while let Ok(e) = rx.try_recv() {
+                out.push(e.event);
+            }
+            out
+        };
+    let mut seen = [names(&mut ea), names(&mut eb)];
+    seen.sort();
+    // The refused one reports an error (for onBackupError and metrics) and never started.
+    assert_eq!(
+        seen,
+        [
+            vec!["backup_error"],
+            vec!["backup_start", "backup_complete"]
+        ]
+    );
     let locked = [&a, &b]
         .iter()
         .filter(|r| matches!(r, Err(BackupError::Locked { .. })))

@@ -208,10 +208,28 @@ struct Inner {
     shared: Arc<Shared>,
 }
 
+impl Shared {
+    fn started(&self, id: &str) -> bool {
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    fn forget(&self, id: &str) {
+        self.started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+}
+
 /// What outlives a reconfiguration (a reload): subscribers, running backups, the lock owner.
 struct Shared {
     events: broadcast::Sender<BackupEvent>,
     running: Mutex<HashMap<String, CancellationToken>>,
+    /// Backups past their checks and lock (their own failures are reported where they happen).
+    started: Mutex<HashSet<String>>,
     progress: Mutex<Option<ProgressFn>>,
     owner: String,
 }
@@ -382,6 +400,7 @@ impl Backup {
         let shared = Arc::new(Shared {
             events: broadcast::channel(256).0,
             running: Mutex::new(HashMap::new()),
+            started: Mutex::new(HashSet::new()),
             progress: Mutex::new(None),
             owner: format!("{host}/{}/{}", std::process::id(), random_suffix()),
         });
@@ -628,6 +647,29 @@ impl Backup {
         label: &str,
         resources: Option<Vec<String>>,
     ) -> Result<BackupInfo, BackupError> {
+        let result = self.run_with_id(&id, label, resources).await;
+        if let Err(e) = &result {
+            if !matches!(e, BackupError::Cancelled(_)) && !self.inner.shared.started(&id) {
+                // Refused before it started (a bad request, the lock held elsewhere): still an
+                // error that onBackupError and the metrics should see.
+                let stats = json!({ "backupId": id, "type": label, "error": e.to_string() });
+                self.emit("backup_error", &id, label, stats.clone());
+                self.callback(&self.inner.config.on_backup_error, stats)
+                    .await;
+                tracing::error!(backup = %id, error = %e, "backup refused");
+            }
+        }
+        self.inner.shared.forget(&id);
+        result
+    }
+
+    async fn run_with_id(
+        &self,
+        id: &str,
+        label: &str,
+        resources: Option<Vec<String>>,
+    ) -> Result<BackupInfo, BackupError> {
+        let id = id.to_string();
         if label.is_empty()
             || !label
                 .chars()
@@ -652,6 +694,12 @@ impl Backup {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone(), cancel.clone());
+        self.inner
+            .shared
+            .started
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone());
         let started = Instant::now();
         let started_at = Utc::now();
         let mut info = BackupInfo {
