@@ -1028,3 +1028,23 @@ async fn s3_backups_default_to_a_folder_of_their_database_outside_its_prefix() {
     let inside = list_all(rt.db.store().as_ref(), "").await.unwrap();
     assert!(inside.iter().all(|m| !m.key.contains(&info.id)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_over_a_damaged_index_becomes_a_full_backup() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 5, 1).await;
+    let b = backup_of(&rt);
+    b.backup("full", None).await.unwrap();
+    let index = walk(&setup.path("backups"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".index"))
+        .unwrap();
+    std::fs::write(&index, b"garbage").unwrap();
+    let inc = b.backup("incremental", None).await.unwrap();
+    assert_eq!((inc.kind.as_str(), inc.parent.as_deref()), ("full", None));
+    assert_eq!(inc.records["users"], 5);
+    // And the next incremental builds on it.
+    let next = b.backup("incremental", None).await.unwrap();
+    assert_eq!(next.parent.as_deref(), Some(inc.id.as_str()));
+}

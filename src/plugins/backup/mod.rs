@@ -854,8 +854,18 @@ impl Backup {
     ) -> Result<(), BackupError> {
         let id = info.id.clone();
 
-        let parent_index = match &info.parent {
-            Some(parent) => Some(self.load_index(parent).await?),
+        let parent_index = match info.parent.clone() {
+            Some(parent) => match self.load_index(&parent).await {
+                Ok(index) => Some(index),
+                Err(e) => {
+                    // A chain built on an unreadable index could not be trusted; a full backup
+                    // can, and the next incremental builds on it.
+                    tracing::warn!(backup = %id, parent = %parent, error = %e, "the parent's index cannot be read: taking a full backup instead");
+                    info.kind = "full".into();
+                    info.parent = None;
+                    None
+                }
+            },
             None => None,
         };
 
