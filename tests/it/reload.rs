@@ -78,9 +78,14 @@ fn request_with(r: &Runner, method: &str, path: &str, body: &str) -> String {
     let Ok(mut conn) = std::net::TcpStream::connect(addr) else {
         return String::new();
     };
+    let kind = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
     let _ = write!(
         conn,
-        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\n{kind}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     let mut text = String::new();

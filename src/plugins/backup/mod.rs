@@ -127,6 +127,9 @@ pub struct BackupInfo {
     pub size: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sha256: Option<String>,
+    /// SHA-256 of the index (every record's ETag and size), checked before an incremental uses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index_sha256: Option<String>,
     pub compression: Compression,
     pub encrypted: bool,
     pub format_version: u32,
@@ -717,6 +720,7 @@ impl Backup {
             tombstones: IndexMap::new(),
             size: 0,
             sha256: None,
+            index_sha256: None,
             compression: self.inner.config.compression,
             encrypted: self.inner.passphrase.is_some(),
             format_version: archive::FORMAT_VERSION,
@@ -921,7 +925,7 @@ impl Backup {
         }
         info.size = built.archive.size;
         info.sha256 = Some(built.archive.sha256.clone());
-        let _ = built.index;
+        info.index_sha256 = Some(built.index.sha256.clone());
         self.upload(info, &archive_path.0, &index_path.0).await
     }
 
@@ -1062,6 +1066,7 @@ impl Backup {
             let d = dests[i].clone();
             let (id, folder) = (info.id.clone(), folders[i].clone());
             let want = (info.sha256.clone().unwrap_or_default(), info.size);
+            let want_index = info.index_sha256.clone().unwrap_or_default();
             let (archive_path, index_path) = (archive_path.to_path_buf(), index_path.to_path_buf());
             async move {
                 let result = async {
@@ -1073,6 +1078,13 @@ impl Backup {
                         if got.as_ref() != Some(&want) {
                             return Err(format!(
                                 "verification failed: the stored archive's SHA-256 differs from the one written ({})",
+                                d.describe()
+                            ));
+                        }
+                        let got = d.fetch(&format!("{folder}{id}.index"), None).await?;
+                        if got.map(|(sha, _)| sha) != Some(want_index) {
+                            return Err(format!(
+                                "verification failed: the stored index's SHA-256 differs from the one written ({})",
                                 d.describe()
                             ));
                         }
@@ -1379,6 +1391,11 @@ impl Backup {
         for (i, folder) in holders {
             let d = self.inner.destinations[i].as_ref();
             match d.fetch(&format!("{folder}{id}.index"), Some(&tmp.0)).await {
+                Ok(Some((sha, _)))
+                    if info.index_sha256.as_ref().is_some_and(|want| want != &sha) =>
+                {
+                    last = format!("{}: the index does not match its SHA-256", d.describe());
+                }
                 Ok(Some(_)) => {
                     let (keys, path, id) = (self.keyring(), tmp.0.clone(), id.to_string());
                     return tokio::task::spawn_blocking(move || {
