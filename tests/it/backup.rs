@@ -1048,3 +1048,31 @@ async fn an_incremental_over_a_damaged_index_becomes_a_full_backup() {
     let next = b.backup("incremental", None).await.unwrap();
     assert_eq!(next.parent.as_deref(), Some(inc.id.as_str()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_waits_for_a_running_backup_then_cancels_it_after_the_grace_period() {
+    let setup = Setup::new(Db::S3, &s3_backup_yaml("")).await;
+    let rt = std::sync::Arc::new(setup.runtime(true).await);
+    seed(&rt, 600, 0).await;
+    let b = backup_of(&rt);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let runner = tokio::spawn({
+        let (rt, stop) = (rt.clone(), stop.clone());
+        async move { rt.run(stop, std::time::Duration::from_millis(200)).await }
+    });
+    let task = tokio::spawn({
+        let b = b.clone();
+        async move { b.backup("full", None).await }
+    });
+    while b.running().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    runner.await.unwrap();
+    // The runner returned only once the backup had ended: cancelled, not completed.
+    assert!(b.running().is_empty());
+    let err = task.await.unwrap().unwrap_err();
+    assert!(matches!(err, BackupError::Cancelled(_)), "{err}");
+    let list = b.list_backups(None, None).await.unwrap();
+    assert_eq!(list[0].status, "cancelled");
+}
