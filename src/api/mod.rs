@@ -453,15 +453,27 @@ async fn restore_backup(
     body: Option<Json<RestoreBody>>,
 ) -> ApiResult {
     let body = body.map(|b| b.0).unwrap_or_default();
-    let stats = backup(&s)?
-        .restore(
-            &id,
-            RestoreOptions {
-                overwrite: body.overwrite,
-                resources: body.resources,
-            },
+    let plugin = backup(&s)?;
+    // In a task of its own: a client that gives up does not cut a restore off half-way.
+    let stats = tokio::spawn(async move {
+        plugin
+            .restore(
+                &id,
+                RestoreOptions {
+                    overwrite: body.overwrite,
+                    resources: body.resources,
+                },
+            )
+            .await
+    })
+    .await
+    .map_err(|e| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "restore_failed",
+            e.to_string(),
         )
-        .await?;
+    })??;
     Ok(Json(json!(stats)))
 }
 

@@ -1076,3 +1076,35 @@ async fn shutdown_waits_for_a_running_backup_then_cancels_it_after_the_grace_per
     let list = b.list_backups(None, None).await.unwrap();
     assert_eq!(list[0].status, "cancelled");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_backup_releases_its_lock_and_its_running_entry() {
+    let setup = Setup::new(Db::S3, &s3_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 600, 0).await;
+    let b = backup_of(&rt);
+    let task = tokio::spawn({
+        let b = b.clone();
+        async move { b.backup("full", None).await }
+    });
+    while b.running().is_empty() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // A job cancelled by its overlap policy, or an API client gone: the future is dropped.
+    task.abort();
+    let _ = task.await;
+    assert!(b.running().is_empty());
+    let t = std::time::Instant::now();
+    loop {
+        match b.backup("full", None).await {
+            Ok(_) => break,
+            Err(BackupError::Locked { .. }) if t.elapsed() < std::time::Duration::from_secs(5) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("the lock was not released: {e}"),
+        }
+    }
+    let list = b.list_backups(None, None).await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[1].status, "interrupted", "{:?}", list[1]);
+}

@@ -283,7 +283,7 @@ impl Lease {
         store: crate::store::DynStore,
         owner: &str,
         holder: &str,
-    ) -> Result<Arc<Lease>, BackupError> {
+    ) -> Result<LeaseGuard, BackupError> {
         for _ in 0..5 {
             match store
                 .put(
@@ -302,7 +302,10 @@ impl Lease {
                         lost: CancellationToken::new(),
                     });
                     tokio::spawn(lease.clone().renew(owner.to_string(), holder.to_string()));
-                    return Ok(lease);
+                    return Ok(LeaseGuard {
+                        lease,
+                        released: false,
+                    });
                 }
                 Err(e) if e.is_conflict() => {
                     let Some(current) = store.get(LOCK_KEY).await? else {
@@ -365,6 +368,63 @@ impl Lease {
         if let Err(e) = self.store.delete(LOCK_KEY, Some(&etag)).await {
             tracing::warn!(error = %e, "could not release the backup lock (it expires by itself)");
         }
+    }
+}
+
+/// The held lease. Dropped without `release` (the operation's future was dropped: a cancelled
+/// job, an API client gone), it still stops renewing and deletes the lock in the background, so
+/// the lock never outlives its operation by more than that.
+struct LeaseGuard {
+    lease: Arc<Lease>,
+    released: bool,
+}
+
+impl LeaseGuard {
+    fn lost(&self) -> CancellationToken {
+        self.lease.lost.clone()
+    }
+
+    async fn release(mut self) {
+        self.released = true;
+        self.lease.release().await;
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        self.lease.stop.cancel();
+        let lease = self.lease.clone();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move { lease.release().await });
+        }
+    }
+}
+
+/// Forgets that a backup started, however `backup_with_id` ends.
+struct Forget(Arc<Shared>, String);
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.0.forget(&self.1);
+    }
+}
+
+/// A backup's place in `running`, given up when dropped.
+struct RunningEntry {
+    shared: Arc<Shared>,
+    id: String,
+}
+
+impl Drop for RunningEntry {
+    fn drop(&mut self) {
+        self.shared
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
     }
 }
 
@@ -650,6 +710,7 @@ impl Backup {
         label: &str,
         resources: Option<Vec<String>>,
     ) -> Result<BackupInfo, BackupError> {
+        let _forget = Forget(self.inner.shared.clone(), id.clone());
         let result = self.run_with_id(&id, label, resources).await;
         if let Err(e) = &result {
             if !matches!(e, BackupError::Cancelled(_)) && !self.inner.shared.started(&id) {
@@ -662,7 +723,6 @@ impl Backup {
                 tracing::error!(backup = %id, error = %e, "backup refused");
             }
         }
-        self.inner.shared.forget(&id);
         result
     }
 
@@ -703,6 +763,11 @@ impl Backup {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id.clone());
+        // Leaves `running` however this ends, a dropped future included.
+        let entry = RunningEntry {
+            shared: self.inner.shared.clone(),
+            id: id.clone(),
+        };
         let started = Instant::now();
         let started_at = Utc::now();
         let mut info = BackupInfo {
@@ -754,7 +819,7 @@ impl Backup {
             )
             .await;
             let stop = CancellationToken::new();
-            let lost = lease.lost.clone();
+            let lost = lease.lost();
             let guard = {
                 let stop = stop.clone();
                 let cancel = cancel.clone();
@@ -770,12 +835,7 @@ impl Backup {
             r
         }
         .await;
-        self.inner
-            .shared
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&id);
+        drop(entry);
         lease.release().await;
         info.duration_ms = Some(started.elapsed().as_millis() as u64);
         match result {
