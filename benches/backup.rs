@@ -24,6 +24,20 @@ use serde_json::json;
 mod common;
 use common::{moto, raw_list_then_get};
 
+// The allocator of the s3db-run binary, so memory figures are the product's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
@@ -150,6 +164,7 @@ async fn main() {
         .expect("plugin");
 
     reset_peak();
+    let base_backup = rss_mib();
     let t = Instant::now();
     let info = backup.backup("full", None).await.expect("backup");
     let ours = t.elapsed();
@@ -157,11 +172,12 @@ async fn main() {
     let (raw, n) = raw_list_then_get(&s3, "resource=bench/data/", concurrency).await;
     assert_eq!(n, records);
     println!(
-        "full backup: {:.1} s, {:.0} records/s, archive {:.1} MiB, peak RSS {:.0} MiB",
+        "full backup: {:.1} s, {:.0} records/s, archive {:.1} MiB, peak RSS {:.0} MiB ({:.0} MiB before it)",
         ours.as_secs_f64(),
         records as f64 / ours.as_secs_f64(),
         info.size as f64 / 1048576.0,
-        rss_backup
+        rss_backup,
+        base_backup
     );
     println!(
         "raw list + parallel GET: {:.1} s; ratio ours/raw = {:.2} (target <= 1.5)",
@@ -190,6 +206,7 @@ async fn main() {
         .await
         .expect("plugin");
     reset_peak();
+    let base_restore = rss_mib();
     let t = Instant::now();
     let stats = restorer
         .restore(&info.id, RestoreOptions::default())
@@ -200,10 +217,11 @@ async fn main() {
     assert_eq!(stats.records as usize, records);
     let raw = raw_put_all(&s3, records, payload.as_bytes(), concurrency).await;
     println!(
-        "restore: {:.1} s, {:.0} records/s, peak RSS {:.0} MiB",
+        "restore: {:.1} s, {:.0} records/s, peak RSS {:.0} MiB ({:.0} MiB before it)",
         ours.as_secs_f64(),
         records as f64 / ours.as_secs_f64(),
-        rss_restore
+        rss_restore,
+        base_restore
     );
     println!(
         "raw parallel PUT: {:.1} s; ratio ours/raw = {:.2} (target <= 1.5)",
