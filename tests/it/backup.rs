@@ -773,6 +773,22 @@ async fn a_second_runner_cannot_back_up_while_the_lock_is_held() {
         .count();
     assert_eq!(locked, 1, "{a:?} / {b:?}");
     assert_eq!([&a, &b].iter().filter(|r| r.is_ok()).count(), 1);
+
+    // Started by id (as the API does), a refused backup still has a status that says why.
+    let ids = [Backup::new_id("full"), Backup::new_id("full")];
+    let (a, b) = tokio::join!(
+        first.backup_with_id(ids[0].clone(), "full", None),
+        second.backup_with_id(ids[1].clone(), "full", None)
+    );
+    let (refused_by, refused_id) = if a.is_err() {
+        (&first, &ids[0])
+    } else {
+        assert!(b.is_err());
+        (&second, &ids[1])
+    };
+    let status = refused_by.status(refused_id).await.unwrap();
+    assert_eq!(status.status, "failed");
+    assert!(status.error.unwrap().contains("holds the lock"));
 }
 
 async fn backup_builtins(db: Db) {

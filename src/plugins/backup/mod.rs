@@ -233,6 +233,8 @@ struct Shared {
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Backups past their checks and lock (their own failures are reported where they happen).
     started: Mutex<HashSet<String>>,
+    /// The last backups refused before they started: (id, type, error, when).
+    refused: Mutex<std::collections::VecDeque<(String, String, String, DateTime<Utc>)>>,
     progress: Mutex<Option<ProgressFn>>,
     owner: String,
 }
@@ -464,6 +466,7 @@ impl Backup {
             events: broadcast::channel(256).0,
             running: Mutex::new(HashMap::new()),
             started: Mutex::new(HashSet::new()),
+            refused: Mutex::new(std::collections::VecDeque::new()),
             progress: Mutex::new(None),
             owner: format!("{host}/{}/{}", std::process::id(), random_suffix()),
         });
@@ -721,6 +724,17 @@ impl Backup {
                 self.callback(&self.inner.config.on_backup_error, stats)
                     .await;
                 tracing::error!(backup = %id, error = %e, "backup refused");
+                // Nothing was written to a destination; `status` answers from here.
+                let mut refused = self
+                    .inner
+                    .shared
+                    .refused
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                if refused.len() >= 100 {
+                    refused.pop_front();
+                }
+                refused.push_back((id.clone(), label.to_string(), e.to_string(), Utc::now()));
             }
         }
         result
@@ -1351,12 +1365,46 @@ impl Backup {
 
     /// getBackupStatus(id).
     pub async fn status(&self, id: &str) -> Result<BackupInfo, BackupError> {
-        self.locate_all()
+        if let Some(found) = self
+            .locate_all()
             .await?
             .into_iter()
             .find(|(b, _)| b.id == id)
-            .map(|(b, _)| b)
-            .ok_or_else(|| BackupError::NotFound(id.into()))
+        {
+            return Ok(found.0);
+        }
+        let refused = self
+            .inner
+            .shared
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|(rid, ..)| rid == id)
+            .cloned();
+        let (_, label, error, at) = refused.ok_or_else(|| BackupError::NotFound(id.into()))?;
+        Ok(BackupInfo {
+            id: id.into(),
+            label,
+            kind: "full".into(),
+            parent: None,
+            status: "failed".into(),
+            started_at: at,
+            completed_at: None,
+            duration_ms: None,
+            resources: Vec::new(),
+            selective: false,
+            records: IndexMap::new(),
+            tombstones: IndexMap::new(),
+            size: 0,
+            sha256: None,
+            index_sha256: None,
+            compression: self.inner.config.compression,
+            encrypted: self.inner.passphrase.is_some(),
+            format_version: archive::FORMAT_VERSION,
+            destinations: Vec::new(),
+            error: Some(error),
+        })
     }
 
     /// Removes a backup's objects from every destination, marker first, so a half-deleted
