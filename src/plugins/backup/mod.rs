@@ -227,14 +227,23 @@ impl Shared {
     }
 }
 
+/// A backup refused before it started: no destination has a trace of it.
+#[derive(Clone)]
+struct Refusal {
+    id: String,
+    label: String,
+    error: String,
+    at: DateTime<Utc>,
+}
+
 /// What outlives a reconfiguration (a reload): subscribers, running backups, the lock owner.
 struct Shared {
     events: broadcast::Sender<BackupEvent>,
     running: Mutex<HashMap<String, CancellationToken>>,
     /// Backups past their checks and lock (their own failures are reported where they happen).
     started: Mutex<HashSet<String>>,
-    /// The last backups refused before they started: (id, type, error, when).
-    refused: Mutex<std::collections::VecDeque<(String, String, String, DateTime<Utc>)>>,
+    /// The last backups refused before they started.
+    refused: Mutex<std::collections::VecDeque<Refusal>>,
     progress: Mutex<Option<ProgressFn>>,
     owner: String,
 }
@@ -734,7 +743,12 @@ impl Backup {
                 if refused.len() >= 100 {
                     refused.pop_front();
                 }
-                refused.push_back((id.clone(), label.to_string(), e.to_string(), Utc::now()));
+                refused.push_back(Refusal {
+                    id: id.clone(),
+                    label: label.to_string(),
+                    error: e.to_string(),
+                    at: Utc::now(),
+                });
             }
         }
         result
@@ -1380,9 +1394,11 @@ impl Backup {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .find(|(rid, ..)| rid == id)
+            .find(|r| r.id == id)
             .cloned();
-        let (_, label, error, at) = refused.ok_or_else(|| BackupError::NotFound(id.into()))?;
+        let Refusal {
+            label, error, at, ..
+        } = refused.ok_or_else(|| BackupError::NotFound(id.into()))?;
         Ok(BackupInfo {
             id: id.into(),
             label,
