@@ -164,3 +164,31 @@ fn the_readme_manifest_example_is_valid() {
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+#[test]
+fn the_kubernetes_example_s_configmap_manifest_is_valid() {
+    let text = std::fs::read_to_string(repo().join("examples/deploy/kubernetes.yaml")).unwrap();
+    let embedded = text
+        .split("s3db.yaml: |\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n---").next())
+        .unwrap();
+    let manifest: String = embedded
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let env = |name: &str| match name {
+        "S3DB_CONNECTION" => Some("s3://key:secret@bucket/db".to_string()),
+        "S3DB_API_TOKEN" | "BACKUP_KEY" => Some("x".to_string()),
+        _ => None,
+    };
+    let loaded = s3db_run::manifest::load_str("k8s.yaml", manifest, Format::Yaml, &repo(), &env);
+    assert!(
+        loaded.report.diagnostics.is_empty(),
+        "{}",
+        loaded.report.render_human(false)
+    );
+    let m = loaded.manifest.expect("valid").manifest;
+    assert!(m.backup.is_some() && m.jobs.contains_key("nightly_backup"));
+}
