@@ -26,7 +26,21 @@ const LOCK_STRIPES: u64 = 256;
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
+    /// The sorted keys of the last listing walk, reused for its continuation pages, so paging
+    /// through a folder of n objects walks it once, not n/1000 times.
+    walked: std::sync::Arc<std::sync::Mutex<Option<Walked>>>,
 }
+
+#[derive(Debug)]
+struct Walked {
+    prefix: String,
+    at: std::time::Instant,
+    keys: std::sync::Arc<Vec<String>>,
+}
+
+/// How long a walk serves continuation pages. A key created meanwhile may be missed by that
+/// listing (S3 listings are not snapshots either); a key deleted meanwhile is skipped.
+const WALK_REUSE: std::time::Duration = std::time::Duration::from_secs(30);
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -37,7 +51,10 @@ impl FsStore {
         for dir in [root.join(TMP_DIR), root.join(LOCK_DIR)] {
             fs::create_dir_all(&dir).map_err(|e| io_error(&dir.display().to_string(), e))?;
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            walked: Default::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -179,10 +196,29 @@ impl FsStore {
         } else {
             self.path(dir_part)
         };
-        let mut keys = Vec::new();
-        walk(&start_dir, dir_part, &mut keys).map_err(|e| io_error(prefix, e))?;
-        keys.retain(|k| k.starts_with(prefix) && !k.starts_with(".s3db-"));
-        keys.sort();
+        let reused = token.and_then(|_| {
+            let walked = self.walked.lock().unwrap_or_else(|e| e.into_inner());
+            walked
+                .as_ref()
+                .filter(|w| w.prefix == prefix && w.at.elapsed() < WALK_REUSE)
+                .map(|w| w.keys.clone())
+        });
+        let keys = match reused {
+            Some(keys) => keys,
+            None => {
+                let mut keys = Vec::new();
+                walk(&start_dir, dir_part, &mut keys).map_err(|e| io_error(prefix, e))?;
+                keys.retain(|k| k.starts_with(prefix) && !k.starts_with(".s3db-"));
+                keys.sort();
+                let keys = std::sync::Arc::new(keys);
+                *self.walked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Walked {
+                    prefix: prefix.to_string(),
+                    at: std::time::Instant::now(),
+                    keys: keys.clone(),
+                });
+                keys
+            }
+        };
         let start = match token {
             Some(t) => keys.partition_point(|k| k.as_str() <= t),
             None => 0,
