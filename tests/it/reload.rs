@@ -387,3 +387,36 @@ fn new_machine_definitions_apply_to_the_next_event() {
         serde_json::from_str(&request_with(&r, "POST", events, r#"{"event":"SHIP"}"#)).unwrap();
     assert_eq!(shipped["to"], "shipped", "{shipped}");
 }
+
+#[test]
+fn a_removed_job_finishes_its_running_execution_and_is_not_scheduled_again() {
+    let slow = "  slow: { schedule: \"* * * * * *\", overlap: allow, action: { run: [\"/bin/sh\", \"-c\", \"echo start >> slow.log; sleep 1.5; echo end >> slow.log\"] } }\n";
+    let r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, slow)).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let log =
+        |r: &Runner| std::fs::read_to_string(r.dir.path().join("slow.log")).unwrap_or_default();
+    let t = Instant::now();
+    while !log(&r).contains("start") {
+        assert!(t.elapsed() < Duration::from_secs(10), "slow never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(r.dir.path().join("s3db.yaml"), manifest(port, "")).unwrap();
+    until_reload(&r, "applied");
+    assert!(!jobs(&r).contains(&"slow".to_string()));
+    let started = log(&r).matches("start").count();
+    std::thread::sleep(Duration::from_millis(3000));
+    let after = log(&r);
+    assert_eq!(
+        after.matches("start").count(),
+        started,
+        "scheduled after removal: {after}"
+    );
+    assert_eq!(
+        after.matches("end").count(),
+        started,
+        "a running execution was cut off: {after}"
+    );
+}
