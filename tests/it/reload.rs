@@ -420,3 +420,29 @@ fn a_removed_job_finishes_its_running_execution_and_is_not_scheduled_again() {
         "a running execution was cut off: {after}"
     );
 }
+
+#[test]
+fn a_changed_job_takes_its_new_schedule_from_its_next_slot() {
+    let r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let t = Instant::now();
+    while ticks(&r).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "tick never fired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The same job, now daily at 03:00.
+    let daily = manifest(port, "").replace("\"* * * * * *\"", "\"0 3 * * *\"");
+    std::fs::write(r.dir.path().join("s3db.yaml"), daily).unwrap();
+    until_reload(&r, "applied");
+    let next = get(&r, "/api/v1/jobs/tick")["nextRun"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(next.contains("T03:00:00"), "{next}");
+    let fired = ticks(&r).len();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(ticks(&r).len() <= fired + 1, "still firing every second");
+}
