@@ -94,23 +94,33 @@ pub fn run(args: &Args) -> u8 {
             let metrics = crate::api::metrics::Metrics::new(&checked.sha256);
             metrics.follow(&rt);
             let m = metrics.clone();
+            // `--listen` pins the address; otherwise a reload may move the API.
+            let (moved_tx, moved_rx) = tokio::sync::watch::channel(addr);
+            let pinned = args.listen.is_some();
+            reloader.set_live_listen(!pinned);
+            let current = reloader.clone();
             reloader.on_reload(std::sync::Arc::new(move |r| {
                 m.reloaded(
                     &r.result,
                     (r.result == "applied").then_some(r.sha256.as_str()),
                 );
+                if r.result == "applied" && !pinned {
+                    if let Ok(new) = current.manifest().manifest.server.listen.parse() {
+                        moved_tx.send_if_modified(|a| std::mem::replace(a, new) != new);
+                    }
+                }
             }));
             let app = crate::api::router(std::sync::Arc::new(crate::api::ApiState {
                 runtime: rt.clone(),
                 reloader: reloader.clone(),
                 metrics,
             }));
-            let stop = stop.clone();
-            Some(tokio::spawn(async move {
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await;
-            }))
+            Some(tokio::spawn(serve_api(
+                listener,
+                app,
+                stop.clone(),
+                moved_rx,
+            )))
         } else {
             None
         };
@@ -127,6 +137,57 @@ pub fn run(args: &Args) -> u8 {
         }
         exit::OK
     })
+}
+
+/// Serves the API until `stop`. When a reload moves `server.listen`, the new address is bound
+/// first; only then does the old listener close (its requests in flight finish). If the new
+/// address cannot be bound, the API stays where it is and the error is logged.
+async fn serve_api(
+    mut listener: tokio::net::TcpListener,
+    app: axum::Router,
+    stop: CancellationToken,
+    mut moved: tokio::sync::watch::Receiver<std::net::SocketAddr>,
+) {
+    loop {
+        let next: std::sync::Arc<std::sync::Mutex<Option<tokio::net::TcpListener>>> =
+            Default::default();
+        let shutdown = {
+            let (stop, next) = (stop.clone(), next.clone());
+            let mut moved = moved.clone();
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        changed = moved.changed() => {
+                            if changed.is_err() {
+                                stop.cancelled().await;
+                                return;
+                            }
+                            let addr = *moved.borrow_and_update();
+                            match tokio::net::TcpListener::bind(addr).await {
+                                Ok(l) => {
+                                    tracing::info!(%addr, "control API moved");
+                                    *next.lock().unwrap_or_else(|e| e.into_inner()) = Some(l);
+                                    return;
+                                }
+                                Err(e) => tracing::error!(%addr, error = %e, "cannot move the control API; it stays where it is"),
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let _ = axum::serve(listener, app.clone())
+            .with_graceful_shutdown(shutdown)
+            .await;
+        let taken = next.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match taken {
+            Some(l) if !stop.is_cancelled() => listener = l,
+            _ => return,
+        }
+        // The receiver clone inside saw the change; mark it seen here too.
+        moved.borrow_and_update();
+    }
 }
 
 async fn wait_for_signal() {

@@ -7,8 +7,8 @@
 //! What is applied live: jobs (added, removed, changed — an unchanged job keeps its schedule and
 //! its running execution), machine definitions (from the next event), named guards and actions,
 //! new resources, the backup and cache settings, the scheduler's settings (but its history
-//! resource), the API token. The other sections (database connection, state-machine settings,
-//! server address, the job history resource; adding or removing `backup:` or `cache:`)
+//! resource), the API token and address. The other sections (database connection, state-machine
+//! settings, `server.enabled`, the job history resource; adding or removing `backup:` or `cache:`)
 //! change what every other part holds, so they take effect at the next start; a reload that
 //! changes them applies the rest and lists them in `restartRequired`.
 
@@ -58,6 +58,8 @@ pub struct Reloader {
     /// One reload at a time.
     busy: tokio::sync::Mutex<()>,
     on_reload: Mutex<Option<ReloadHook>>,
+    /// Whether the API follows `server.listen` (the runner sets it; `--listen` pins it).
+    live_listen: std::sync::atomic::AtomicBool,
 }
 
 impl Reloader {
@@ -71,7 +73,14 @@ impl Reloader {
             last: Mutex::new(None),
             busy: tokio::sync::Mutex::new(()),
             on_reload: Mutex::new(None),
+            live_listen: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Tells the reloader that a change of `server.listen` moves the API live.
+    pub fn set_live_listen(&self, live: bool) {
+        self.live_listen
+            .store(live, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Called after every reload attempt (metrics).
@@ -193,7 +202,13 @@ impl Reloader {
                 "database" | "backup" | "cache" | "scheduler" | "stateMachine" => {
                     restart.push(c.kind.to_string())
                 }
-                "server" if c.fields.iter().any(|f| !f.path.starts_with("token")) => {
+                "server"
+                    if c.fields.iter().any(|f| {
+                        !(f.path.starts_with("token")
+                            || (f.path == "listen"
+                                && self.live_listen.load(std::sync::atomic::Ordering::Relaxed)))
+                    }) =>
+                {
                     restart.push("server".into())
                 }
                 "machine" if rt.machines.is_none() => restart.push("machines".into()),

@@ -446,3 +446,31 @@ fn a_changed_job_takes_its_new_schedule_from_its_next_slot() {
     std::thread::sleep(Duration::from_millis(2500));
     assert!(ticks(&r).len() <= fired + 1, "still firing every second");
 }
+
+#[test]
+fn a_reload_moves_the_api_to_a_new_listen_address() {
+    let mut r = start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
+        dir.join("s3db.yaml")
+    });
+    let old_port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let new_port = port();
+    std::fs::write(r.dir.path().join("s3db.yaml"), manifest(new_port, "")).unwrap();
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", new_port)).is_err() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the API did not move");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    r.base = format!("http://127.0.0.1:{new_port}");
+    let last = until_reload(&r, "applied");
+    assert_eq!(last["restartRequired"], serde_json::json!([]), "{last}");
+    let t = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", old_port)).is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the old address still answers"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(get(&r, "/healthz")["status"], "ok");
+}
