@@ -594,6 +594,10 @@ impl Backup {
     }
 
     fn progress(&self, phase: &'static str, done: u64) {
+        // `verbose: true` logs every step (every 500 records while reading).
+        if self.inner.config.verbose {
+            tracing::info!(phase, done, "backup progress");
+        }
         if let Some(f) = &*self
             .inner
             .shared
@@ -877,9 +881,13 @@ impl Backup {
                 self.emit("backup_complete", &id, label, stats.clone());
                 self.callback(&self.inner.config.on_backup_complete, stats)
                     .await;
-                if self.inner.config.verbose {
-                    tracing::info!(backup = %id, size = info.size, "backup completed");
-                }
+                tracing::info!(
+                    backup = %id,
+                    kind = %info.kind,
+                    size = info.size,
+                    duration_ms = info.duration_ms.unwrap_or(0),
+                    "backup completed"
+                );
                 Ok(info)
             }
             Err(e) => {
