@@ -173,14 +173,13 @@ impl S3Store {
         .await
     }
 
-    /// Streams an object's body to `chunk`, piece by piece; false when the object is absent.
-    pub async fn read_stream(
+    /// A GET of `key`; None when there is no such object.
+    async fn get_object(
         &self,
         key: &str,
-        mut chunk: impl FnMut(&[u8]) -> std::io::Result<()>,
-    ) -> StoreResult<bool> {
+    ) -> StoreResult<Option<aws_sdk_s3::operation::get_object::GetObjectOutput>> {
         validate_key(key)?;
-        let out = match self
+        match self
             .client
             .get_object()
             .bucket(&self.bucket)
@@ -188,9 +187,20 @@ impl S3Store {
             .send()
             .await
         {
-            Ok(out) => out,
-            Err(e) if status(&e) == Some(404) || e.code() == Some("NoSuchKey") => return Ok(false),
-            Err(e) => return Err(sdk_error(key, e)),
+            Ok(out) => Ok(Some(out)),
+            Err(e) if status(&e) == Some(404) || e.code() == Some("NoSuchKey") => Ok(None),
+            Err(e) => Err(sdk_error(key, e)),
+        }
+    }
+
+    /// Streams an object's body to `chunk`, piece by piece; false when the object is absent.
+    pub async fn read_stream(
+        &self,
+        key: &str,
+        mut chunk: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> StoreResult<bool> {
+        let Some(out) = self.get_object(key).await? else {
+            return Ok(false);
         };
         let mut body = out.body;
         while let Some(bytes) = body
@@ -309,18 +319,8 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> StoreResult<Option<Object>> {
-        validate_key(key)?;
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.full_key(key))
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if status(&e) == Some(404) || e.code() == Some("NoSuchKey") => return Ok(None),
-            Err(e) => return Err(sdk_error(key, e)),
+        let Some(out) = self.get_object(key).await? else {
+            return Ok(None);
         };
         let etag = ETag(out.e_tag().unwrap_or_default().to_string());
         let body = out

@@ -852,13 +852,19 @@ fn a_backup_process_killed_midway_is_not_listed_as_completed() {
         .arg(setup.path("s3db.yaml"))
         .args(["--connection", &setup.connection])
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(std::fs::File::create(setup.path("backup.log")).unwrap())
         .spawn()
         .unwrap();
     // The archive is being written: the records are being read from S3.
     let temp = setup.path("tmp/backups");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the backup process ended ({status}) before it was killed:\n{}",
+                std::fs::read_to_string(setup.path("backup.log")).unwrap_or_default()
+            );
+        }
         let writing = temp.exists()
             && walk(&temp)
                 .iter()

@@ -802,28 +802,9 @@ impl Backup {
         };
         let started = Instant::now();
         let started_at = Utc::now();
-        let mut info = BackupInfo {
-            id: id.clone(),
-            label: label.into(),
-            kind: "full".into(),
-            parent: None,
-            status: "running".into(),
-            started_at,
-            completed_at: None,
-            duration_ms: None,
-            resources: names.clone(),
-            selective,
-            records: IndexMap::new(),
-            tombstones: IndexMap::new(),
-            size: 0,
-            sha256: None,
-            index_sha256: None,
-            compression: self.inner.config.compression,
-            encrypted: self.inner.passphrase.is_some(),
-            format_version: archive::FORMAT_VERSION,
-            destinations: Vec::new(),
-            error: None,
-        };
+        let mut info = self.new_info(&id, label, "running", started_at);
+        info.resources = names.clone();
+        info.selective = selective;
         let result = async {
             if label == "incremental" {
                 match self.newest_parent(&names).await? {
@@ -1407,12 +1388,19 @@ impl Backup {
         let Refusal {
             label, error, at, ..
         } = refused.ok_or_else(|| BackupError::NotFound(id.into()))?;
-        Ok(BackupInfo {
+        let mut info = self.new_info(id, &label, "failed", at);
+        info.error = Some(error);
+        Ok(info)
+    }
+
+    /// The metadata of a backup that has not written anything yet.
+    fn new_info(&self, id: &str, label: &str, status: &str, at: DateTime<Utc>) -> BackupInfo {
+        BackupInfo {
             id: id.into(),
-            label,
+            label: label.into(),
             kind: "full".into(),
             parent: None,
-            status: "failed".into(),
+            status: status.into(),
             started_at: at,
             completed_at: None,
             duration_ms: None,
@@ -1427,8 +1415,8 @@ impl Backup {
             encrypted: self.inner.passphrase.is_some(),
             format_version: archive::FORMAT_VERSION,
             destinations: Vec::new(),
-            error: Some(error),
-        })
+            error: None,
+        }
     }
 
     /// Removes a backup's objects from every destination, marker first, so a half-deleted
