@@ -1109,7 +1109,8 @@ async fn a_dropped_backup_releases_its_lock_and_its_running_entry() {
         let b = b.clone();
         async move { b.backup("full", None).await }
     });
-    while b.running().is_empty() {
+    // Under way: its metadata is at the destination.
+    while b.list_backups(None, None).await.unwrap().is_empty() {
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
     // A job cancelled by its overlap policy, or an API client gone: the future is dropped.
