@@ -91,7 +91,7 @@ pub fn load_str(
     let mut diagnostics = dedupe(diagnostics);
     diagnostics.sort_by(|a, b| (a.span.start, a.code).cmp(&(b.span.start, b.code)));
     let ok = !diagnostics.iter().any(Diagnostic::is_error);
-    let sha256 = hex(&Sha256::digest(text.as_bytes()));
+    let sha256 = content_sha256(text.as_bytes());
     let manifest = manifest.filter(|_| ok).map(|manifest| CheckedManifest {
         manifest,
         base_dir: base_dir.to_path_buf(),
@@ -301,8 +301,15 @@ fn dedupe(diagnostics: Vec<Diagnostic>) -> Vec<Diagnostic> {
         .collect()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of bytes (digests).
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The SHA-256 a manifest is known by (`CheckedManifest::sha256`): of its text as read. Reload
+/// compares file contents with the same function.
+pub fn content_sha256(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 /// The JSON Schema of the manifest (draft 2020-12), generated from the model.

@@ -117,9 +117,7 @@ impl Reloader {
         // skip content already looked at.
         if trigger == "watch" {
             if let Ok(bytes) = std::fs::read(&self.path) {
-                let sha = crate::plugins::backup::archive::hex(
-                    &<sha2::Sha256 as sha2::Digest>::digest(&bytes),
-                );
+                let sha = crate::manifest::content_sha256(&bytes);
                 let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
                 if *seen == sha {
                     result.result = "unchanged".into();

@@ -7,16 +7,9 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 struct Server {
-    child: std::process::Child,
+    _process: crate::support::Process,
     base: String,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start() -> Server {
@@ -60,7 +53,7 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
         std::thread::sleep(Duration::from_millis(25));
     }
     Server {
-        child,
+        _process: crate::support::Process(child),
         base,
         _dir: dir,
     }

@@ -5,19 +5,15 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::support::Process;
+
 use serde_json::Value;
 
 struct Runner {
-    child: std::process::Child,
+    _process: Process,
     base: String,
+    port: u16,
     dir: tempfile::TempDir,
-}
-
-impl Drop for Runner {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn port() -> u16 {
@@ -46,20 +42,49 @@ fn start(layout: impl FnOnce(&Path, u16) -> PathBuf) -> Runner {
     let dir = tempfile::tempdir().unwrap();
     let port = port();
     let file = layout(dir.path(), port);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
-        .arg(&file)
-        .current_dir(dir.path())
-        .env_remove("S3DB_CONNECTION")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let process = Process(
+        std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+            .arg(&file)
+            .current_dir(dir.path())
+            .env_remove("S3DB_CONNECTION")
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let base = format!("http://127.0.0.1:{port}");
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "the runner did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Runner { child, base, dir }
+    Runner {
+        _process: process,
+        base,
+        port,
+        dir,
+    }
+}
+
+/// Starts the runner on `s3db.yaml` with the text `manifest(port)`.
+fn start_with(manifest: impl FnOnce(u16) -> String) -> Runner {
+    start(|dir, port| {
+        std::fs::write(dir.join("s3db.yaml"), manifest(port)).unwrap();
+        dir.join("s3db.yaml")
+    })
+}
+
+/// Rewrites the running manifest in place.
+fn rewrite(r: &Runner, text: impl AsRef<[u8]>) {
+    std::fs::write(r.dir.path().join("s3db.yaml"), text).unwrap();
+}
+
+/// Waits until the per-second `tick` job has fired once.
+fn until_first_tick(r: &Runner) {
+    let t = Instant::now();
+    while ticks(r).is_empty() {
+        assert!(t.elapsed() < Duration::from_secs(10), "tick never fired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A plain HTTP/1.0 GET: the body.
@@ -141,23 +166,17 @@ const NIGHTLY: &str =
 
 #[test]
 fn a_reload_by_in_place_write_takes_effect_within_a_second() {
-    let r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
-        dir.join("s3db.yaml")
-    });
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
-    std::fs::write(r.dir.path().join("s3db.yaml"), manifest(port, NIGHTLY)).unwrap();
+    let r = start_with(|port| manifest(port, ""));
+    let port = r.port;
+    rewrite(&r, manifest(port, NIGHTLY));
     until_listed(&r, "nightly", Duration::from_secs(1));
     assert_eq!(get(&r, "/api/v1/reload")["result"], "applied");
 }
 
 #[test]
 fn a_reload_by_rename_takes_effect_within_a_second() {
-    let r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
-        dir.join("s3db.yaml")
-    });
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let r = start_with(|port| manifest(port, ""));
+    let port = r.port;
     // As vim and most editors save: a new file, renamed over the old one.
     let tmp = r.dir.path().join(".s3db.yaml.swp");
     std::fs::write(&tmp, manifest(port, NIGHTLY)).unwrap();
@@ -176,7 +195,7 @@ fn a_reload_by_configmap_symlink_swap_takes_effect_within_a_second() {
         std::os::unix::fs::symlink("..data/s3db.yaml", dir.join("s3db.yaml")).unwrap();
         dir.join("s3db.yaml")
     });
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let port = r.port;
     let dir = r.dir.path();
     std::fs::create_dir(dir.join("..v2")).unwrap();
     std::fs::write(dir.join("..v2/s3db.yaml"), manifest(port, NIGHTLY)).unwrap();
@@ -195,15 +214,8 @@ fn ticks(r: &Runner) -> Vec<String> {
 
 #[test]
 fn a_broken_manifest_keeps_the_old_jobs_and_shows_its_diagnostics() {
-    let r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, NIGHTLY)).unwrap();
-        dir.join("s3db.yaml")
-    });
-    std::fs::write(
-        r.dir.path().join("s3db.yaml"),
-        "version: 1\ndatabase: { connection: file://./data }\njobs:\n  tick: { schedule: \"every now and then\", action: { builtin: log } }\n",
-    )
-    .unwrap();
+    let r = start_with(|port| manifest(port, NIGHTLY));
+    rewrite(&r, "version: 1\ndatabase: { connection: file://./data }\njobs:\n  tick: { schedule: \"every now and then\", action: { builtin: log } }\n",);
     let last = until_reload(&r, "failed");
     let codes: Vec<&str> = last["diagnostics"]
         .as_array()
@@ -227,23 +239,16 @@ fn a_broken_manifest_keeps_the_old_jobs_and_shows_its_diagnostics() {
 
 #[test]
 fn a_per_second_job_fires_exactly_once_per_slot_across_20_reloads() {
-    let r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
-        dir.join("s3db.yaml")
-    });
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let r = start_with(|port| manifest(port, ""));
+    let port = r.port;
     // Wait for the first tick, so the count starts from a fired slot.
-    let t = Instant::now();
-    while ticks(&r).is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(10), "tick never fired");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    until_first_tick(&r);
     for i in 0..20 {
         // Each reload changes another job; `tick` is unchanged and must keep its schedule.
         let other = format!(
             "  other: {{ schedule: \"0 3 * * *\", description: \"v{i}\", action: {{ builtin: log }} }}\n"
         );
-        std::fs::write(r.dir.path().join("s3db.yaml"), manifest(port, &other)).unwrap();
+        rewrite(&r, manifest(port, &other));
         std::thread::sleep(Duration::from_millis(250));
     }
     std::thread::sleep(Duration::from_millis(1500));
@@ -268,18 +273,14 @@ fn a_reload_reconfigures_backups_and_lists_what_needs_a_restart() {
     let backup = |folder: &str| {
         format!("backup: {{ driver: filesystem, config: {{ path: \"./{folder}/\" }} }}\n")
     };
-    let r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, "") + &backup("first")).unwrap();
-        dir.join("s3db.yaml")
-    });
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
-    std::fs::write(
-        r.dir.path().join("s3db.yaml"),
+    let r = start_with(|port| manifest(port, "") + &backup("first"));
+    let port = r.port;
+    rewrite(
+        &r,
         manifest(port, "")
             + &backup("second")
             + "cache: { driver: memory }\nstateMachine: { verbose: true }\n",
-    )
-    .unwrap();
+    );
     let last = until_reload(&r, "applied");
     // Adding a cache section changes what the database holds: that needs a restart.
     assert_eq!(
@@ -302,10 +303,7 @@ fn a_reload_reconfigures_backups_and_lists_what_needs_a_restart() {
 
 #[test]
 fn a_reload_of_the_scheduler_time_zone_moves_every_job_s_next_run() {
-    let r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, NIGHTLY)).unwrap();
-        dir.join("s3db.yaml")
-    });
+    let r = start_with(|port| manifest(port, NIGHTLY));
     let next = |r: &Runner| {
         get(r, "/api/v1/jobs")
             .as_array()
@@ -318,12 +316,11 @@ fn a_reload_of_the_scheduler_time_zone_moves_every_job_s_next_run() {
         "{}",
         next(&r)
     );
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
-    std::fs::write(
-        r.dir.path().join("s3db.yaml"),
+    let port = r.port;
+    rewrite(
+        &r,
         manifest(port, NIGHTLY) + "scheduler: { timezone: Asia/Tokyo }\n",
-    )
-    .unwrap();
+    );
     let t = Instant::now();
     // Next runs are shown in the job's zone.
     while !next(&r).ends_with("T03:00:00+09:00") {
@@ -338,20 +335,12 @@ fn a_reload_of_the_scheduler_time_zone_moves_every_job_s_next_run() {
 
 #[test]
 fn a_reload_of_cache_settings_applies_without_a_restart() {
-    let r = start(|dir, port| {
-        std::fs::write(
-            dir.join("s3db.yaml"),
-            manifest(port, "") + "cache: { driver: memory, ttl: 5m }\n",
-        )
-        .unwrap();
-        dir.join("s3db.yaml")
-    });
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
-    std::fs::write(
-        r.dir.path().join("s3db.yaml"),
+    let r = start_with(|port| manifest(port, "") + "cache: { driver: memory, ttl: 5m }\n");
+    let port = r.port;
+    rewrite(
+        &r,
         manifest(port, "") + "cache: { driver: memory, ttl: 1m, maxSize: 50 }\n",
-    )
-    .unwrap();
+    );
     let last = until_reload(&r, "applied");
     assert_eq!(last["restartRequired"], serde_json::json!([]), "{last}");
     assert_eq!(last["changes"][0]["kind"], "cache", "{last}");
@@ -364,11 +353,8 @@ fn new_machine_definitions_apply_to_the_next_event() {
             "machines:\n  order:\n    initialState: pending\n    states:\n      pending: {{ on: {{ PAY: paid }} }}\n      paid: {{ on: {{ {extra} }} }}\n      shipped: {{ type: final }}\n"
         )
     };
-    let r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, "") + &machine("")).unwrap();
-        dir.join("s3db.yaml")
-    });
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let r = start_with(|port| manifest(port, "") + &machine(""));
+    let port = r.port;
     let events = "/api/v1/machines/order/entities/o1/events";
     request_with(&r, "POST", "/api/v1/machines/order/entities/o1", "{}");
     let paid: Value =
@@ -377,11 +363,7 @@ fn new_machine_definitions_apply_to_the_next_event() {
     let refused: Value =
         serde_json::from_str(&request_with(&r, "POST", events, r#"{"event":"SHIP"}"#)).unwrap();
     assert_eq!(refused["code"], "event_refused", "{refused}");
-    std::fs::write(
-        r.dir.path().join("s3db.yaml"),
-        manifest(port, "") + &machine("SHIP: shipped"),
-    )
-    .unwrap();
+    rewrite(&r, manifest(port, "") + &machine("SHIP: shipped"));
     until_reload(&r, "applied");
     let shipped: Value =
         serde_json::from_str(&request_with(&r, "POST", events, r#"{"event":"SHIP"}"#)).unwrap();
@@ -391,11 +373,8 @@ fn new_machine_definitions_apply_to_the_next_event() {
 #[test]
 fn a_removed_job_finishes_its_running_execution_and_is_not_scheduled_again() {
     let slow = "  slow: { schedule: \"* * * * * *\", overlap: allow, action: { run: [\"/bin/sh\", \"-c\", \"echo start >> slow.log; sleep 1.5; echo end >> slow.log\"] } }\n";
-    let r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, slow)).unwrap();
-        dir.join("s3db.yaml")
-    });
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let r = start_with(|port| manifest(port, slow));
+    let port = r.port;
     let log =
         |r: &Runner| std::fs::read_to_string(r.dir.path().join("slow.log")).unwrap_or_default();
     let t = Instant::now();
@@ -403,7 +382,7 @@ fn a_removed_job_finishes_its_running_execution_and_is_not_scheduled_again() {
         assert!(t.elapsed() < Duration::from_secs(10), "slow never started");
         std::thread::sleep(Duration::from_millis(20));
     }
-    std::fs::write(r.dir.path().join("s3db.yaml"), manifest(port, "")).unwrap();
+    rewrite(&r, manifest(port, ""));
     until_reload(&r, "applied");
     assert!(!jobs(&r).contains(&"slow".to_string()));
     // A run whose slot fired just before the removal may still be starting its process.
@@ -425,19 +404,12 @@ fn a_removed_job_finishes_its_running_execution_and_is_not_scheduled_again() {
 
 #[test]
 fn a_changed_job_takes_its_new_schedule_from_its_next_slot() {
-    let r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
-        dir.join("s3db.yaml")
-    });
-    let port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
-    let t = Instant::now();
-    while ticks(&r).is_empty() {
-        assert!(t.elapsed() < Duration::from_secs(10), "tick never fired");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let r = start_with(|port| manifest(port, ""));
+    let port = r.port;
+    until_first_tick(&r);
     // The same job, now daily at 03:00.
     let daily = manifest(port, "").replace("\"* * * * * *\"", "\"0 3 * * *\"");
-    std::fs::write(r.dir.path().join("s3db.yaml"), daily).unwrap();
+    rewrite(&r, daily);
     until_reload(&r, "applied");
     let next = get(&r, "/api/v1/jobs/tick")["nextRun"]
         .as_str()
@@ -451,13 +423,10 @@ fn a_changed_job_takes_its_new_schedule_from_its_next_slot() {
 
 #[test]
 fn a_reload_moves_the_api_to_a_new_listen_address() {
-    let mut r = start(|dir, port| {
-        std::fs::write(dir.join("s3db.yaml"), manifest(port, "")).unwrap();
-        dir.join("s3db.yaml")
-    });
-    let old_port: u16 = r.base.rsplit(':').next().unwrap().parse().unwrap();
+    let mut r = start_with(|port| manifest(port, ""));
+    let old_port = r.port;
     let new_port = port();
-    std::fs::write(r.dir.path().join("s3db.yaml"), manifest(new_port, "")).unwrap();
+    rewrite(&r, manifest(new_port, ""));
     let t = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", new_port)).is_err() {
         assert!(t.elapsed() < Duration::from_secs(5), "the API did not move");

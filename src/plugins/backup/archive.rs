@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::crypto::{DataKey, DecryptReader, EncryptWriter, EncryptionHeader, Kdf, Passphrase};
+use crate::manifest::hex;
 use crate::manifest::model::{Compression, EncryptionConfig};
 
 const MAGIC: &[u8; 8] = b"S3DBBAK\n";
@@ -121,10 +122,6 @@ impl<W: Write> Write for Hashing<W> {
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
     }
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 enum Sink {

@@ -13,7 +13,7 @@ use chrono::{DateTime, Datelike};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::archive::hex;
+use crate::manifest::hex;
 use crate::manifest::model::{BackupDriver, BackupDriverConfig, ServerSideEncryption};
 use crate::store::connection::S3Location;
 use crate::store::s3::S3Store;

@@ -78,6 +78,16 @@ pub fn render(loaded: &Loaded) -> String {
 
 pub mod s3;
 
+/// A child process (an `s3db-run` under test), killed and reaped when dropped.
+pub struct Process(pub std::process::Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A store under test and whatever must live as long as it.
 pub struct Backend {
     pub store: s3db_run::store::DynStore,
