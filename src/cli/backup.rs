@@ -1,5 +1,5 @@
-//! `s3db-run backup …` and `s3db-run restore …`: the backup plugin from the command line, with
-//! the manifest's `backup:` section.
+//! `s3db-run backup …`: the backup plugin from the command line, with the manifest's `backup:`
+//! section.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::exit;
-use crate::plugins::backup::{Backup, BackupInfo, RestoreOptions};
+use crate::plugins::backup::{Backup, BackupInfo};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Output {
@@ -54,23 +54,7 @@ pub struct BackupArgs {
     pub output: Output,
 }
 
-#[derive(Debug, Clone, clap::Args)]
-pub struct RestoreArgs {
-    #[command(flatten)]
-    pub target: super::DatabaseArgs,
-    /// The backup to restore (an incremental restores its whole chain).
-    pub id: String,
-    /// Replace records that exist (without it they are kept and counted as skipped).
-    #[arg(long)]
-    pub overwrite: bool,
-    /// Only these resources (comma-separated).
-    #[arg(long, value_delimiter = ',')]
-    pub resources: Option<Vec<String>>,
-    #[arg(long, value_enum, default_value_t = Output::Human)]
-    pub output: Output,
-}
-
-async fn plugin(target: &super::DatabaseArgs) -> Result<Backup, u8> {
+pub(super) async fn plugin(target: &super::DatabaseArgs) -> Result<Backup, u8> {
     let (_, rt) = target.runtime().await?;
     rt.backup().ok_or_else(|| {
         eprintln!(
@@ -82,7 +66,7 @@ async fn plugin(target: &super::DatabaseArgs) -> Result<Backup, u8> {
 }
 
 /// A spinner with counts on a terminal; nothing otherwise (logs and CI stay clean).
-fn progress(backup: &Backup) -> Option<indicatif::ProgressBar> {
+pub(super) fn progress(backup: &Backup) -> Option<indicatif::ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
     }
@@ -253,53 +237,6 @@ pub fn run_backup(args: &BackupArgs) -> u8 {
                 exit::OK
             }
             Err(e) => fail(&e),
-        }
-    })
-}
-
-pub fn run_restore(args: &RestoreArgs) -> u8 {
-    super::block_on(async {
-        let backup = match plugin(&args.target).await {
-            Ok(b) => b,
-            Err(code) => return code,
-        };
-        let bar = progress(&backup);
-        let result = backup
-            .restore(
-                &args.id,
-                RestoreOptions {
-                    overwrite: args.overwrite,
-                    resources: args.resources.clone(),
-                },
-            )
-            .await;
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
-        match result {
-            Ok(stats) if args.output == Output::Json => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&stats).unwrap_or_default()
-                );
-                exit::OK
-            }
-            Ok(stats) => {
-                println!(
-                    "restored {} from {}: {} record(s) written, {} kept (existing), {} deleted, resources: {}",
-                    stats.backup_id,
-                    stats.chain.join(" → "),
-                    stats.records,
-                    stats.skipped,
-                    stats.deleted,
-                    stats.restored.join(", ")
-                );
-                exit::OK
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::INVALID
-            }
         }
     })
 }

@@ -8,6 +8,7 @@ pub mod diff;
 pub mod init;
 pub mod job;
 pub mod machine;
+pub mod restore;
 pub mod run;
 pub mod schema;
 pub mod validate;
@@ -72,7 +73,7 @@ pub enum Command {
     /// `--delete ID`, `prune [--dry-run]`.
     Backup(backup::BackupArgs),
     /// Restore a backup (an incremental with its chain); verifies it completely first.
-    Restore(backup::RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// Look at (`stats`) or empty (`clear`) the manifest's cache.
     Cache(cache::Args),
     /// Scheduled jobs: list, run by hand, history; `job next EXPR` checks a schedule.
@@ -112,7 +113,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Machine(args) => machine::run(&args),
         Command::Cache(args) => cache::run(&args),
         Command::Backup(args) => backup::run_backup(&args),
-        Command::Restore(args) => backup::run_restore(&args),
+        Command::Restore(args) => restore::run(&args),
         Command::Job(args) => job::run(&args),
         Command::Completions { shell } => {
             clap_complete::generate(
