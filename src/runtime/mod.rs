@@ -132,8 +132,7 @@ impl Runtime {
         }
         let deadline = tokio::time::Instant::now() + grace;
         let backups_running = || self.backup().is_some_and(|b| !b.running().is_empty());
-        while (self.scheduler.all_status().iter().any(|s| s.running) || backups_running())
-            && tokio::time::Instant::now() < deadline
+        while (self.scheduler.busy() || backups_running()) && tokio::time::Instant::now() < deadline
         {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -147,10 +146,10 @@ impl Runtime {
                 }
             }
         }
-        if self.scheduler.all_status().iter().any(|s| s.running) {
+        if self.scheduler.busy() {
             tracing::warn!("grace period over: interrupting running jobs");
             self.scheduler.interrupt_all();
-            while self.scheduler.all_status().iter().any(|s| s.running) {
+            while self.scheduler.busy() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
@@ -190,7 +189,9 @@ impl Runtime {
                 tracing::info!(job = %status.name, slot = %slot, "catching up a missed slot");
                 let scheduler = self.scheduler.clone();
                 let name = status.name.clone();
+                let in_flight = scheduler.in_flight();
                 tokio::spawn(async move {
+                    let _in_flight = in_flight;
                     if let Err(e) = scheduler.run_slot(&name, slot).await {
                         tracing::warn!(job = %name, error = %e, "catch-up run failed");
                     }

@@ -312,6 +312,153 @@ async fn the_run_loop_fires_each_slot_of_enabled_jobs_on_the_clock() {
     );
 }
 
+/// A store whose create-only puts (slot claims) take a while, and that says when one began.
+#[derive(Debug)]
+struct SlowClaims {
+    inner: s3db_run::store::DynStore,
+    claiming: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl s3db_run::store::ObjectStore for SlowClaims {
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+    async fn get(
+        &self,
+        key: &str,
+    ) -> s3db_run::store::StoreResult<Option<s3db_run::store::Object>> {
+        self.inner.get(key).await
+    }
+    async fn head(
+        &self,
+        key: &str,
+    ) -> s3db_run::store::StoreResult<Option<s3db_run::store::ObjectMeta>> {
+        self.inner.head(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        body: bytes::Bytes,
+        mode: s3db_run::store::PutMode,
+        options: &s3db_run::store::PutOptions,
+    ) -> s3db_run::store::StoreResult<s3db_run::store::ETag> {
+        if mode == s3db_run::store::PutMode::Create && key.contains("job") {
+            self.claiming.notify_one();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        self.inner.put(key, body, mode, options).await
+    }
+    async fn delete(
+        &self,
+        key: &str,
+        if_match: Option<&s3db_run::store::ETag>,
+    ) -> s3db_run::store::StoreResult<()> {
+        self.inner.delete(key, if_match).await
+    }
+    async fn list(
+        &self,
+        prefix: &str,
+        token: Option<&str>,
+        max_keys: usize,
+    ) -> s3db_run::store::StoreResult<s3db_run::store::ListPage> {
+        self.inner.list(prefix, token, max_keys).await
+    }
+}
+
+/// The run loop stops while a fired slot is still claiming its slot: the scheduler stays busy
+/// until the run is recorded, so a shutdown that waits for `busy()` never leaves a `running`
+/// record behind (a runner once exited in that window).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_being_claimed_keeps_the_scheduler_busy_until_it_is_recorded() {
+    let clock = ManualClock::new(at("2026-05-01T10:00:30Z"));
+    let memory = Backend::memory().await;
+    let slow = Arc::new(SlowClaims {
+        inner: memory.store.clone(),
+        claiming: tokio::sync::Notify::new(),
+    });
+    let backend = memory.wrapped(slow.clone());
+    let s = setup(
+        backend,
+        "jobs:\n  tick: { schedule: \"* * * * *\", action: log }\n",
+        clock.clone(),
+    )
+    .await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let s = s.scheduler.clone();
+        let stop = stop.clone();
+        async move { s.run(stop).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!s.scheduler.busy());
+    let claiming = slow.claiming.notified();
+    clock.set(at("2026-05-01T10:01:00Z"));
+    tokio::time::timeout(Duration::from_secs(10), claiming)
+        .await
+        .expect("the slot never fired");
+    stop.cancel();
+    task.await.unwrap();
+    assert!(s.scheduler.busy(), "a run claiming its slot is in flight");
+    while s.scheduler.busy() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let history = s.scheduler.history("tick", None, None).await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0]["status"], "success", "{history:?}");
+}
+
+/// A slot still waiting out its jitter when the run loop stops has not started: it is dropped,
+/// claims nothing, and does not hold the shutdown for the rest of its jitter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_waiting_for_its_jitter_is_dropped_at_shutdown() {
+    let clock = ManualClock::new(at("2026-05-01T10:00:30Z"));
+    // This job's delay within an hour's jitter is well over a minute (asserted below).
+    let s = setup(
+        Backend::memory().await,
+        "jobs:\n  tick: { schedule: \"* * * * *\", action: log, jitter: 1h }\n",
+        clock.clone(),
+    )
+    .await;
+    let jitter = s3db_run::plugins::scheduler::jobs::jitter_for(
+        "tick",
+        Some(s3db_run::manifest::types::Duration::from_secs(3600)),
+    );
+    assert!(jitter > Duration::from_secs(60), "{jitter:?}");
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn({
+        let s = s.scheduler.clone();
+        let stop = stop.clone();
+        async move { s.run(stop).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clock.set(at("2026-05-01T10:01:00Z"));
+    let fired = std::time::Instant::now();
+    while !s.scheduler.busy() {
+        assert!(
+            fired.elapsed() < Duration::from_secs(5),
+            "the slot never fired"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.cancel();
+    task.await.unwrap();
+    let stopped = std::time::Instant::now();
+    while s.scheduler.busy() {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(30),
+            "the waiting slot holds the shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(s
+        .scheduler
+        .history("tick", None, None)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_job_refuses_a_manual_run_and_can_be_interrupted() {
     let s = setup(Backend::memory().await, "jobs:\n  long: { schedule: \"@daily\", retries: 0, action: { run: [\"sleep\", \"30\"] } }\n", Arc::new(SystemClock)).await;

@@ -4,6 +4,7 @@
 //! (success, error, timeout, interrupted) with its attempts, duration and result.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -124,6 +125,13 @@ struct Inner {
     events: broadcast::Sender<JobEvent>,
     /// Runs in flight in this process, by job, for overlap policies and shutdown.
     tasks: Mutex<HashMap<String, Vec<(u64, CancellationToken)>>>,
+    /// Slot runs handed to a task and not yet finished, counted from before their slot is
+    /// claimed: a run whose claim is still in flight is not yet in `tasks`, and a shutdown
+    /// that missed it would leave its history record at `running` for good.
+    in_flight: AtomicUsize,
+    /// Cancelled by `interrupt_all`; every run's own token is a child of it, so a run whose
+    /// claim completes after the interruption stops too.
+    interrupted: CancellationToken,
     /// Wakes the run loop when jobs are added, removed, enabled or disabled (a reload), so it
     /// recomputes the next slot instead of sleeping toward a stale one.
     changed: tokio::sync::Notify,
@@ -214,6 +222,8 @@ impl Scheduler {
                 clock,
                 events,
                 tasks: Mutex::default(),
+                in_flight: AtomicUsize::new(0),
+                interrupted: CancellationToken::new(),
                 changed: tokio::sync::Notify::new(),
             }),
         })
@@ -424,7 +434,7 @@ impl Scheduler {
             j.running += 1;
             j.def.clone()
         };
-        let stop = CancellationToken::new();
+        let stop = self.inner.interrupted.child_token();
         let run_id = rand::random::<u64>();
         self.inner
             .tasks
@@ -763,14 +773,28 @@ impl Scheduler {
                 }
                 let this = self.clone();
                 let queue = overlap == OverlapPolicy::Queue && running;
+                // Taken before the task exists, so a shutdown right after this sees it.
+                let in_flight = self.in_flight();
+                let stop = stop.clone();
                 tokio::spawn(async move {
-                    if !jitter.is_zero() {
-                        tokio::time::sleep(jitter).await;
-                    }
-                    if queue {
-                        while this.status(&name).is_ok_and(|s| s.running) {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                    let _in_flight = in_flight;
+                    let wait = async {
+                        if !jitter.is_zero() {
+                            tokio::time::sleep(jitter).await;
                         }
+                        if queue {
+                            while this.status(&name).is_ok_and(|s| s.running) {
+                                tokio::time::sleep(Duration::from_millis(50)).await;
+                            }
+                        }
+                    };
+                    // A slot still waiting for its jitter or its queue has not started, and a
+                    // shutdown takes no new work. Biased: a slot with nothing to wait for runs
+                    // even if the stop came with it.
+                    tokio::select! {
+                        biased;
+                        _ = wait => {}
+                        _ = stop.cancelled() => return,
                     }
                     if let Err(e) = this.run_slot(&name, slot).await {
                         tracing::warn!(job = %name, error = %e, "job run failed");
@@ -781,8 +805,22 @@ impl Scheduler {
         }
     }
 
-    /// Stops every run in flight; their history records say `interrupted`.
+    /// Counts a slot run as in flight until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlight {
+        self.inner.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.inner.clone())
+    }
+
+    /// Whether any run is in flight: waiting to start, claiming its slot, or running.
+    pub fn busy(&self) -> bool {
+        self.inner.in_flight.load(Ordering::SeqCst) > 0
+            || self.all_status().iter().any(|s| s.running)
+    }
+
+    /// Stops every run in flight, and any whose claim is still under way; their history
+    /// records say `interrupted`.
     pub fn interrupt_all(&self) {
+        self.inner.interrupted.cancel();
         for tokens in self
             .inner
             .tasks
@@ -794,6 +832,15 @@ impl Scheduler {
                 t.cancel();
             }
         }
+    }
+}
+
+/// Holds a slot run in the scheduler's in-flight count (see [`Scheduler::busy`]).
+pub struct InFlight(Arc<Inner>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -111,6 +111,11 @@ impl Backend {
         }
     }
 
+    /// The same backend seen through a wrapping store.
+    pub fn wrapped(self, store: s3db_run::store::DynStore) -> Self {
+        Self { store, ..self }
+    }
+
     pub async fn s3() -> Self {
         Self {
             store: s3::store().await,
