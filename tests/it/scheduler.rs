@@ -312,6 +312,85 @@ async fn the_run_loop_fires_each_slot_of_enabled_jobs_on_the_clock() {
     );
 }
 
+/// History is ordered by the time in the run ids, and a limited history reads only the records
+/// it returns: the newest run of a job with a long history costs one LIST and one GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_only_the_runs_it_returns() {
+    let memory = Backend::memory().await;
+    let counting = Arc::new(s3db_run::store::counting::CountingStore::new(
+        memory.store.clone(),
+    ));
+    let counts = counting.counts.clone();
+    let s = setup(
+        memory.wrapped(counting),
+        "jobs:\n  tick: { schedule: \"* * * * *\", action: log }\n  tick:x: { schedule: \"* * * * *\", action: log }\n",
+        Arc::new(SystemClock),
+    )
+    .await;
+    let resource = s.db.resource("job_history").unwrap();
+    let start = at("2026-05-01T00:00:00Z");
+    for i in 0..300 {
+        let slot = (start + chrono::Duration::minutes(i))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let status = if i % 10 == 0 { "error" } else { "success" };
+        let data = json!({ "job": "tick", "status": status, "slot": slot, "date": slot, "startedAt": slot });
+        resource
+            .insert(
+                data.as_object().unwrap().clone(),
+                Some(&format!("tick:{slot}")),
+            )
+            .await
+            .unwrap();
+    }
+    // A job whose name starts with `tick:` has ids under the same prefix; it is not tick's.
+    s.scheduler.run_now("tick:x", json!({})).await.unwrap();
+    // A manual run after the last slot is the newest, although `manual-…` sorts after digits.
+    s.scheduler.run_now("tick", json!({})).await.unwrap();
+
+    let gets = || counts.gets.load(std::sync::atomic::Ordering::Relaxed);
+    let before = gets();
+    let newest = s.scheduler.history("tick", None, Some(1)).await.unwrap();
+    assert_eq!(gets() - before, 1, "one GET for the newest run");
+    assert_eq!(newest.len(), 1);
+    assert!(newest[0]["slot"].is_null(), "the manual run: {newest:?}");
+
+    let before = gets();
+    let errors = s
+        .scheduler
+        .history("tick", Some("error"), Some(3))
+        .await
+        .unwrap();
+    let slots: Vec<&str> = errors.iter().map(|r| r["slot"].as_str().unwrap()).collect();
+    assert_eq!(
+        slots,
+        [
+            "2026-05-01T04:50:00.000Z",
+            "2026-05-01T04:40:00.000Z",
+            "2026-05-01T04:30:00.000Z"
+        ]
+    );
+    assert!(gets() - before <= 64, "{} GETs", gets() - before);
+
+    let all = s.scheduler.history("tick", None, None).await.unwrap();
+    assert_eq!(all.len(), 301);
+    assert!(all.iter().all(|r| r["job"] == "tick"));
+    let times: Vec<&str> = all[1..]
+        .iter()
+        .map(|r| r["slot"].as_str().unwrap())
+        .collect();
+    let mut sorted = times.clone();
+    sorted.sort_by(|a, b| b.cmp(a));
+    assert_eq!(times, sorted, "newest first");
+    assert_eq!(
+        s.scheduler
+            .history("tick:x", None, None)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
 /// A store whose create-only puts (slot claims) take a while, and that says when one began.
 #[derive(Debug)]
 struct SlowClaims {

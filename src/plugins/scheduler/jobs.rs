@@ -17,9 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::clock::Clock;
 use super::schedule::Schedule;
-use crate::db::query::Filter;
 use crate::db::schema::StoredResource;
-use crate::db::{Database, DbError, ListOptions, Resource};
+use crate::db::{Database, DbError, Resource};
 use crate::hooks::builtins::BuiltinKind;
 use crate::hooks::{HookError, HookInput, HookKind, HookRunner};
 use crate::manifest::model::{CatchUp, HookRef, JobDef, OverlapPolicy, SchedulerConfig};
@@ -588,6 +587,11 @@ impl Scheduler {
     }
 
     /// Runs of a job, newest first, optionally only those with a status.
+    ///
+    /// Run ids carry their time (`JOB:SLOT`, `JOB:manual-TIME-…`), so one listing of the ids
+    /// orders them and only the records returned (plus, with a status, those passed over) are
+    /// read: the latest run of a job with a year of per-minute history is a LIST and a GET,
+    /// not half a million GETs.
     pub async fn history(
         &self,
         job: &str,
@@ -597,28 +601,38 @@ impl Scheduler {
         let Some(history) = &self.inner.history else {
             return Ok(Vec::new());
         };
-        let filter = status
-            .map(|s| Filter::parse(&json!({ "status": s })))
-            .transpose()
-            .map_err(DbError::from)?;
-        let mut records = history
-            .list(ListOptions {
-                filter,
-                partition: Some(("byJob".into(), vec![("job".into(), job.into())])),
-                ..Default::default()
-            })
-            .await?;
-        records.sort_by(|a, b| {
-            b.data
-                .get("startedAt")
-                .and_then(Value::as_str)
-                .cmp(&a.data.get("startedAt").and_then(Value::as_str))
-        });
-        Ok(records
+        let prefix = format!("{job}:");
+        let mut ids: Vec<(DateTime<Utc>, String)> = history
+            .ids_with_prefix(&prefix)
+            .await?
             .into_iter()
-            .take(limit.unwrap_or(usize::MAX))
-            .map(|r| r.to_json())
-            .collect())
+            .filter_map(|id| run_time(id.get(prefix.len()..)?).map(|t| (t, id)))
+            .collect();
+        ids.sort_by(|a, b| b.cmp(a));
+        let limit = limit.unwrap_or(usize::MAX);
+        let mut out = Vec::new();
+        // Read in batches no larger than what is still wanted (at least a few when filtering,
+        // since some will be passed over), so a limit of 1 reads one record.
+        let mut next = ids.into_iter().map(|(_, id)| id).peekable();
+        while out.len() < limit && next.peek().is_some() {
+            let want = limit - out.len();
+            let batch: Vec<String> = next
+                .by_ref()
+                .take(if status.is_some() { want.max(32) } else { want }.min(256))
+                .collect();
+            for record in history.get_many(&batch).await? {
+                let field = |f: &str| record.data.get(f).and_then(Value::as_str);
+                // A job named `a:b` shares the id prefix `a:` with job `a`.
+                if field("job") != Some(job) || status.is_some_and(|s| field("status") != Some(s)) {
+                    continue;
+                }
+                out.push(record.to_json());
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub async fn statistics(&self, job: &str) -> Result<JobStatistics, JobError> {
@@ -833,6 +847,17 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// The time in a run id after its `JOB:` prefix: the slot, or a manual run's start.
+fn run_time(rest: &str) -> Option<DateTime<Utc>> {
+    let time = match rest.strip_prefix("manual-") {
+        Some(manual) => manual.get(..24)?,
+        None => rest,
+    };
+    DateTime::parse_from_rfc3339(time)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// Holds a slot run in the scheduler's in-flight count (see [`Scheduler::busy`]).
