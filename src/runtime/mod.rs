@@ -20,6 +20,9 @@ use crate::plugins::scheduler::clock::{Clock, SystemClock};
 use crate::plugins::scheduler::Scheduler;
 use crate::plugins::state_machine::StateMachines;
 
+/// How often a running runner looks for runs that another, stopped runner left at `running`.
+const STALE_SWEEP_EVERY: Duration = Duration::from_secs(300);
+
 /// Everything a manifest runs.
 pub struct Runtime {
     pub db: Database,
@@ -106,12 +109,29 @@ impl Runtime {
     /// Runs until `stop` is cancelled, then waits up to `grace` for running jobs.
     pub async fn run(&self, stop: CancellationToken, grace: Duration) {
         let work = CancellationToken::new();
+        // Before catching up: a slot whose run a killed runner left at `running` is claimed,
+        // and is not run again either way, but its record should say what happened.
+        self.scheduler.sweep_stale().await;
         self.catch_up().await;
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn({
             let scheduler = self.scheduler.clone();
             let work = work.clone();
             async move { scheduler.run(work).await }
+        }));
+        tasks.push(tokio::spawn({
+            let scheduler = self.scheduler.clone();
+            let work = work.clone();
+            // Another runner may be killed while this one runs.
+            async move {
+                loop {
+                    tokio::select! {
+                        _ = work.cancelled() => return,
+                        _ = tokio::time::sleep(STALE_SWEEP_EVERY) => {}
+                    }
+                    scheduler.sweep_stale().await;
+                }
+            }
         }));
         if let Some(machines) = &self.machines {
             let machines = machines.clone();

@@ -391,6 +391,56 @@ async fn history_reads_only_the_runs_it_returns() {
     );
 }
 
+/// A runner killed during a run leaves its record at `running`; a later sweep marks it
+/// `interrupted` once the job's timeouts and retries rule out that it still runs somewhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_left_running_by_a_killed_runner_are_swept_to_interrupted() {
+    let clock = ManualClock::new(at("2026-05-01T12:00:00Z"));
+    let s = setup(
+        Backend::fs().await,
+        "jobs:\n  tick: { schedule: \"* * * * *\", action: log, timeout: 1s, retries: 0 }\n",
+        clock.clone(),
+    )
+    .await;
+    let resource = s.db.resource("job_history").unwrap();
+    // Started at the slot; a run of this job ends within 1 s + grace + the 5 min margin.
+    for (slot, status) in [
+        ("2026-05-01T11:00:00.000Z", "running"),
+        ("2026-05-01T11:01:00.000Z", "success"),
+        ("2026-05-01T11:58:00.000Z", "running"),
+    ] {
+        let data = json!({ "job": "tick", "status": status, "slot": slot, "date": slot, "startedAt": slot });
+        resource
+            .insert(
+                data.as_object().unwrap().clone(),
+                Some(&format!("tick:{slot}")),
+            )
+            .await
+            .unwrap();
+    }
+    let status_of = |runs: &[serde_json::Value], slot: &str| {
+        runs.iter()
+            .find(|r| r["slot"] == slot)
+            .map(|r| r["status"].as_str().unwrap().to_string())
+            .unwrap()
+    };
+    assert_eq!(s.scheduler.sweep_stale().await, 1);
+    let runs = s.scheduler.history("tick", None, None).await.unwrap();
+    assert_eq!(status_of(&runs, "2026-05-01T11:00:00.000Z"), "interrupted");
+    assert_eq!(status_of(&runs, "2026-05-01T11:01:00.000Z"), "success");
+    assert_eq!(
+        status_of(&runs, "2026-05-01T11:58:00.000Z"),
+        "running",
+        "it may still be running"
+    );
+    clock.set(at("2026-05-01T12:10:00Z"));
+    assert_eq!(s.scheduler.sweep_stale().await, 1);
+    assert_eq!(s.scheduler.sweep_stale().await, 0);
+    let runs = s.scheduler.history("tick", None, None).await.unwrap();
+    assert_eq!(status_of(&runs, "2026-05-01T11:58:00.000Z"), "interrupted");
+    assert!(runs.iter().all(|r| r["status"] != "running"));
+}
+
 /// A store whose create-only puts (slot claims) take a while, and that says when one began.
 #[derive(Debug)]
 struct SlowClaims {

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::clock::Clock;
 use super::schedule::Schedule;
 use crate::db::schema::StoredResource;
-use crate::db::{Database, DbError, Resource};
+use crate::db::{Database, DbError, Record, Resource};
 use crate::hooks::builtins::BuiltinKind;
 use crate::hooks::{HookError, HookInput, HookKind, HookRunner};
 use crate::manifest::model::{CatchUp, HookRef, JobDef, OverlapPolicy, SchedulerConfig};
@@ -141,6 +141,10 @@ struct Inner {
 pub struct Scheduler {
     inner: Arc<Inner>,
 }
+
+/// How long past its timeout an attempt may take to end (a shell hook's process group gets a
+/// grace period after SIGTERM) before the scheduler stops waiting for it.
+const ATTEMPT_GRACE: Duration = Duration::from_secs(3);
 
 fn text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -464,7 +468,7 @@ impl Scheduler {
         let (status, result, error) = loop {
             attempt += 1;
             let outcome = tokio::select! {
-                r = tokio::time::timeout(timeout + Duration::from_secs(3), self.attempt(job, &def, slot, attempt, &context, timeout)) => r,
+                r = tokio::time::timeout(timeout + ATTEMPT_GRACE, self.attempt(job, &def, slot, attempt, &context, timeout)) => r,
                 _ = stop.cancelled() => break ("interrupted", Value::Null, Some("the run was stopped".to_string())),
             };
             let (status, message) = match outcome {
@@ -598,6 +602,20 @@ impl Scheduler {
         status: Option<&str>,
         limit: Option<usize>,
     ) -> Result<Vec<Value>, JobError> {
+        Ok(self
+            .runs(job, status, limit)
+            .await?
+            .iter()
+            .map(Record::to_json)
+            .collect())
+    }
+
+    async fn runs(
+        &self,
+        job: &str,
+        status: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Vec<Record>, JobError> {
         let Some(history) = &self.inner.history else {
             return Ok(Vec::new());
         };
@@ -626,13 +644,82 @@ impl Scheduler {
                 if field("job") != Some(job) || status.is_some_and(|s| field("status") != Some(s)) {
                     continue;
                 }
-                out.push(record.to_json());
+                out.push(record);
                 if out.len() >= limit {
                     break;
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Marks as `interrupted` the recent runs still recorded as `running` that cannot be: they
+    /// started longer ago than the job's timeouts, retries and backoff allow, so the runner
+    /// that ran them stopped without recording them (killed, or its machine lost). Only the
+    /// newest few runs of each job are read; a run another runner finishes meanwhile is left
+    /// alone (the update is conditional). Returns how many were marked.
+    pub async fn sweep_stale(&self) -> usize {
+        let now = self.inner.clock.now();
+        let jobs: Vec<(String, JobDef)> = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(n, j)| (n.clone(), j.def.clone()))
+            .collect();
+        let Some(history) = &self.inner.history else {
+            return 0;
+        };
+        let mut marked = 0;
+        for (job, def) in jobs {
+            let runs = match self.runs(&job, None, Some(3)).await {
+                Ok(runs) => runs,
+                Err(e) => {
+                    tracing::warn!(job, error = %e, "could not read the job history to sweep it");
+                    continue;
+                }
+            };
+            let longest =
+                chrono::Duration::from_std(self.longest_run(&def)).unwrap_or(chrono::Duration::MAX);
+            for run in runs {
+                let field = |f: &str| run.data.get(f).and_then(Value::as_str);
+                let Some(started) = field("startedAt")
+                    .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&Utc))
+                else {
+                    continue;
+                };
+                if field("status") != Some("running") || now - started <= longest {
+                    continue;
+                }
+                let patch = json!({
+                    "status": "interrupted",
+                    "error": "the runner stopped during the run without recording its end",
+                });
+                let patch = patch.as_object().cloned().unwrap_or_default();
+                match history.update(&run.id, &patch, Some(&run.etag)).await {
+                    Ok(_) => {
+                        tracing::warn!(job, run = %run.id, "a run left at `running` by a stopped runner is now `interrupted`");
+                        marked += 1;
+                    }
+                    Err(DbError::Conflict { .. }) => {}
+                    Err(e) => {
+                        tracing::warn!(job, run = %run.id, error = %e, "could not mark a stale run")
+                    }
+                }
+            }
+        }
+        marked
+    }
+
+    /// The longest a run of this job can take: every attempt to its timeout (and the grace the
+    /// timeout allows), the longest backoff between them, and a margin for callbacks.
+    fn longest_run(&self, def: &JobDef) -> Duration {
+        let config = self.config();
+        let policy = RetryPolicy::new(def.retries.unwrap_or(config.default_retries));
+        let attempt = def.timeout.unwrap_or(config.default_timeout).as_std() + ATTEMPT_GRACE;
+        policy.longest(attempt) + Duration::from_secs(300)
     }
 
     pub async fn statistics(&self, job: &str) -> Result<JobStatistics, JobError> {
