@@ -64,6 +64,22 @@ async fn setup(backend: Backend, jobs_yaml: &str, clock: Arc<dyn Clock>) -> Setu
 }
 
 impl Setup {
+    /// The scheduler's run loop in a task, and the token that stops it.
+    fn run_loop(
+        &self,
+    ) -> (
+        tokio_util::sync::CancellationToken,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let scheduler = self.scheduler.clone();
+        let task = tokio::spawn({
+            let stop = stop.clone();
+            async move { scheduler.run(stop).await }
+        });
+        (stop, task)
+    }
+
     /// Another runner on the same database.
     async fn second_runner(&self) -> Scheduler {
         let hooks = Arc::new(HookRunner::new(
@@ -268,12 +284,7 @@ async fn the_run_loop_fires_each_slot_of_enabled_jobs_on_the_clock() {
         clock.clone(),
     )
     .await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let s = s.scheduler.clone();
-        let stop = stop.clone();
-        async move { s.run(stop).await }
-    });
+    let (stop, task) = s.run_loop();
     for minute in 1..=3 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         clock.set(at(&format!("2026-05-01T10:0{minute}:00Z")));
@@ -513,12 +524,7 @@ async fn a_slot_being_claimed_keeps_the_scheduler_busy_until_it_is_recorded() {
         clock.clone(),
     )
     .await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let s = s.scheduler.clone();
-        let stop = stop.clone();
-        async move { s.run(stop).await }
-    });
+    let (stop, task) = s.run_loop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!s.scheduler.busy());
     let claiming = slow.claiming.notified();
@@ -554,12 +560,7 @@ async fn a_slot_waiting_for_its_jitter_is_dropped_at_shutdown() {
         Some(s3db_run::manifest::types::Duration::from_secs(3600)),
     );
     assert!(jitter > Duration::from_secs(60), "{jitter:?}");
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let s = s.scheduler.clone();
-        let stop = stop.clone();
-        async move { s.run(stop).await }
-    });
+    let (stop, task) = s.run_loop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     clock.set(at("2026-05-01T10:01:00Z"));
     let fired = std::time::Instant::now();
@@ -781,12 +782,7 @@ async fn overlapping_slots(policy: &str, runs_expected: usize) -> (Vec<String>, 
         clock.clone(),
     )
     .await;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn({
-        let s = s.scheduler.clone();
-        let stop = stop.clone();
-        async move { s.run(stop).await }
-    });
+    let (stop, task) = s.run_loop();
     tokio::time::sleep(Duration::from_millis(100)).await;
     clock.set(at("2026-05-01T10:01:00Z"));
     // The next slot comes once the first run has really started.
