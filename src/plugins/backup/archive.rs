@@ -15,10 +15,14 @@ use std::sync::Mutex;
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use super::crypto::{DataKey, DecryptReader, EncryptWriter, EncryptionHeader, Kdf, Passphrase};
 use crate::manifest::hex;
 use crate::manifest::model::{Compression, EncryptionConfig};
+
+/// A key-encryption key, wiped from memory when dropped.
+type Kek = Zeroizing<[u8; 32]>;
 
 const MAGIC: &[u8; 8] = b"S3DBBAK\n";
 pub const FORMAT_VERSION: u32 = 1;
@@ -42,8 +46,8 @@ pub struct ArchiveHeader {
 pub struct Keyring {
     passphrase: Option<Passphrase>,
     config: Option<EncryptionConfig>,
-    writing: Mutex<Option<(Kdf, [u8; 32])>>,
-    derived: Mutex<Vec<(Kdf, [u8; 32])>>,
+    writing: Mutex<Option<(Kdf, Kek)>>,
+    derived: Mutex<Vec<(Kdf, Kek)>>,
 }
 
 impl Keyring {
@@ -60,7 +64,7 @@ impl Keyring {
         self.passphrase.is_some() && self.config.is_some()
     }
 
-    fn for_writing(&self) -> Result<Option<(Kdf, [u8; 32])>, String> {
+    fn for_writing(&self) -> Result<Option<(Kdf, Kek)>, String> {
         let (Some(pass), Some(config)) = (&self.passphrase, &self.config) else {
             return Ok(None);
         };
@@ -73,7 +77,7 @@ impl Keyring {
         Ok(slot.clone())
     }
 
-    fn for_reading(&self, kdf: &Kdf) -> Result<[u8; 32], String> {
+    fn for_reading(&self, kdf: &Kdf) -> Result<Kek, String> {
         let Some(pass) = &self.passphrase else {
             return Err(
                 "the backup is encrypted and no encryption key is configured (backup.encryption)"
@@ -82,10 +86,10 @@ impl Keyring {
         };
         let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, kek)) = derived.iter().find(|(k, _)| k == kdf) {
-            return Ok(*kek);
+            return Ok(kek.clone());
         }
         let kek = kdf.derive(pass)?;
-        derived.push((kdf.clone(), kek));
+        derived.push((kdf.clone(), kek.clone()));
         Ok(kek)
     }
 }

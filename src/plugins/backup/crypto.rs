@@ -17,6 +17,7 @@ use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::manifest::model::{EncryptionConfig, KdfAlgorithm};
 
@@ -26,9 +27,9 @@ const TAG: usize = 16;
 /// PBKDF2 iterations when the manifest names PBKDF2 without a count (OWASP 2023).
 pub const PBKDF2_DEFAULT_ITERATIONS: u32 = 600_000;
 
-/// A passphrase, kept out of every `Debug` and `Display`.
+/// A passphrase, kept out of every `Debug` and `Display`, and wiped from memory when dropped.
 #[derive(Clone)]
-pub struct Passphrase(Arc<Vec<u8>>);
+pub struct Passphrase(Arc<Zeroizing<Vec<u8>>>);
 
 impl std::fmt::Debug for Passphrase {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -38,7 +39,7 @@ impl std::fmt::Debug for Passphrase {
 
 impl Passphrase {
     pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
-        Self(Arc::new(bytes.into()))
+        Self(Arc::new(Zeroizing::new(bytes.into())))
     }
 
     /// Reads the passphrase the manifest points at: the value, a file, or a command's output
@@ -80,14 +81,14 @@ impl Passphrase {
         } else {
             return Err("encryption needs one of key, keyFile or keyCommand".into());
         };
-        let mut raw = raw;
+        let mut raw = Zeroizing::new(raw);
         while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             raw.pop();
         }
         if raw.is_empty() {
             return Err("the encryption key is empty".into());
         }
-        Ok(Self::new(raw))
+        Ok(Self(Arc::new(raw)))
     }
 }
 
@@ -132,8 +133,8 @@ impl Kdf {
     }
 
     /// The key-encryption key. CPU-heavy on purpose; call from a blocking context.
-    pub fn derive(&self, passphrase: &Passphrase) -> Result<[u8; 32], String> {
-        let mut out = [0u8; 32];
+    pub fn derive(&self, passphrase: &Passphrase) -> Result<Zeroizing<[u8; 32]>, String> {
+        let mut out = Zeroizing::new([0u8; 32]);
         match self {
             Kdf::Argon2id {
                 salt,
@@ -149,7 +150,7 @@ impl Kdf {
                 let params = argon2::Params::new(*memory_kib, *iterations, *parallelism, Some(32))
                     .map_err(|_| "invalid Argon2id parameters in the header")?;
                 argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
-                    .hash_password_into(&passphrase.0, &salt, &mut out)
+                    .hash_password_into(&passphrase.0, &salt, &mut *out)
                     .map_err(|_| "Argon2id key derivation failed")?;
             }
             Kdf::Pbkdf2 { salt, iterations } => {
@@ -157,7 +158,7 @@ impl Kdf {
                 if *iterations == 0 || *iterations > 50_000_000 {
                     return Err("the header's PBKDF2 iteration count is out of range".into());
                 }
-                pbkdf2::pbkdf2_hmac::<sha2::Sha256>(&passphrase.0, &salt, *iterations, &mut out);
+                pbkdf2::pbkdf2_hmac::<sha2::Sha256>(&passphrase.0, &salt, *iterations, &mut *out);
             }
         }
         Ok(out)
@@ -240,10 +241,13 @@ impl DataKey {
                 },
             )
             .map_err(|_| WRONG)?;
-        let key: [u8; 32] = key.try_into().map_err(|_| WRONG)?;
+        let key = Zeroizing::new(key);
         let mut n = [0u8; 7];
         n.copy_from_slice(&nonce);
-        Ok(Self { key, nonce: n })
+        Ok(Self {
+            key: key.as_slice().try_into().map_err(|_| WRONG)?,
+            nonce: n,
+        })
     }
 
     fn cipher(&self) -> Aes256Gcm {
@@ -253,7 +257,8 @@ impl DataKey {
 
 impl Drop for DataKey {
     fn drop(&mut self) {
-        self.key = [0; 32];
+        // A plain assignment could be optimised away as a dead store; zeroize's is not.
+        self.key.zeroize();
     }
 }
 
