@@ -773,6 +773,9 @@ pub struct SchedulerConfig {
     pub persist_jobs: bool,
     /// Resource that holds job history.
     pub job_history_resource: String,
+    /// How much job history to keep; without it, every run is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_retention: Option<HistoryRetention>,
     /// Hook called when a job starts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_job_start: Option<HookRef>,
@@ -794,12 +797,27 @@ impl Default for SchedulerConfig {
             default_retries: 1,
             persist_jobs: true,
             job_history_resource: "job_history".into(),
+            history_retention: None,
             on_job_start: None,
             on_job_complete: None,
             on_job_error: None,
             verbose: false,
         }
     }
+}
+
+/// How much job history to keep. A job's newest run and runs still `running` are always kept;
+/// the rest goes when either limit says so. Applied at startup and every 5 minutes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HistoryRetention {
+    /// Keep at most this many runs of each job, the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_runs: Option<u32>,
+    /// Remove runs older than this (by their slot, or a manual run's start), e.g. `30d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<Duration>,
 }
 
 /// A scheduled job.

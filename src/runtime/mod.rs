@@ -20,8 +20,9 @@ use crate::plugins::scheduler::clock::{Clock, SystemClock};
 use crate::plugins::scheduler::Scheduler;
 use crate::plugins::state_machine::StateMachines;
 
-/// How often a running runner looks for runs that another, stopped runner left at `running`.
-const STALE_SWEEP_EVERY: Duration = Duration::from_secs(300);
+/// How often a runner looks for runs that a stopped runner left at `running`, and prunes the
+/// job history.
+const HISTORY_UPKEEP_EVERY: Duration = Duration::from_secs(300);
 
 /// Everything a manifest runs.
 pub struct Runtime {
@@ -109,9 +110,6 @@ impl Runtime {
     /// Runs until `stop` is cancelled, then waits up to `grace` for running jobs.
     pub async fn run(&self, stop: CancellationToken, grace: Duration) {
         let work = CancellationToken::new();
-        // Before catching up: a slot whose run a killed runner left at `running` is claimed,
-        // and is not run again either way, but its record should say what happened.
-        self.scheduler.sweep_stale().await;
         self.catch_up().await;
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn({
@@ -122,14 +120,24 @@ impl Runtime {
         tasks.push(tokio::spawn({
             let scheduler = self.scheduler.clone();
             let work = work.clone();
-            // Another runner may be killed while this one runs.
+            // History upkeep, in the background so that a large first pruning neither delays
+            // the first slots nor a shutdown (a pass dropped half-way is harmless): runs that
+            // a killed runner left at `running`, then `historyRetention`. At startup, then
+            // periodically, since another runner may be killed while this one runs.
             async move {
                 loop {
+                    let pass = async {
+                        scheduler.sweep_stale().await;
+                        scheduler.prune_history().await;
+                    };
                     tokio::select! {
                         _ = work.cancelled() => return,
-                        _ = tokio::time::sleep(STALE_SWEEP_EVERY) => {}
+                        _ = pass => {}
                     }
-                    scheduler.sweep_stale().await;
+                    tokio::select! {
+                        _ = work.cancelled() => return,
+                        _ = tokio::time::sleep(HISTORY_UPKEEP_EVERY) => {}
+                    }
                 }
             }
         }));

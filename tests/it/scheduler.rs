@@ -452,6 +452,66 @@ async fn runs_left_running_by_a_killed_runner_are_swept_to_interrupted() {
     assert!(runs.iter().all(|r| r["status"] != "running"));
 }
 
+/// `historyRetention` keeps each job's newest `maxRuns` runs younger than `maxAge`, a job's
+/// newest run and running runs whatever their age, and prunes removed jobs' runs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_retention_prunes_old_runs_of_every_job() {
+    let clock = ManualClock::new(at("2026-05-02T00:00:00Z"));
+    let s = setup(
+        Backend::fs().await,
+        "scheduler: { historyRetention: { maxRuns: 5, maxAge: 1d } }\njobs:\n  tick: { schedule: \"* * * * *\", action: log }\n  daily: { schedule: \"@daily\", action: log }\n",
+        clock.clone(),
+    )
+    .await;
+    let resource = s.db.resource("job_history").unwrap();
+    let record = |job: &str, time: &str, status: &str| {
+        let data =
+            json!({ "job": job, "status": status, "slot": time, "date": time, "startedAt": time });
+        (data.as_object().unwrap().clone(), format!("{job}:{time}"))
+    };
+    let mut runs = Vec::new();
+    // tick: 10 runs a minute apart, the oldest still `running`.
+    for i in 0..10 {
+        let time = format!("2026-05-01T23:{:02}:00.000Z", 50 + i);
+        runs.push(record(
+            "tick",
+            &time,
+            if i == 0 { "running" } else { "success" },
+        ));
+    }
+    // daily: two runs older than a day; the newer one is its newest run and stays.
+    runs.push(record("daily", "2026-04-29T00:00:00.000Z", "success"));
+    runs.push(record("daily", "2026-04-30T00:00:00.000Z", "error"));
+    // gone:x, no longer in the manifest: one old run and its newest, kept.
+    runs.push(record("gone:x", "2026-04-01T00:00:00.000Z", "success"));
+    runs.push(record("gone:x", "2026-04-02T00:00:00.000Z", "success"));
+    for (data, id) in runs {
+        resource.insert(data, Some(&id)).await.unwrap();
+    }
+    assert_eq!(s.scheduler.prune_history().await, 4 + 1 + 1);
+    let mut left = resource.ids().await.unwrap();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            "daily:2026-04-30T00:00:00.000Z",
+            "gone:x:2026-04-02T00:00:00.000Z",
+            "tick:2026-05-01T23:50:00.000Z",
+            "tick:2026-05-01T23:55:00.000Z",
+            "tick:2026-05-01T23:56:00.000Z",
+            "tick:2026-05-01T23:57:00.000Z",
+            "tick:2026-05-01T23:58:00.000Z",
+            "tick:2026-05-01T23:59:00.000Z",
+        ]
+    );
+    // The partition listing agrees: the pruned runs' references went with them.
+    assert_eq!(
+        s.scheduler.history("tick", None, None).await.unwrap().len(),
+        6
+    );
+    assert_eq!(s.scheduler.prune_history().await, 0);
+}
+
 /// A store whose create-only puts (slot claims) take a while, and that says when one began.
 #[derive(Debug)]
 struct SlowClaims {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -713,6 +714,69 @@ impl Scheduler {
         marked
     }
 
+    /// Applies `historyRetention`: of each job's runs (jobs removed from the manifest included),
+    /// keeps the newest, those within `maxRuns` and `maxAge`, and any still `running`; deletes
+    /// the rest. One listing of the history finds them; a run is read only to be deleted.
+    /// Returns how many were deleted.
+    pub async fn prune_history(&self) -> usize {
+        let (Some(retention), Some(history)) =
+            (self.config().history_retention, &self.inner.history)
+        else {
+            return 0;
+        };
+        let ids = match history.ids().await {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list the job history to prune it");
+                return 0;
+            }
+        };
+        let mut by_job: HashMap<&str, Vec<(DateTime<Utc>, &str)>> = HashMap::new();
+        for id in &ids {
+            if let Some((job, time)) = split_run_id(id) {
+                by_job.entry(job).or_default().push((time, id.as_str()));
+            }
+        }
+        let oldest = retention.max_age.and_then(|age| {
+            chrono::Duration::from_std(age.as_std())
+                .ok()
+                .map(|age| self.inner.clock.now() - age)
+        });
+        let keep = retention
+            .max_runs
+            .map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX))
+            .max(1);
+        let mut doomed = Vec::new();
+        for runs in by_job.values_mut() {
+            runs.sort_by(|a, b| b.cmp(a));
+            for (i, (time, id)) in runs.iter().enumerate().skip(1) {
+                if i >= keep || oldest.is_some_and(|o| *time < o) {
+                    doomed.push(id.to_string());
+                }
+            }
+        }
+        let deleted: usize = futures::stream::iter(doomed.into_iter().map(|id| async move {
+            // Read first: a run still going is kept, and one that changes meanwhile stays.
+            let run = history.get(&id).await.ok().flatten()?;
+            if run.data.get("status").and_then(Value::as_str) == Some("running") {
+                return None;
+            }
+            history
+                .delete(&id, Some(&run.etag))
+                .await
+                .ok()
+                .filter(|d| *d)
+        }))
+        .buffer_unordered(8)
+        .filter_map(|d| async move { d })
+        .count()
+        .await;
+        if deleted > 0 {
+            tracing::info!(deleted, "pruned the job history (historyRetention)");
+        }
+        deleted
+    }
+
     /// The longest a run of this job can take: every attempt to its timeout (and the grace the
     /// timeout allows), the longest backoff between them, and a margin for callbacks.
     fn longest_run(&self, def: &JobDef) -> Duration {
@@ -934,6 +998,13 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// A run id's job and time. Job names may hold `:` and so may times: the job is the shortest
+/// prefix whose remainder is a run time.
+fn split_run_id(id: &str) -> Option<(&str, DateTime<Utc>)> {
+    id.match_indices(':')
+        .find_map(|(i, _)| run_time(&id[i + 1..]).map(|t| (&id[..i], t)))
 }
 
 /// The time in a run id after its `JOB:` prefix: the slot, or a manual run's start.
