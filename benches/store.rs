@@ -87,6 +87,13 @@ async fn run_db(name: &str, store: DynStore, a: &Args) -> Duration {
     .await
     .expect("insert");
     let insert = t.elapsed();
+    // Key listings: the first after the writes, then again (what a store can remember).
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let t = Instant::now();
+        assert_eq!(res.ids().await.expect("ids").len(), a.records);
+        ids.push(t.elapsed());
+    }
     let t = Instant::now();
     futures::stream::iter((0..a.records).map(|i| {
         let res = res.clone();
@@ -102,6 +109,8 @@ async fn run_db(name: &str, store: DynStore, a: &Args) -> Duration {
     let list = t.elapsed();
     assert_eq!(all.len(), a.records);
     println!("{name:<7} insert {}", rate(a.records, insert));
+    println!("{name:<7} ids    {}", rate(a.records, ids[0]));
+    println!("{name:<7} ids 2nd {}", rate(a.records, ids[1]));
     println!("{name:<7} get    {}", rate(a.records, get));
     println!("{name:<7} list+get {}", rate(a.records, list));
     list
