@@ -52,6 +52,7 @@ pub fn check(
     c.machines();
     c.jobs();
     c.scheduler_callbacks();
+    c.state_machine_settings();
     c.backup();
     c.cache();
     c.server();
@@ -866,6 +867,21 @@ impl Checker<'_> {
                 &job.action,
                 BuiltinKind::Action,
                 &[&base[..], &["action"]].concat(),
+            );
+        }
+    }
+
+    fn state_machine_settings(&mut self) {
+        let retention = self.m.state_machine.transition_retention.as_ref();
+        if retention.is_some_and(|r| r.max_per_entity == 0) {
+            let span = self.span(&["stateMachine", "transitionRetention", "maxPerEntity"]);
+            self.emit(
+                Diagnostic::error(
+                    "manifest::invalid_value",
+                    span,
+                    "`maxPerEntity` must be at least 1",
+                )
+                .with_help("give the number of transitions to keep per entity, or remove `transitionRetention`"),
             );
         }
     }

@@ -218,8 +218,21 @@ pub struct StateMachineConfig {
     pub transition_log_resource: String,
     /// Resource that holds each entity's current state.
     pub state_resource: String,
+    /// How much of each entity's transition log to keep; without it, every transition is kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transition_retention: Option<TransitionRetention>,
     /// Log every transition and hook call.
     pub verbose: bool,
+}
+
+/// How much of each entity's transition log to keep.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct TransitionRetention {
+    /// Keep each entity's newest this many transitions: each new transition removes the one
+    /// this many before it (one delete, no listing).
+    #[schemars(range(min = 1))]
+    pub max_per_entity: u64,
 }
 
 impl Default for StateMachineConfig {
@@ -228,6 +241,7 @@ impl Default for StateMachineConfig {
             persist_transitions: true,
             transition_log_resource: "transitions".into(),
             state_resource: "entity_states".into(),
+            transition_retention: None,
             verbose: false,
         }
     }

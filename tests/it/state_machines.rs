@@ -486,6 +486,47 @@ async fn machine_built_ins_send_events(b: Backend) {
     assert!(refused.contains("final state"), "{refused}");
 }
 
+/// `transitionRetention.maxPerEntity`: each transition removes the entry that many before it,
+/// so an entity keeps exactly its newest entries, and other entities keep theirs.
+async fn transition_retention_keeps_the_newest_entries(b: Backend) {
+    let f = fixture(b).await;
+    let mut config = f.manifest.state_machine.clone();
+    config.transition_retention =
+        Some(s3db_run::manifest::model::TransitionRetention { max_per_entity: 3 });
+    let sm = StateMachines::build(&f.manifest.machines, &config, &f.db, f.hooks.clone())
+        .await
+        .unwrap();
+    for entity in ["a", "b"] {
+        sm.initialize("toggle", entity, Value::Null).await.unwrap();
+    }
+    for _ in 0..10 {
+        sm.send("toggle", "a", "TOGGLE", Value::Null, None)
+            .await
+            .unwrap();
+    }
+    sm.send("toggle", "b", "TOGGLE", Value::Null, None)
+        .await
+        .unwrap();
+    let seqs = |entity: &'static str| {
+        let sm = sm.clone();
+        async move {
+            sm.history("toggle", entity, None, 0)
+                .await
+                .unwrap()
+                .iter()
+                .map(|h| h["seq"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(seqs("a").await, [10, 9, 8]);
+    assert_eq!(seqs("b").await, [1]);
+    // Gone from storage, not just from the listing.
+    let log = f.db.resource("transitions").unwrap();
+    assert!(log.get(&log_id("toggle", "a", 7)).await.unwrap().is_none());
+    assert_eq!(log.ids_with_prefix("toggle:a:").await.unwrap().len(), 3);
+    assert_eq!(sm.state("toggle", "a").await.unwrap().seq, 10);
+}
+
 macro_rules! fs_and_s3 {
     ($($name:ident),* $(,)?) => {
         mod fs {
@@ -508,6 +549,7 @@ fs_and_s3!(
     an_interrupted_transition_is_rolled_forward,
     concurrent_senders_in_one_process_lose_nothing,
     machine_built_ins_send_events,
+    transition_retention_keeps_the_newest_entries,
 );
 
 /// Two processes send 10 TOGGLE events each to one entity at the same time: all 20 succeed and

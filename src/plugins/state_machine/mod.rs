@@ -739,6 +739,7 @@ impl StateMachines {
             Err(DbError::Conflict { .. }) => return Ok(Commit::Lost),
             Err(e) => return Err(e.into()),
         }
+        self.trim_log(&machine, &entity, seq).await;
         let errors = self.after_commit(def, &result, &merged).await;
         if !errors.is_empty() {
             if let Some(log) = &self.inner.log {
@@ -792,6 +793,23 @@ impl StateMachines {
         data
     }
 
+    /// Applies `transitionRetention` after transition `seq` committed: removes the entry
+    /// `maxPerEntity` before it. Far behind the entity's state, it plays no part in roll-forward
+    /// (which only reads `seq + 1`). A failure only leaves an entry behind, so it is logged.
+    async fn trim_log(&self, machine: &str, entity: &str, seq: u64) {
+        let (Some(log), Some(retention)) =
+            (&self.inner.log, &self.inner.config.transition_retention)
+        else {
+            return;
+        };
+        let Some(old) = seq.checked_sub(retention.max_per_entity).filter(|s| *s > 0) else {
+            return;
+        };
+        if let Err(e) = log.delete(&log_id(machine, entity, old), None).await {
+            tracing::warn!(machine, entity, seq = old, error = %e, "could not trim the transition log");
+        }
+    }
+
     /// Completes a transition whose log entry exists but whose state write never happened.
     async fn roll_forward(&self, def: &MachineDef, rec: &EntityRecord) -> Result<(), MachineError> {
         let Some(log) = &self.inner.log else {
@@ -836,6 +854,7 @@ impl StateMachines {
                     seq = result.seq,
                     "rolled an interrupted transition forward"
                 );
+                self.trim_log(machine, entity, result.seq).await;
                 let context = merge_context(
                     &rec.context,
                     entry.data.get("context").unwrap_or(&Value::Null),
