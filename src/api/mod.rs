@@ -5,6 +5,7 @@
 
 pub mod metrics;
 pub mod openapi;
+pub mod restores;
 
 use std::sync::Arc;
 
@@ -29,6 +30,8 @@ pub struct ApiState {
     /// The running manifest, swapped by reloads.
     pub reloader: Arc<Reloader>,
     pub metrics: Arc<metrics::Metrics>,
+    /// Restores started over the API, followed at `/api/v1/restores`.
+    pub restores: restores::Restores,
 }
 
 type Shared = Arc<ApiState>;
@@ -50,13 +53,15 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    fn body(&self) -> Value {
+        json!({ "code": self.code, "message": self.message })
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "code": self.code, "message": self.message })),
-        )
-            .into_response()
+        (self.status, Json(self.body())).into_response()
     }
 }
 
@@ -157,6 +162,8 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/backups", get(list_backups).post(start_backup))
         .route("/api/v1/backups/{id}", get(backup_status))
         .route("/api/v1/backups/{id}/restore", post(restore_backup))
+        .route("/api/v1/restores", get(list_restores))
+        .route("/api/v1/restores/{id}", get(restore_status))
         .route("/api/v1/manifest", get(effective_manifest))
         .route("/api/v1/reload", get(last_reload).post(reload_now))
         .route("/metrics", get(render_metrics))
@@ -447,34 +454,88 @@ struct RestoreBody {
     resources: Option<Vec<String>>,
 }
 
+#[derive(Deserialize, Default)]
+struct RestoreQuery {
+    /// Answer when the restore is done, with its statistics, instead of at once.
+    #[serde(default)]
+    wait: bool,
+}
+
+/// Starts a restore and answers at once (202) with its id; `GET /api/v1/restores/{id}` follows
+/// it. With `?wait=true`, answers when it is done, with its statistics or its error.
 async fn restore_backup(
     State(s): State<Shared>,
     Path(id): Path<String>,
+    Query(q): Query<RestoreQuery>,
     body: Option<Json<RestoreBody>>,
-) -> ApiResult {
+) -> Response {
     let body = body.map(|b| b.0).unwrap_or_default();
-    let plugin = backup(&s)?;
+    let plugin = match backup(&s) {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    // An unknown backup is refused now rather than reported as a failed restore later.
+    if let Err(e) = plugin.status(&id).await {
+        return ApiError::from(e).into_response();
+    }
+    let run = s.restores.start(&id);
     // In a task of its own: a client that gives up does not cut a restore off half-way.
-    let stats = tokio::spawn(async move {
-        plugin
-            .restore(
-                &id,
-                RestoreOptions {
-                    overwrite: body.overwrite,
-                    resources: body.resources,
-                },
-            )
-            .await
-    })
-    .await
-    .map_err(|e| {
-        ApiError::new(
+    let task = tokio::spawn({
+        let s = s.clone();
+        let restore_id = run.restore_id.clone();
+        async move {
+            let options = RestoreOptions {
+                overwrite: body.overwrite,
+                resources: body.resources,
+            };
+            let outcome = plugin
+                .restore(&id, options)
+                .await
+                .map(|stats| json!(stats))
+                .map_err(ApiError::from);
+            s.restores.finish(
+                &restore_id,
+                outcome.as_ref().map(Value::clone).map_err(ApiError::body),
+            );
+            outcome
+        }
+    });
+    if !q.wait {
+        let location = format!("/api/v1/restores/{}", run.restore_id);
+        return (
+            StatusCode::ACCEPTED,
+            [(header::LOCATION, location)],
+            Json(json!(run)),
+        )
+            .into_response();
+    }
+    match task.await {
+        Ok(Ok(stats)) => Json(stats).into_response(),
+        Ok(Err(e)) => e.into_response(),
+        Err(e) => ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "restore_failed",
             e.to_string(),
         )
-    })??;
-    Ok(Json(json!(stats)))
+        .into_response(),
+    }
+}
+
+async fn list_restores(State(s): State<Shared>) -> ApiResult {
+    Ok(Json(json!(s.restores.list())))
+}
+
+async fn restore_status(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
+    s.restores
+        .get(&id)
+        .map(|run| Json(json!(run)))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "restore_not_found",
+                format!("no restore `{id}` was started over this runner's API"),
+            )
+        })
 }
 
 /// Reloads the manifest now; answers with the result and any diagnostics (422 when the new

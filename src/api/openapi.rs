@@ -92,10 +92,12 @@ pub fn document() -> Value {
                 "post": op("Reload the manifest now (422 when it is refused)", "runner", &[], None)
             },
             "/api/v1/backups/{id}": { "get": op("A backup's status", "backups", &["id"], None) },
-            "/api/v1/backups/{id}/restore": { "post": op("Restore a backup (verified first)", "backups", &["id"], Some(json!({
+            "/api/v1/backups/{id}/restore": { "post": op("Start a restore of a backup, verified before any write (202 with its id; with ?wait=true, 200 with its statistics when done)", "backups", &["id", "?wait"], Some(json!({
                 "type": "object",
                 "properties": { "overwrite": { "type": "boolean", "default": false }, "resources": { "type": "array", "items": { "type": "string" } } }
-            }))) }
+            }))) },
+            "/api/v1/restores": { "get": op("Restores started over this runner's API, newest first", "backups", &[], None) },
+            "/api/v1/restores/{id}": { "get": op("A restore's status: running, completed (with its statistics) or failed (with its error)", "backups", &["id"], None) }
         }
     })
 }

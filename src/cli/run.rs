@@ -114,6 +114,7 @@ pub fn run(args: &Args) -> u8 {
                 runtime: rt.clone(),
                 reloader: reloader.clone(),
                 metrics,
+                restores: Default::default(),
             }));
             Some(tokio::spawn(serve_api(
                 listener,

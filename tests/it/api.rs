@@ -102,6 +102,8 @@ async fn every_endpoint_answers_and_needs_the_token() {
         ("POST", "/api/v1/backups"),
         ("GET", "/api/v1/backups/x"),
         ("POST", "/api/v1/backups/x/restore"),
+        ("GET", "/api/v1/restores"),
+        ("GET", "/api/v1/restores/x"),
         ("GET", "/api/v1/reload"),
         ("POST", "/api/v1/reload"),
     ] {
@@ -273,7 +275,8 @@ async fn every_endpoint_answers_and_needs_the_token() {
     assert!(done["records"]["entity_states"].is_u64(), "{done}");
     let (status, list, _) = call(&s, "GET", "/api/v1/backups?limit=5", T, None).await;
     assert_eq!((status, list[0]["id"].clone()), (200, json!(id)));
-    let (status, restored, _) = call(
+    // A restore answers at once with an id to follow it by; `?wait=true` answers when done.
+    let (status, started, _) = call(
         &s,
         "POST",
         &format!("/api/v1/backups/{id}/restore"),
@@ -281,8 +284,52 @@ async fn every_endpoint_answers_and_needs_the_token() {
         Some(json!({ "overwrite": true })),
     )
     .await;
+    assert_eq!(
+        (status, started["status"].as_str()),
+        (202, Some("running")),
+        "{started}"
+    );
+    let restore_id = started["restoreId"].as_str().unwrap().to_string();
+    let mut followed = Value::Null;
+    for _ in 0..200 {
+        let (code, body, _) = call(
+            &s,
+            "GET",
+            &format!("/api/v1/restores/{restore_id}"),
+            T,
+            None,
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        if body["status"] != "running" {
+            followed = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(followed["status"], "completed", "{followed}");
+    assert_eq!(followed["backupId"], json!(id));
+    assert_eq!(followed["result"]["chain"], json!([id]));
+    let (status, restored, _) = call(
+        &s,
+        "POST",
+        &format!("/api/v1/backups/{id}/restore?wait=true"),
+        T,
+        Some(json!({ "overwrite": false })),
+    )
+    .await;
     assert_eq!(status, 200, "{restored}");
     assert_eq!(restored["chain"], json!([id]));
+    assert!(restored["skipped"].as_u64().unwrap() > 0, "{restored}");
+    let (status, restores, _) = call(&s, "GET", "/api/v1/restores", T, None).await;
+    assert_eq!(status, 200);
+    assert_eq!(restores.as_array().unwrap().len(), 2, "{restores}");
+    assert_eq!(restores[1]["restoreId"], json!(restore_id), "newest first");
+    let (status, unknown, _) = call(&s, "GET", "/api/v1/restores/nope", T, None).await;
+    assert_eq!(
+        (status, unknown["code"].as_str()),
+        (404, Some("restore_not_found"))
+    );
     let (status, missing, _) = call(&s, "GET", "/api/v1/backups/nope", T, None).await;
     assert_eq!(
         (status, missing["code"].as_str()),

@@ -1,0 +1,131 @@
+//! Restores started over the API. A restore can take minutes, longer than clients and proxies
+//! wait for an answer, so `POST /api/v1/backups/{id}/restore` answers at once (202) and the
+//! restore is followed here. Process-local: a runner remembers the last `KEPT` restores it
+//! ran; the outcome also goes to the log, the `restore_*` events and the onRestore* hooks.
+
+use std::sync::Mutex;
+
+use chrono::{SecondsFormat, Utc};
+use indexmap::IndexMap;
+use serde::Serialize;
+use serde_json::Value;
+
+/// How many restores are remembered; the oldest finished ones are forgotten first.
+const KEPT: usize = 100;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestoreRun {
+    pub restore_id: String,
+    pub backup_id: String,
+    /// `running`, `completed` or `failed`.
+    pub status: &'static str,
+    pub started_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// The restore's statistics, once completed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    /// Why it failed: the error's code and message, as the API's errors give them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Value>,
+}
+
+#[derive(Default)]
+pub struct Restores(Mutex<IndexMap<String, RestoreRun>>);
+
+fn now() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+impl Restores {
+    /// Records a restore of `backup_id` as running and returns it.
+    pub fn start(&self, backup_id: &str) -> RestoreRun {
+        let run = RestoreRun {
+            restore_id: format!(
+                "restore-{}-{:08x}",
+                Utc::now().format("%Y%m%dT%H%M%S"),
+                rand::random::<u32>()
+            ),
+            backup_id: backup_id.to_string(),
+            status: "running",
+            started_at: now(),
+            finished_at: None,
+            result: None,
+            error: None,
+        };
+        let mut runs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        while runs.len() >= KEPT {
+            let Some(oldest) = runs
+                .iter()
+                .find(|(_, r)| r.status != "running")
+                .map(|(id, _)| id.clone())
+            else {
+                break;
+            };
+            runs.shift_remove(&oldest);
+        }
+        runs.insert(run.restore_id.clone(), run.clone());
+        run
+    }
+
+    /// Records how a restore ended: its statistics, or its error.
+    pub fn finish(&self, restore_id: &str, outcome: Result<Value, Value>) {
+        let mut runs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(run) = runs.get_mut(restore_id) {
+            run.finished_at = Some(now());
+            match outcome {
+                Ok(stats) => {
+                    run.status = "completed";
+                    run.result = Some(stats);
+                }
+                Err(error) => {
+                    run.status = "failed";
+                    run.error = Some(error);
+                }
+            }
+        }
+    }
+
+    pub fn get(&self, restore_id: &str) -> Option<RestoreRun> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(restore_id)
+            .cloned()
+    }
+
+    /// Newest first.
+    pub fn list(&self) -> Vec<RestoreRun> {
+        let runs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        runs.values().rev().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn runs_are_followed_and_the_oldest_finished_forgotten() {
+        let r = Restores::default();
+        let first = r.start("b0");
+        let kept = r.start("b1");
+        r.finish(&first.restore_id, Err(json!({ "code": "x" })));
+        for i in 2..=KEPT {
+            let run = r.start(&format!("b{i}"));
+            r.finish(&run.restore_id, Ok(json!({ "records": i })));
+        }
+        let list = r.list();
+        assert_eq!(list.len(), KEPT);
+        assert!(
+            r.get(&first.restore_id).is_none(),
+            "the oldest finished went"
+        );
+        assert_eq!(r.get(&kept.restore_id).unwrap().status, "running");
+        assert_eq!(list[0].backup_id, format!("b{KEPT}"));
+        assert_eq!(list[0].status, "completed");
+        assert_eq!(list[0].result, Some(json!({ "records": KEPT })));
+    }
+}
