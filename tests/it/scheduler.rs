@@ -452,6 +452,47 @@ async fn runs_left_running_by_a_killed_runner_are_swept_to_interrupted() {
     assert!(runs.iter().all(|r| r["status"] != "running"));
 }
 
+/// A manifest of many jobs is swept a window of 100 jobs at a time, every job in turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_jobs_are_swept_a_window_at_a_time() {
+    let clock = ManualClock::new(at("2026-05-01T12:00:00Z"));
+    let jobs: String = (0..150)
+        .map(|i| {
+            format!("  j{i:03}: {{ schedule: \"@daily\", action: log, timeout: 1s, retries: 0 }}\n")
+        })
+        .collect();
+    let s = setup(
+        Backend::memory().await,
+        &format!("jobs:\n{jobs}"),
+        clock.clone(),
+    )
+    .await;
+    let resource = s.db.resource("job_history").unwrap();
+    let slot = "2026-05-01T00:00:00.000Z";
+    for i in 0..150 {
+        let job = format!("j{i:03}");
+        let data = json!({ "job": job, "status": "running", "slot": slot, "date": slot, "startedAt": slot });
+        resource
+            .insert(
+                data.as_object().unwrap().clone(),
+                Some(&format!("{job}:{slot}")),
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.scheduler.sweep_stale().await, 100);
+    assert_eq!(s.scheduler.sweep_stale().await, 50);
+    assert_eq!(s.scheduler.sweep_stale().await, 0);
+    for i in [0, 99, 100, 149] {
+        let runs = s
+            .scheduler
+            .history(&format!("j{i:03}"), None, None)
+            .await
+            .unwrap();
+        assert_eq!(runs[0]["status"], "interrupted", "j{i:03}");
+    }
+}
+
 /// `historyRetention` keeps each job's newest `maxRuns` runs younger than `maxAge`, a job's
 /// newest run and running runs whatever their age, and prunes removed jobs' runs too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

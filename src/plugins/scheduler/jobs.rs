@@ -132,6 +132,8 @@ struct Inner {
     /// Cancelled by `interrupt_all`; every run's own token is a child of it, so a run whose
     /// claim completes after the interruption stops too.
     interrupted: CancellationToken,
+    /// Where the next `sweep_stale` pass starts among the jobs.
+    sweep_cursor: AtomicUsize,
     /// Wakes the run loop when jobs are added, removed, enabled or disabled (a reload), so it
     /// recomputes the next slot instead of sleeping toward a stale one.
     changed: tokio::sync::Notify,
@@ -142,6 +144,9 @@ struct Inner {
 pub struct Scheduler {
     inner: Arc<Inner>,
 }
+
+/// How many jobs one `sweep_stale` pass looks at.
+const SWEEP_JOBS_PER_PASS: usize = 100;
 
 /// How long past its timeout an attempt may take to end (a shell hook's process group gets a
 /// grace period after SIGTERM) before the scheduler stops waiting for it.
@@ -228,6 +233,7 @@ impl Scheduler {
                 tasks: Mutex::default(),
                 in_flight: AtomicUsize::new(0),
                 interrupted: CancellationToken::new(),
+                sweep_cursor: AtomicUsize::new(0),
                 changed: tokio::sync::Notify::new(),
             }),
         })
@@ -657,18 +663,26 @@ impl Scheduler {
     /// Marks as `interrupted` the recent runs still recorded as `running` that cannot be: they
     /// started longer ago than the job's timeouts, retries and backoff allow, so the runner
     /// that ran them stopped without recording them (killed, or its machine lost). Only the
-    /// newest few runs of each job are read; a run another runner finishes meanwhile is left
-    /// alone (the update is conditional). Returns how many were marked.
+    /// newest few runs of each job are read, of at most 100 jobs a pass (the next pass goes on
+    /// from there); a run another runner finishes meanwhile is left alone (the update is
+    /// conditional). Returns how many were marked.
     pub async fn sweep_stale(&self) -> usize {
         let now = self.inner.clock.now();
-        let jobs: Vec<(String, JobDef)> = self
-            .inner
-            .jobs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(n, j)| (n.clone(), j.def.clone()))
-            .collect();
+        let jobs: Vec<(String, JobDef)> = {
+            let all = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+            // A pass costs a LIST and a few GETs per job, so a manifest of thousands of jobs
+            // is swept a window at a time, the window moving on with each pass.
+            let start = self
+                .inner
+                .sweep_cursor
+                .fetch_add(SWEEP_JOBS_PER_PASS, Ordering::Relaxed);
+            all.iter()
+                .cycle()
+                .skip(if all.is_empty() { 0 } else { start % all.len() })
+                .take(all.len().min(SWEEP_JOBS_PER_PASS))
+                .map(|(n, j)| (n.clone(), j.def.clone()))
+                .collect()
+        };
         let Some(history) = &self.inner.history else {
             return 0;
         };
