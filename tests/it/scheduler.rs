@@ -64,6 +64,22 @@ async fn setup(backend: Backend, jobs_yaml: &str, clock: Arc<dyn Clock>) -> Setu
 }
 
 impl Setup {
+    /// Writes a run into the job history as a runner would have (id `JOB:TIME`, started at
+    /// its slot).
+    async fn seed_run(&self, job: &str, slot: &str, status: &str) {
+        let data =
+            json!({ "job": job, "status": status, "slot": slot, "date": slot, "startedAt": slot });
+        self.db
+            .resource("job_history")
+            .unwrap()
+            .insert(
+                data.as_object().unwrap().clone(),
+                Some(&format!("{job}:{slot}")),
+            )
+            .await
+            .unwrap();
+    }
+
     /// The scheduler's run loop in a task, and the token that stops it.
     fn run_loop(
         &self,
@@ -338,20 +354,12 @@ async fn history_reads_only_the_runs_it_returns() {
         Arc::new(SystemClock),
     )
     .await;
-    let resource = s.db.resource("job_history").unwrap();
     let start = at("2026-05-01T00:00:00Z");
     for i in 0..300 {
         let slot = (start + chrono::Duration::minutes(i))
             .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let status = if i % 10 == 0 { "error" } else { "success" };
-        let data = json!({ "job": "tick", "status": status, "slot": slot, "date": slot, "startedAt": slot });
-        resource
-            .insert(
-                data.as_object().unwrap().clone(),
-                Some(&format!("tick:{slot}")),
-            )
-            .await
-            .unwrap();
+        s.seed_run("tick", &slot, status).await;
     }
     // A job whose name starts with `tick:` has ids under the same prefix; it is not tick's.
     s.scheduler.run_now("tick:x", json!({})).await.unwrap();
@@ -413,21 +421,13 @@ async fn runs_left_running_by_a_killed_runner_are_swept_to_interrupted() {
         clock.clone(),
     )
     .await;
-    let resource = s.db.resource("job_history").unwrap();
     // Started at the slot; a run of this job ends within 1 s + grace + the 5 min margin.
     for (slot, status) in [
         ("2026-05-01T11:00:00.000Z", "running"),
         ("2026-05-01T11:01:00.000Z", "success"),
         ("2026-05-01T11:58:00.000Z", "running"),
     ] {
-        let data = json!({ "job": "tick", "status": status, "slot": slot, "date": slot, "startedAt": slot });
-        resource
-            .insert(
-                data.as_object().unwrap().clone(),
-                Some(&format!("tick:{slot}")),
-            )
-            .await
-            .unwrap();
+        s.seed_run("tick", slot, status).await;
     }
     let status_of = |runs: &[serde_json::Value], slot: &str| {
         runs.iter()
@@ -467,18 +467,9 @@ async fn many_jobs_are_swept_a_window_at_a_time() {
         clock.clone(),
     )
     .await;
-    let resource = s.db.resource("job_history").unwrap();
-    let slot = "2026-05-01T00:00:00.000Z";
     for i in 0..150 {
-        let job = format!("j{i:03}");
-        let data = json!({ "job": job, "status": "running", "slot": slot, "date": slot, "startedAt": slot });
-        resource
-            .insert(
-                data.as_object().unwrap().clone(),
-                Some(&format!("{job}:{slot}")),
-            )
-            .await
-            .unwrap();
+        s.seed_run(&format!("j{i:03}"), "2026-05-01T00:00:00.000Z", "running")
+            .await;
     }
     assert_eq!(s.scheduler.sweep_stale().await, 100);
     assert_eq!(s.scheduler.sweep_stale().await, 50);
@@ -504,33 +495,24 @@ async fn history_retention_prunes_old_runs_of_every_job() {
         clock.clone(),
     )
     .await;
-    let resource = s.db.resource("job_history").unwrap();
-    let record = |job: &str, time: &str, status: &str| {
-        let data =
-            json!({ "job": job, "status": status, "slot": time, "date": time, "startedAt": time });
-        (data.as_object().unwrap().clone(), format!("{job}:{time}"))
-    };
-    let mut runs = Vec::new();
     // tick: 10 runs a minute apart, the oldest still `running`.
     for i in 0..10 {
         let time = format!("2026-05-01T23:{:02}:00.000Z", 50 + i);
-        runs.push(record(
-            "tick",
-            &time,
-            if i == 0 { "running" } else { "success" },
-        ));
+        let status = if i == 0 { "running" } else { "success" };
+        s.seed_run("tick", &time, status).await;
     }
     // daily: two runs older than a day; the newer one is its newest run and stays.
-    runs.push(record("daily", "2026-04-29T00:00:00.000Z", "success"));
-    runs.push(record("daily", "2026-04-30T00:00:00.000Z", "error"));
+    s.seed_run("daily", "2026-04-29T00:00:00.000Z", "success")
+        .await;
+    s.seed_run("daily", "2026-04-30T00:00:00.000Z", "error")
+        .await;
     // gone:x, no longer in the manifest: one old run and its newest, kept.
-    runs.push(record("gone:x", "2026-04-01T00:00:00.000Z", "success"));
-    runs.push(record("gone:x", "2026-04-02T00:00:00.000Z", "success"));
-    for (data, id) in runs {
-        resource.insert(data, Some(&id)).await.unwrap();
-    }
+    s.seed_run("gone:x", "2026-04-01T00:00:00.000Z", "success")
+        .await;
+    s.seed_run("gone:x", "2026-04-02T00:00:00.000Z", "success")
+        .await;
     assert_eq!(s.scheduler.prune_history().await, 4 + 1 + 1);
-    let mut left = resource.ids().await.unwrap();
+    let mut left = s.db.resource("job_history").unwrap().ids().await.unwrap();
     left.sort();
     assert_eq!(
         left,
