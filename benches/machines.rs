@@ -9,12 +9,12 @@ use std::time::Instant;
 use futures::StreamExt;
 use s3db_run::db::Database;
 use s3db_run::hooks::HookRunner;
-use s3db_run::manifest::types::Secret;
 use s3db_run::manifest::{load_str, Format};
 use s3db_run::plugins::state_machine::StateMachines;
 use s3db_run::store::connection::S3Location;
 use s3db_run::store::counting::CountingStore;
 use s3db_run::store::s3::{ensure_bucket, S3Store};
+use s3db_run::types::Secret;
 use serde_json::Value;
 
 mod common;

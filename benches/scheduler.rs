@@ -11,8 +11,8 @@ use indexmap::IndexMap;
 use s3db_run::db::Database;
 use s3db_run::hooks::HookRunner;
 use s3db_run::manifest::{load_str, Format};
-use s3db_run::plugins::scheduler::clock::SystemClock;
 use s3db_run::plugins::scheduler::{JobEvent, Scheduler};
+use s3db_run::types::clock::SystemClock;
 use tokio_util::sync::CancellationToken;
 
 fn arg(name: &str, default: u64) -> u64 {

@@ -14,10 +14,10 @@ use futures::{StreamExt, TryStreamExt};
 use indexmap::IndexMap;
 use s3db_run::db::schema::StoredResource;
 use s3db_run::db::{Database, ListOptions};
-use s3db_run::manifest::types::Secret;
 use s3db_run::store::connection::S3Location;
 use s3db_run::store::s3::{ensure_bucket, S3Store};
 use s3db_run::store::DynStore;
+use s3db_run::types::Secret;
 use serde_json::{json, Map, Value};
 
 mod common;

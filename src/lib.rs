@@ -8,6 +8,6 @@ pub mod db;
 pub mod hooks;
 pub mod manifest;
 pub mod plugins;
-pub mod retry;
 pub mod runtime;
 pub mod store;
+pub mod types;

@@ -71,7 +71,6 @@ impl From<JobError> for ApiError {
             JobError::Unknown(..) => (StatusCode::NOT_FOUND, "job_not_found"),
             JobError::Exists(_) => (StatusCode::CONFLICT, "job_exists"),
             JobError::Running(_) => (StatusCode::CONFLICT, "job_running"),
-            JobError::Invalid { .. } => (StatusCode::BAD_REQUEST, "invalid_job"),
             JobError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database_error"),
         };
         Self::new(status, code, e.to_string())

@@ -4,8 +4,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::exit;
-use crate::manifest::types::TimeZone;
-use crate::plugins::scheduler::schedule::Schedule;
+use crate::types::schedule::Schedule;
+use crate::types::TimeZone;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {

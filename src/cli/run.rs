@@ -32,8 +32,7 @@ pub enum LogFormat {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    s.parse::<crate::manifest::types::Duration>()
-        .map(|d| d.as_std())
+    s.parse::<crate::types::Duration>().map(|d| d.as_std())
 }
 
 fn init_logging(format: LogFormat) {

@@ -98,7 +98,7 @@ fn parse_op(field: &str, op: &str, arg: &Value) -> Result<Op, QueryError> {
             }
         },
         other => {
-            let hint = crate::manifest::suggest::did_you_mean(other, OPERATORS.iter().copied())
+            let hint = crate::types::suggest::did_you_mean(other, OPERATORS.iter().copied())
                 .unwrap_or_else(|| format!("operators: {}", OPERATORS.join(" ")));
             return Err(QueryError(format!(
                 "`{field}`: unknown operator `{other}` ({hint})"

@@ -18,7 +18,7 @@ use crate::db::query::Filter;
 use crate::db::{Database, ListOptions};
 use crate::manifest::model::{HookDef, HookRef, Manifest};
 use crate::manifest::types::Command;
-use crate::retry::RetryPolicy;
+use crate::types::retry::RetryPolicy;
 
 /// What the state machine plugin offers to `machine.send` and `machine.sendAll`.
 #[async_trait]
@@ -484,11 +484,9 @@ impl HookRunner {
                         .await
                 } else {
                     let older = match p.opt_str("olderThan") {
-                        Some(t) => Some(
-                            t.parse::<crate::manifest::types::Duration>()
-                                .map_err(fail)?
-                                .as_std(),
-                        ),
+                        Some(t) => {
+                            Some(t.parse::<crate::types::Duration>().map_err(fail)?.as_std())
+                        }
                         None => None,
                     };
                     ops.send_all(
@@ -547,7 +545,7 @@ impl HookRunner {
     ) -> Result<Value, String> {
         let url = p.str("url")?;
         let timeout = match p.opt_str("timeout") {
-            Some(t) => t.parse::<crate::manifest::types::Duration>()?.as_std(),
+            Some(t) => t.parse::<crate::types::Duration>()?.as_std(),
             None => match p.map.get("timeout").and_then(Value::as_u64) {
                 Some(ms) => Duration::from_millis(ms),
                 None => Duration::from_secs(10),

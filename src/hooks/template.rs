@@ -63,7 +63,7 @@ pub fn check(template: &str) -> Result<(), String> {
 
 fn unknown(expr: &str) -> String {
     let (root, rest) = expr.split_once('.').map_or((expr, ""), |(r, p)| (r, p));
-    let hint = crate::manifest::suggest::closest(root, VARIABLES.iter().copied())
+    let hint = crate::types::suggest::closest(root, VARIABLES.iter().copied())
         .map(|r| {
             if rest.is_empty() {
                 format!("did you mean `{r}`?")
@@ -86,7 +86,7 @@ fn offset(spec: &str) -> Result<chrono::Duration, String> {
         Some('+') => (1, &spec[1..]),
         _ => return Err(format!("`now{spec}`: write now-24h or now+30m")),
     };
-    let d: crate::manifest::types::Duration = amount
+    let d: crate::types::Duration = amount
         .trim()
         .parse()
         .map_err(|e: String| format!("`now{spec}`: {e}"))?;

@@ -8,11 +8,10 @@ use std::path::Path;
 
 use super::diagnostic::{Diagnostic, Span};
 use super::model::*;
-use super::suggest::did_you_mean;
 use super::tree::Node;
 use crate::db::attribute::AttributeSpec;
 use crate::hooks::builtins::{self, BuiltinKind, RequiredPlugin};
-use crate::plugins::scheduler::schedule::{Schedule, ScheduleError};
+use crate::types::suggest::did_you_mean;
 
 /// Path-template variables of backup paths.
 pub const PATH_TEMPLATE_VARS: &[&str] =
@@ -160,25 +159,26 @@ impl Checker<'_> {
     }
 
     fn database(&mut self) {
-        let conn = self.m.database.connection.expose();
-        let scheme_ok = ["s3://", "file://", "memory://"]
-            .iter()
-            .any(|s| conn.starts_with(s) && conn.len() > s.len());
-        if !scheme_ok && !self.broken.sections.contains("database") {
-            let span = self.span(&["database", "connection"]);
-            self.emit(
-                Diagnostic::error(
-                    "manifest::invalid_connection",
-                    span,
-                    format!(
-                        "`{}` is not a connection string s3db-run understands",
-                        self.m.database.connection.redacted()
+        let parsed = self
+            .m
+            .database
+            .connection
+            .expose()
+            .parse::<crate::store::connection::Connection>();
+        if let Err(e) = parsed {
+            if !self.broken.sections.contains("database") {
+                let span = self.span(&["database", "connection"]);
+                self.emit(
+                    Diagnostic::error(
+                        "manifest::invalid_connection",
+                        span,
+                        format!("`{}` is not a valid connection string: {}", e.redacted, e.reason),
+                    )
+                    .with_help(
+                        "use s3://[KEY:SECRET@]BUCKET/prefix?region=…&endpoint=http://HOST:PORT, file://PATH or memory://BUCKET/prefix",
                     ),
-                )
-                .with_help(
-                    "use s3://[KEY:SECRET@]BUCKET/prefix, file://PATH or memory://BUCKET/prefix",
-                ),
-            );
+                );
+            }
         }
         for (rname, res) in &self.m.database.resources {
             for (attr, text) in &res.attributes {
@@ -394,7 +394,7 @@ impl Checker<'_> {
             self.check_resource_name(res, span);
         }
         if let Some(serde_json::Value::String(older)) = params.get("olderThan") {
-            if older.parse::<super::types::Duration>().is_err() {
+            if older.parse::<crate::types::Duration>().is_err() {
                 let span = param_span(self, "olderThan");
                 self.emit(
                     Diagnostic::error(
@@ -734,17 +734,6 @@ impl Checker<'_> {
                     }
                 }
                 for (after, target) in &state.after {
-                    let kspan = self.key_span(&[&sp[..], &["after", after.as_str()]].concat());
-                    if after.parse::<super::types::Duration>().is_err() {
-                        self.emit(
-                            Diagnostic::error(
-                                "manifest::invalid_duration",
-                                kspan,
-                                format!("`{after}` is not a duration"),
-                            )
-                            .with_help("write the delay as milliseconds or with a unit, such as `30m` or `2d`"),
-                        );
-                    }
                     if !machine.states.contains_key(target) {
                         let span = self.span(&[&sp[..], &["after", after.as_str()]].concat());
                         self.unknown_state(mname, target, &state_names, span);
@@ -845,24 +834,8 @@ impl Checker<'_> {
     }
 
     fn jobs(&mut self) {
-        // Manifests repeat a few expressions across many jobs; parse each once.
-        let mut parsed: std::collections::HashMap<&str, Result<(), ScheduleError>> =
-            std::collections::HashMap::new();
         for (name, job) in &self.m.jobs {
             let base = ["jobs", name.as_str()];
-            let result = parsed
-                .entry(job.schedule.as_str())
-                .or_insert_with(|| Schedule::parse(&job.schedule).map(|_| ()))
-                .clone();
-            if let Err(e) = result {
-                let span = self.span(&[&base[..], &["schedule"]].concat());
-                let code = if e.never_fires {
-                    "manifest::cron_never_fires"
-                } else {
-                    "manifest::invalid_cron"
-                };
-                self.emit(Diagnostic::error(code, span, e.message).with_help(e.help));
-            }
             self.hook_ref(
                 &job.action,
                 BuiltinKind::Action,

@@ -9,9 +9,9 @@ use std::fmt;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 
 use super::diagnostic::{Diagnostic, Span};
-use super::suggest::did_you_mean;
 use super::tree::{Key, Node, Value};
-use super::types::CODED;
+use crate::types::suggest::did_you_mean;
+use crate::types::CODED;
 
 /// An error raised while reading the tree into the model.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,6 +58,8 @@ const TYPE_CODES: &[&str] = &[
     "manifest::invalid_timezone",
     "manifest::hook_command",
     "manifest::invalid_value",
+    "manifest::invalid_cron",
+    "manifest::cron_never_fires",
 ];
 
 /// "struct JobDef" and the like are Rust names; say what the author writes instead.

@@ -177,12 +177,15 @@ impl Report {
             miette::GraphicalTheme::unicode_nocolor()
         };
         let handler = miette::GraphicalReportHandler::new_themed(theme).with_context_lines(1);
-        let masked = mask_secrets(&self.text, &self.secrets);
+        let source = Excerpt {
+            name: self.file.clone(),
+            text: mask_secrets(&self.text, &self.secrets).into(),
+        };
         let mut out = String::new();
         for d in &self.diagnostics {
             let shown = Shown {
                 diagnostic: d,
-                source: miette::NamedSource::new(&self.file, masked.clone()),
+                source: source.clone(),
             };
             if handler.render_report(&mut out, &shown).is_err() {
                 out.push_str(&format!("{}: {}: {}\n", self.file, d.code, d.message));
@@ -191,6 +194,120 @@ impl Report {
         out
     }
 }
+
+/// Lines longer than this (bytes) are shown as a window around the span, not whole: miette
+/// draws whole lines and pads with format widths, which panic past 65,535 columns.
+const LONG_LINE: usize = 400;
+/// How much of a long line is shown before and after the span's start (bytes).
+const WINDOW_BEFORE: usize = 60;
+const WINDOW_AFTER: usize = 200;
+
+/// The manifest text as miette reads it: columns counted in characters (as the JSON records
+/// do), and long lines cut to a window around the span.
+#[derive(Clone)]
+struct Excerpt {
+    name: String,
+    text: std::sync::Arc<str>,
+}
+
+impl Excerpt {
+    fn line_bounds(&self, at: usize) -> (usize, usize) {
+        let start = self.text[..at].rfind('\n').map_or(0, |i| i + 1);
+        let end = self.text[at..]
+            .find('\n')
+            .map_or(self.text.len(), |i| at + i);
+        (start, end)
+    }
+
+    /// Whether the line at `at` and the `before`/`after` lines around it are all short.
+    fn short_lines(&self, at: usize, before: usize, after: usize) -> bool {
+        let (mut start, mut end) = self.line_bounds(at);
+        if end - start > LONG_LINE {
+            return false;
+        }
+        for _ in 0..before {
+            if start == 0 {
+                break;
+            }
+            let (s, e) = self.line_bounds(start - 1);
+            if e - s > LONG_LINE {
+                return false;
+            }
+            start = s;
+        }
+        for _ in 0..after {
+            if end >= self.text.len() {
+                break;
+            }
+            let (s, e) = self.line_bounds(end + 1);
+            if e - s > LONG_LINE {
+                return false;
+            }
+            end = e;
+        }
+        true
+    }
+
+    /// `at`, moved back to the start of the character it falls in.
+    fn floor(&self, mut at: usize) -> usize {
+        at = at.min(self.text.len());
+        while !self.text.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    }
+
+    fn ceil(&self, mut at: usize) -> usize {
+        at = at.min(self.text.len());
+        while !self.text.is_char_boundary(at) {
+            at += 1;
+        }
+        at
+    }
+}
+
+impl miette::SourceCode for Excerpt {
+    fn read_span<'a>(
+        &'a self,
+        span: &miette::SourceSpan,
+        before: usize,
+        after: usize,
+    ) -> Result<Box<dyn miette::SpanContents<'a> + 'a>, miette::MietteError> {
+        let at = self.floor(span.offset());
+        let index = LineIndex::new(&self.text);
+        if self.short_lines(at, before, after) {
+            let inner = self.text.as_ref().read_span(span, before, after)?;
+            let start = inner.span().offset();
+            let (line, column) = index.line_col(start);
+            return Ok(Box::new(miette::MietteSpanContents::new_named(
+                self.name.clone(),
+                inner.data(),
+                *inner.span(),
+                line - 1,
+                column - 1,
+                inner.line_count(),
+            )));
+        }
+        let (line_start, line_end) = self.line_bounds(at);
+        let from = if before == 0 && after == 0 {
+            at
+        } else {
+            self.floor(at.saturating_sub(WINDOW_BEFORE).max(line_start))
+        };
+        let to = self.ceil((at + WINDOW_AFTER).min(line_end)).max(from);
+        let (line, column) = index.line_col(from);
+        Ok(Box::new(miette::MietteSpanContents::new_named(
+            self.name.clone(),
+            &self.text.as_bytes()[from..to],
+            (from, to - from).into(),
+            line - 1,
+            column - 1,
+            1,
+        )))
+    }
+}
+
+const URL_SCHEMES: &[&str] = &["s3", "file", "memory", "http", "https"];
 
 /// The text with every secret span and every URL's `user:password@` part replaced by `*`, byte
 /// for byte, so spans still point at the same places.
@@ -207,23 +324,47 @@ pub fn mask_secrets(text: &str, secrets: &[Span]) -> String {
     for s in secrets {
         mask(s.start, s.end);
     }
-    for (at, _) in text.match_indices("://") {
-        let rest = &text[at + 3..];
-        let authority = rest
-            .find(|c: char| {
-                c == '/' || c == '?' || c == '#' || c.is_whitespace() || c == '"' || c == '\''
-            })
-            .unwrap_or(rest.len());
-        if let Some(userinfo) = rest[..authority].rfind('@') {
-            mask(at + 3, at + 3 + userinfo);
+    // Any token that looks like a URL, however mistyped its scheme separator, has its
+    // credentials masked: a connection string that fails to parse is exactly the one shown.
+    let is_break = |c: char| c.is_whitespace() || c == '"' || c == '\'';
+    let mut rest = text;
+    let mut offset = 0;
+    while !rest.is_empty() {
+        let len = rest.find(is_break).unwrap_or(rest.len());
+        let token = &rest[..len];
+        let lead = token.len() - token.trim_start_matches(['{', '[', '(']).len();
+        let bare = &token[lead..];
+        let url_like = bare.contains("://")
+            || bare.split_once(':').is_some_and(|(scheme, _)| {
+                URL_SCHEMES.iter().any(|s| s.eq_ignore_ascii_case(scheme))
+            });
+        if url_like {
+            if let Some(range) = crate::types::userinfo_range(bare) {
+                mask(offset + lead + range.start, offset + lead + range.end);
+            }
         }
+        let skip = rest[len..].chars().next().map_or(0, char::len_utf8);
+        offset += len + skip;
+        rest = &rest[len + skip..];
     }
     String::from_utf8(bytes).unwrap_or_else(|_| text.to_string())
 }
 
 struct Shown<'a> {
     diagnostic: &'a Diagnostic,
-    source: miette::NamedSource<String>,
+    source: Excerpt,
+}
+
+impl Shown<'_> {
+    /// A label no longer than a window: a span over a megabyte value is underlined in part.
+    fn label(&self, span: Span) -> (usize, usize) {
+        let start = self.source.floor(span.start);
+        let end = self
+            .source
+            .floor(span.end.min(start + WINDOW_AFTER))
+            .max(start);
+        (start, end - start)
+    }
 }
 
 impl fmt::Debug for Shown<'_> {
@@ -267,13 +408,10 @@ impl miette::Diagnostic for Shown<'_> {
         let d = self.diagnostic;
         let primary = miette::LabeledSpan::new_primary_with_span(
             Some(d.label.clone().unwrap_or_else(|| "here".to_string())),
-            (d.span.start, d.span.end - d.span.start),
+            self.label(d.span),
         );
         let related = d.related.iter().map(|(span, label)| {
-            miette::LabeledSpan::new_with_span(
-                Some(label.clone()),
-                (span.start, span.end - span.start),
-            )
+            miette::LabeledSpan::new_with_span(Some(label.clone()), self.label(*span))
         });
         Some(Box::new(std::iter::once(primary).chain(related)))
     }

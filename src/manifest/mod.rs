@@ -8,7 +8,6 @@ pub mod diagnostic;
 pub mod diff;
 pub mod env;
 pub mod model;
-pub mod suggest;
 pub mod tree;
 pub mod types;
 
@@ -166,7 +165,6 @@ fn read_model(root: &mut Node) -> (Vec<Diagnostic>, Option<Manifest>, Broken) {
     fn probe<T: DeserializeOwned>(node: &Node, sink: &Sink) -> Result<(), DeError> {
         T::deserialize(NodeDe::new(node, sink)).map(|_| ())
     }
-    type Probe = fn(&Node, &Sink) -> Result<(), DeError>;
     let item_sections: [(&[&str], &str, Probe); 5] = [
         (
             &["database", "resources"],
@@ -186,13 +184,14 @@ fn read_model(root: &mut Node) -> (Vec<Diagnostic>, Option<Manifest>, Broken) {
         else {
             continue;
         };
-        entries.retain(|(key, node)| match check(node, &sink) {
-            Ok(()) => true,
-            Err(e) => {
-                errors.push(e.into_diagnostic(node.span));
-                broken.items.insert((section.to_string(), key.name.clone()));
-                false
+        entries.retain(|(key, node)| {
+            let found = every_error(node, check, &sink);
+            if found.is_empty() {
+                return true;
             }
+            errors.extend(found);
+            broken.items.insert((section.to_string(), key.name.clone()));
+            false
         });
     }
     let whole_sections: [(&str, Probe); 7] = [
@@ -209,14 +208,13 @@ fn read_model(root: &mut Node) -> (Vec<Diagnostic>, Option<Manifest>, Broken) {
             let Some((_, check)) = whole_sections.iter().find(|(n, _)| *n == key.name) else {
                 return true;
             };
-            match check(node, &sink) {
-                Ok(()) => true,
-                Err(e) => {
-                    errors.push(e.into_diagnostic(node.span));
-                    broken.sections.insert(key.name.clone());
-                    false
-                }
+            let found = every_error(node, *check, &sink);
+            if found.is_empty() {
+                return true;
             }
+            errors.extend(found);
+            broken.sections.insert(key.name.clone());
+            false
         });
     }
     let manifest = match Manifest::deserialize(NodeDe::new(root, &sink)) {
@@ -236,6 +234,74 @@ fn read_model(root: &mut Node) -> (Vec<Diagnostic>, Option<Manifest>, Broken) {
     let mut diagnostics = sink.into_inner();
     diagnostics.append(&mut errors);
     (diagnostics, manifest, broken)
+}
+
+type Probe = fn(&Node, &Sink) -> Result<(), DeError>;
+
+/// Most errors a broken item reports before the rest is left unsaid.
+const MAX_ERRORS_PER_ITEM: usize = 32;
+
+/// Every error in one item, not only the first: serde stops at the first bad value, so the
+/// entry it came from is removed from a copy of the item and the item read again, until it
+/// reads or the error is not inside any entry. A required key removed that way is not then
+/// reported as missing.
+fn every_error(node: &Node, check: Probe, sink: &Sink) -> Vec<Diagnostic> {
+    let Err(first) = check(node, sink) else {
+        return Vec::new();
+    };
+    let mut node = node.clone();
+    let mut removed: Vec<(Span, String)> = Vec::new();
+    let mut found = Vec::new();
+    let mut next = Some(first);
+    while let Some(e) = next.take() {
+        let span = e.span.unwrap_or(node.span);
+        let consequence = e.code == "manifest::missing_key"
+            && removed
+                .iter()
+                .any(|(map, key)| *map == span && e.message.contains(&format!("`{key}`")));
+        if !consequence {
+            found.push(e.into_diagnostic(node.span));
+        }
+        if found.len() >= MAX_ERRORS_PER_ITEM {
+            break;
+        }
+        let Some(entry) = remove_entry_containing(&mut node, span) else {
+            break;
+        };
+        removed.push(entry);
+        next = check(&node, sink).err();
+    }
+    found
+}
+
+/// Removes the innermost mapping entry (or list item) that holds `span`, returning the span of
+/// the mapping it was in and its key. None when no entry holds it (the error is the node's own).
+fn remove_entry_containing(node: &mut Node, span: Span) -> Option<(Span, String)> {
+    let holds = |outer: Span| outer.start <= span.start && span.end <= outer.end && outer != span;
+    let own_span = node.span;
+    match &mut node.value {
+        Value::Map(entries) => {
+            let at = entries.iter().position(|(key, child)| {
+                holds(child.span) || child.span == span || key.span == span || holds(key.span)
+            })?;
+            if let Some(inner) = remove_entry_containing(&mut entries[at].1, span) {
+                return Some(inner);
+            }
+            let (key, _) = entries.remove(at);
+            Some((own_span, key.name))
+        }
+        Value::Seq(items) => {
+            let at = items
+                .iter()
+                .position(|child| holds(child.span) || child.span == span)?;
+            if let Some(inner) = remove_entry_containing(&mut items[at], span) {
+                return Some(inner);
+            }
+            items.remove(at);
+            Some((own_span, String::new()))
+        }
+        _ => None,
+    }
 }
 
 fn node_mut<'a>(root: &'a mut Node, path: &[&str]) -> Option<&'a mut Node> {
@@ -288,7 +354,11 @@ fn normalize(m: &mut Manifest) {
                 .get_or_insert(model::MultiStrategy::All);
         }
     }
-    if m.server.token.as_ref().is_some_and(types::Secret::is_empty) {
+    if m.server
+        .token
+        .as_ref()
+        .is_some_and(crate::types::Secret::is_empty)
+    {
         m.server.token = None;
     }
 }
@@ -319,7 +389,107 @@ pub fn json_schema() -> serde_json::Value {
         "$id".into(),
         "https://s3db-run.dev/schemas/s3db.schema.json".into(),
     );
-    schema.to_value()
+    let mut value = schema.to_value();
+    accept_interpolation(&mut value);
+    if let Some(defs) = value.get_mut("$defs").and_then(|d| d.as_object_mut()) {
+        defs.insert(
+            INTERPOLATED.into(),
+            serde_json::json!({
+                "description": "A `${VAR}`, `${VAR:-default}` or `${VAR:?message}` reference, resolved from the environment when the manifest is loaded and then read as the value this field takes.",
+                "type": "string",
+                "pattern": "\\$\\{[A-Za-z_][A-Za-z0-9_]*(:[-?][^}]*)?\\}"
+            }),
+        );
+    }
+    value
+}
+
+/// The name of the schema definition of a `${VAR}` string.
+const INTERPOLATED: &str = "Interpolated";
+
+/// Keywords that constrain a value (moved inside `anyOf` when a `${VAR}` string is allowed
+/// instead); the rest (description, examples, default) stay where an editor shows them.
+const VALIDATION_KEYWORDS: &[&str] = &[
+    "type",
+    "enum",
+    "const",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "format",
+    "minLength",
+    "maxLength",
+];
+
+/// Lets every typed scalar (number, boolean, enumerated or patterned string) also be written as
+/// a `${VAR}` string, as the loader accepts: interpolation happens before the value is read.
+/// Walks only the keywords that hold schemas, never examples or defaults.
+fn accept_interpolation(schema: &mut serde_json::Value) {
+    let Some(obj) = schema.as_object_mut() else {
+        return;
+    };
+    // An enumeration written as `oneOf` constants (documented variants): a `${VAR}` string
+    // is one more alternative of the whole, not of each constant (it would match them all).
+    let enumeration = ["oneOf", "anyOf"].iter().find(|k| {
+        obj.get(**k)
+            .and_then(|m| m.as_array())
+            .is_some_and(|members| {
+                !members.is_empty()
+                    && members
+                        .iter()
+                        .all(|m| m.get("const").is_some() || m.get("enum").is_some())
+            })
+    });
+    if let Some(key) = enumeration {
+        let members = obj.remove(*key).unwrap_or_default();
+        obj.insert(
+            "anyOf".into(),
+            serde_json::json!([{ *key: members }, { "$ref": format!("#/$defs/{INTERPOLATED}") }]),
+        );
+        return;
+    }
+    for key in ["properties", "$defs", "patternProperties"] {
+        if let Some(children) = obj.get_mut(key).and_then(|c| c.as_object_mut()) {
+            children.values_mut().for_each(accept_interpolation);
+        }
+    }
+    for key in ["additionalProperties", "items", "not"] {
+        if let Some(child) = obj.get_mut(key) {
+            accept_interpolation(child);
+        }
+    }
+    for key in ["anyOf", "oneOf", "allOf", "prefixItems"] {
+        if let Some(children) = obj.get_mut(key).and_then(|c| c.as_array_mut()) {
+            children.iter_mut().for_each(accept_interpolation);
+        }
+    }
+    let typed_scalar = match obj.get("type") {
+        Some(serde_json::Value::String(t)) => {
+            matches!(t.as_str(), "integer" | "number" | "boolean")
+                || (t == "string" && (obj.contains_key("enum") || obj.contains_key("pattern")))
+        }
+        Some(serde_json::Value::Array(types)) => types
+            .iter()
+            .any(|t| matches!(t.as_str(), Some("integer" | "number" | "boolean"))),
+        None => obj.contains_key("enum") || obj.contains_key("const"),
+        _ => false,
+    };
+    if !typed_scalar {
+        return;
+    }
+    let mut inner = serde_json::Map::new();
+    for key in VALIDATION_KEYWORDS {
+        if let Some(v) = obj.remove(*key) {
+            inner.insert((*key).to_string(), v);
+        }
+    }
+    obj.insert(
+        "anyOf".into(),
+        serde_json::json!([inner, { "$ref": format!("#/$defs/{INTERPOLATED}") }]),
+    );
 }
 
 /// The schema as committed in `schemas/s3db.schema.json`: pretty JSON with a final newline.

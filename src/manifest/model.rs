@@ -7,7 +7,8 @@ use indexmap::IndexMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::types::{Command, ConnectionString, Duration, OneOrMany, Secret, TimeZone};
+use super::types::{Command, ConnectionString, OneOrMany};
+use crate::types::{Duration, Schedule, Secret, TimeZone};
 
 /// An s3db-run manifest: the database, its hooks and the plugins that run on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -178,7 +179,7 @@ pub struct StateDef {
     /// still in this state after the duration (kept across restarts).
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     #[schemars(example = after_example())]
-    pub after: IndexMap<String, String>,
+    pub after: IndexMap<Delay, String>,
     /// Free-form metadata (colours, labels), returned by the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub meta: Option<serde_json::Map<String, serde_json::Value>>,
@@ -189,6 +190,56 @@ pub struct StateDef {
 
 fn on_example() -> serde_json::Value {
     serde_json::json!({ "CONFIRM": "confirmed", "CANCEL": "cancelled" })
+}
+
+/// The delay of an `after` transition: the duration, read when the manifest is, and the text
+/// the author wrote (diagnostics point at it, the API and graphs show it).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Delay {
+    pub duration: Duration,
+    pub text: String,
+}
+
+impl Delay {
+    pub fn as_std(&self) -> std::time::Duration {
+        self.duration.as_std()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl std::fmt::Display for Delay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Delay {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for Delay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Mapping keys are strings: read the text, then the duration from it.
+        let text = String::deserialize(d)?;
+        let duration =
+            Duration::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&text))?;
+        Ok(Delay { duration, text })
+    }
+}
+
+impl JsonSchema for Delay {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        Duration::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        Duration::json_schema(generator)
+    }
 }
 
 fn after_example() -> serde_json::Value {
@@ -841,7 +892,7 @@ pub struct JobDef {
     /// Cron expression: 5 fields (an optional leading seconds field), names (MON, JAN), ranges,
     /// steps and lists, or @yearly @annually @monthly @weekly @daily @hourly.
     #[schemars(example = "0 3 * * *", example = "*/15 * * * *", example = "@daily")]
-    pub schedule: String,
+    pub schedule: Schedule,
     /// What the job does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,

@@ -16,9 +16,9 @@ use crate::hooks::HookRunner;
 use crate::manifest::CheckedManifest;
 use crate::plugins::backup::Backup;
 use crate::plugins::cache::Cache;
-use crate::plugins::scheduler::clock::{Clock, SystemClock};
 use crate::plugins::scheduler::Scheduler;
 use crate::plugins::state_machine::StateMachines;
+use crate::types::clock::{Clock, SystemClock};
 
 /// How often a runner looks for runs that a stopped runner left at `running`, and prunes the
 /// job history.

@@ -216,15 +216,8 @@ impl Reloader {
         restart.sort();
         restart.dedup();
 
-        // 1. Build: parse every new or changed job's schedule; register new resources.
+        // 1. Build: register new resources (schedules were parsed with the manifest).
         let job_changes: Vec<&Change> = changes.iter().filter(|c| c.kind == "job").collect();
-        for c in &job_changes {
-            if c.change != ChangeKind::Removed {
-                let def = &n.jobs[&c.name];
-                crate::plugins::scheduler::schedule::Schedule::parse(&def.schedule)
-                    .map_err(|e| format!("job `{}`: {e}", c.name))?;
-            }
-        }
         if changes
             .iter()
             .any(|c| c.kind == "resource" && c.change != ChangeKind::Removed)

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use percent_encoding::percent_decode_str;
 
 use super::{fs::FsStore, memory::MemoryStore, s3::S3Store, DynStore, StoreError};
-use crate::manifest::types::Secret;
+use crate::types::Secret;
 
 /// Where an S3 database lives and how to reach it.
 #[derive(Clone, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl FromStr for Connection {
 
     fn from_str(s: &str) -> Result<Self, ConnectionError> {
         let fail = |reason: &str| ConnectionError {
-            redacted: crate::manifest::types::redact_userinfo(s),
+            redacted: crate::types::redact_userinfo(s),
             reason: reason.to_string(),
         };
         if let Some(rest) = s.strip_prefix("file://") {
@@ -70,13 +70,21 @@ impl FromStr for Connection {
             return Err(fail("use s3://, file:// or memory://"));
         };
         let (main, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let (authority, path) = main.split_once('/').unwrap_or((main, ""));
-        let (userinfo, bucket) = match authority.rsplit_once('@') {
-            Some((u, b)) => (Some(u), b),
-            None => (None, authority),
+        // The credentials end at the last `@`: an AWS secret may hold an unencoded `/`.
+        let (userinfo, main) = match main.rsplit_once('@') {
+            Some((u, m)) => (Some(u), m),
+            None => (None, main),
         };
+        let (bucket, path) = main.split_once('/').unwrap_or((main, ""));
         if bucket.is_empty() {
-            return Err(fail("an s3:// connection needs a bucket"));
+            return Err(fail(
+                "an s3:// connection needs a bucket, e.g. s3://my-bucket/prefix",
+            ));
+        }
+        if !valid_bucket_name(bucket) {
+            return Err(fail(&format!(
+                "`{bucket}` is not a bucket name (3 to 63 lower-case letters, digits, `.` and `-`)"
+            )));
         }
         let credentials = match userinfo {
             None => None,
@@ -100,7 +108,10 @@ impl FromStr for Connection {
             let v = decode(v);
             match k {
                 "region" => location.region = Some(v),
-                "endpoint" => location.endpoint = Some(v),
+                "endpoint" => {
+                    check_endpoint(&v).map_err(|reason| fail(&reason))?;
+                    location.endpoint = Some(v);
+                }
                 "forcePathStyle" => {
                     location.force_path_style = match v.as_str() {
                         "true" | "1" | "" => true,
@@ -117,6 +128,29 @@ impl FromStr for Connection {
         }
         Ok(Connection::S3(location))
     }
+}
+
+/// S3's bucket naming rules, loosely: enough to catch a prefix or credentials in the bucket's
+/// place, not to second-guess a server that allows more (underscores on some S3-compatibles).
+fn valid_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+}
+
+/// An endpoint is an absolute http(s) URL with a host; anything else fails at the first request
+/// with an SDK error far from the manifest, so it is refused here.
+fn check_endpoint(endpoint: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(endpoint).map_err(|e| {
+        format!("endpoint `{endpoint}` is not a URL ({e}); write it as http://HOST:PORT or https://HOST")
+    })?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!(
+            "endpoint `{endpoint}` is not an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(())
 }
 
 fn decode(s: &str) -> String {
@@ -214,6 +248,29 @@ mod tests {
     }
 
     #[test]
+    fn a_secret_with_a_slash_is_still_a_secret() {
+        let c: Connection = "s3://AKIA:ab/cd+ef@bucket/p".parse().unwrap();
+        let Connection::S3(l) = &c else { panic!("s3") };
+        assert_eq!((l.bucket.as_str(), l.prefix.as_str()), ("bucket", "p"));
+        assert_eq!(l.credentials.as_ref().unwrap().1.expose(), "ab/cd+ef");
+    }
+
+    #[test]
+    fn malformed_strings_never_show_their_secret() {
+        for bad in [
+            "s3:/KEY:SUPERSECRET@bucket/p",
+            "s3:KEY:SUPERSECRET@bucket/p",
+            "s3://KEY:SUPERSECRET@",
+            "s3://KEY:SUPER/SECRET@bucket/p?bogus=1",
+            "S3://KEY:SUPERSECRET@bucket/p",
+        ] {
+            let e = bad.parse::<Connection>().unwrap_err().to_string();
+            assert!(!e.contains("SUPER"), "{bad} → {e}");
+            assert!(e.contains("***@"), "{bad} → {e}");
+        }
+    }
+
+    #[test]
     fn rejects_malformed_strings() {
         for bad in [
             "ftp://x",
@@ -222,6 +279,11 @@ mod tests {
             "memory://",
             "file://",
             "s3://b?forcePathStyle=maybe",
+            "s3://KEY:SECRET@",
+            "s3://KEY:SECRET@/prefix",
+            "s3://bucket/p?endpoint=notaurl",
+            "s3://bucket/p?endpoint=ftp://host",
+            "s3://bucket/p?endpoint=http://",
         ] {
             assert!(bad.parse::<Connection>().is_err(), "{bad}");
         }

@@ -12,6 +12,7 @@ mod diff;
 mod hooks;
 mod manifest_cli;
 mod manifest_fixtures;
+mod manifest_fuzz;
 mod manifest_load;
 mod manifest_props;
 mod manifest_schema;

@@ -192,3 +192,135 @@ fn the_kubernetes_example_s_configmap_manifest_is_valid() {
     let m = loaded.manifest.expect("valid").manifest;
     assert!(m.backup.is_some() && m.jobs.contains_key("nightly_backup"));
 }
+
+fn codes_and_lines(text: &str) -> Vec<(String, usize, String)> {
+    let loaded = load_text(text, Format::Yaml);
+    assert!(loaded.manifest.is_none(), "the manifest has errors");
+    loaded
+        .report
+        .records()
+        .into_iter()
+        .map(|r| (r.code, r.line, r.message))
+        .collect()
+}
+
+#[test]
+fn every_bad_value_in_one_job_is_reported() {
+    let text = "version: 1
+database: { connection: \"file://./d\" }
+jobs:
+  j:
+    schedule: \"0 25 * * *\"
+    retries: many
+    enabled: yes-please
+    overlap: skp
+    timeout: 3x
+    timezone: Mars/Olympus
+    action: { run: [\"true\"] }
+";
+    let found = codes_and_lines(text);
+    let lines: Vec<usize> = found.iter().map(|(_, line, _)| *line).collect();
+    for line in 5..=10 {
+        assert!(
+            lines.contains(&line),
+            "line {line} not reported: {found:#?}"
+        );
+    }
+    assert!(
+        !found
+            .iter()
+            .any(|(code, _, _)| code == "manifest::missing_key"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn an_unknown_top_level_key_does_not_hide_other_errors() {
+    let text = "version: 1
+database: { connection: \"file://./d\" }
+bogusTop: 1
+machines:
+  m:
+    initialState: nope
+    states:
+      a: {}
+";
+    let found = codes_and_lines(text);
+    let codes: Vec<&str> = found.iter().map(|(c, _, _)| c.as_str()).collect();
+    assert!(codes.contains(&"manifest::unknown_key"), "{found:#?}");
+    assert!(
+        codes.contains(&"manifest::unknown_initial_state"),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn human_and_json_columns_count_characters() {
+    let text = "version: 1\ndatabase: { connection: \"file://./d\" }\nscheduler: { timezone: \"São Paulo\", bogus: 1 }\n";
+    let loaded = load_text(text, Format::Yaml);
+    let record = loaded
+        .report
+        .records()
+        .into_iter()
+        .find(|r| r.message.contains("bogus"))
+        .expect("reported");
+    let human = loaded.report.render_human(false);
+    assert!(
+        human.contains(&format!(":{}:{}]", record.line, record.column)),
+        "JSON says {}:{}, human says:\n{human}",
+        record.line,
+        record.column
+    );
+}
+
+#[test]
+fn a_mistyped_connection_string_never_shows_its_secret() {
+    for conn in [
+        "s3:/KEY:SUPERSECRET@bucket/p",
+        "s3://KEY:SUPERSECRET@",
+        "s3:KEY:SUPERSECRET@bucket/p",
+    ] {
+        let text = format!("version: 1\ndatabase: {{ connection: \"{conn}\" }}\n");
+        let loaded = load_text(&text, Format::Yaml);
+        assert!(loaded.manifest.is_none(), "{conn} validated");
+        let human = loaded.report.render_human(false);
+        let json = serde_json::to_string(&loaded.report.records()).expect("json");
+        assert!(!human.contains("SUPERSECRET"), "{human}");
+        assert!(!json.contains("SUPERSECRET"), "{json}");
+        assert!(json.contains("manifest::invalid_connection"), "{json}");
+    }
+}
+
+#[test]
+fn an_endpoint_that_is_not_a_url_is_refused() {
+    let text = "version: 1\ndatabase: { connection: \"s3://bucket/p?endpoint=notaurl\" }\n";
+    let found = codes_and_lines(text);
+    assert!(
+        found
+            .iter()
+            .any(|(code, _, m)| code == "manifest::invalid_connection" && m.contains("endpoint")),
+        "{found:#?}"
+    );
+}
+
+#[test]
+fn a_huge_value_gets_no_suggestion_search() {
+    let huge = "b".repeat(1_000_000);
+    let text = format!(
+        // An explicit key (`? `): YAML limits implicit keys to 1,024 characters.
+        "version: 1\ndatabase: {{ connection: \"file://./d\" }}\nmachines:\n  m:\n    initialState: {huge}\n    states:\n      ? {huge}x\n      : {{}}\n"
+    );
+    let loaded = load_text(&text, Format::Yaml);
+    let records = loaded.report.records();
+    let state = records
+        .iter()
+        .find(|r| r.code == "manifest::unknown_initial_state")
+        .expect("reported");
+    assert!(
+        state
+            .help
+            .as_deref()
+            .is_none_or(|h| !h.contains("did you mean")),
+        "{state:?}"
+    );
+}

@@ -52,7 +52,7 @@ fn schema_is_draft_2020_12_with_descriptions_defaults_and_enums() {
         defs["BackupConfig"]["properties"]["compression"]["default"],
         "gzip"
     );
-    assert!(defs["TimeZone"]["enum"]
+    assert!(defs["TimeZone"]["anyOf"][0]["enum"]
         .as_array()
         .is_some_and(|zones| zones.iter().any(|z| z == "Australia/Lord_Howe")));
     assert!(defs["JobDef"]["properties"]["schedule"]["examples"].is_array());
@@ -86,5 +86,73 @@ fn schema_rejects_every_shape_fixture() {
     for file in shape {
         let doc = as_json(&file).expect("shape fixtures are well-formed");
         assert!(!v.is_valid(&doc), "{} passes the schema", file.display());
+    }
+}
+
+fn yaml_json(text: &str) -> serde_json::Value {
+    tree::parse_yaml(text).expect("well-formed").to_json()
+}
+
+#[test]
+fn schema_accepts_interpolation_wherever_the_loader_does() {
+    let v = validator();
+    let doc = yaml_json(
+        r#"
+version: 1
+database: { connection: "${S3DB_CONNECTION:-file://./data}" }
+scheduler: { timezone: "${TZ:-UTC}", defaultRetries: "${RETRIES:-2}", defaultTimeout: "${TIMEOUT}" }
+jobs:
+  j:
+    schedule: "${CRON:-0 3 * * *}"
+    enabled: "${ENABLED:-true}"
+    retries: "${RETRIES:-2}"
+    overlap: "${OVERLAP:-skip}"
+    action: { run: ["true"] }
+backup:
+  driver: filesystem
+  config: { path: ./backups/ }
+  compression: "${COMPRESSION:-gzip}"
+  verification: "${VERIFY}"
+"#,
+    );
+    let errors: Vec<String> = v
+        .iter_errors(&doc)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The loader agrees: with the variables set, the same document is a valid manifest.
+    let env = |name: &str| match name {
+        "TIMEOUT" => Some("5m".to_string()),
+        "VERIFY" => Some("false".to_string()),
+        _ => None,
+    };
+    let loaded = manifest::load_str(
+        "i.yaml",
+        serde_json::to_string(&doc).expect("json"),
+        Format::Yaml,
+        &repo(),
+        &env,
+    );
+    assert!(
+        loaded.manifest.is_some(),
+        "{:#?}",
+        loaded.report.diagnostics
+    );
+}
+
+#[test]
+fn schema_still_rejects_plain_strings_where_values_are_typed() {
+    let v = validator();
+    for (field, value) in [
+        ("retries", "many"),
+        ("enabled", "yes-please"),
+        ("overlap", "skp"),
+        ("timeout", "3x"),
+        ("timezone", "Mars/Olympus"),
+    ] {
+        let doc = yaml_json(&format!(
+            "version: 1\ndatabase: {{ connection: file://./d }}\njobs:\n  j: {{ schedule: '@daily', action: {{ run: ['true'] }}, {field}: '{value}' }}\n"
+        ));
+        assert!(!v.is_valid(&doc), "{field}: {value} passes the schema");
     }
 }

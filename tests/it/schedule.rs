@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Datelike, Duration, LocalResult, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use s3db_run::plugins::scheduler::schedule::Schedule;
+use s3db_run::types::schedule::Schedule;
 
 fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)

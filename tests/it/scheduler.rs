@@ -12,9 +12,9 @@ use s3db_run::db::Database;
 use s3db_run::hooks::HookRunner;
 use s3db_run::manifest::model::{JobDef, Manifest};
 use s3db_run::manifest::Format;
-use s3db_run::plugins::scheduler::clock::{Clock, ManualClock, SystemClock};
 use s3db_run::plugins::scheduler::jobs::JobError;
 use s3db_run::plugins::scheduler::{JobEvent, Scheduler};
+use s3db_run::types::clock::{Clock, ManualClock, SystemClock};
 use serde_json::json;
 
 use crate::support::{load_text, Backend};
@@ -640,7 +640,7 @@ async fn a_slot_waiting_for_its_jitter_is_dropped_at_shutdown() {
     .await;
     let jitter = s3db_run::plugins::scheduler::jobs::jitter_for(
         "tick",
-        Some(s3db_run::manifest::types::Duration::from_secs(3600)),
+        Some(s3db_run::types::Duration::from_secs(3600)),
     );
     assert!(jitter > Duration::from_secs(60), "{jitter:?}");
     let (stop, task) = s.run_loop();
@@ -844,8 +844,8 @@ async fn three_runner_processes_run_every_second_exactly_once() {
 
 #[test]
 fn jitter_is_stable_per_job_and_within_bounds() {
-    use s3db_run::manifest::types::Duration as D;
     use s3db_run::plugins::scheduler::jobs::jitter_for;
+    use s3db_run::types::Duration as D;
     let max = Some(D::from_secs(30));
     assert_eq!(jitter_for("backup", max), jitter_for("backup", max));
     assert!(jitter_for("backup", max) < Duration::from_secs(30));

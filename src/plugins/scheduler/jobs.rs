@@ -16,14 +16,14 @@ use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::clock::Clock;
-use super::schedule::Schedule;
 use crate::db::schema::StoredResource;
 use crate::db::{Database, DbError, Record, Resource};
 use crate::hooks::builtins::BuiltinKind;
 use crate::hooks::{HookError, HookInput, HookKind, HookRunner};
 use crate::manifest::model::{CatchUp, HookRef, JobDef, OverlapPolicy, SchedulerConfig};
-use crate::retry::RetryPolicy;
+use crate::types::retry::RetryPolicy;
+use crate::types::Clock;
+use crate::types::Schedule;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -70,8 +70,6 @@ pub enum JobError {
     Exists(String),
     #[error("job `{0}` is running and its overlap policy is `skip`")]
     Running(String),
-    #[error("job `{job}`: {message}")]
-    Invalid { job: String, message: String },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -156,19 +154,15 @@ fn text(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn job_state(name: &str, def: &JobDef, config: &SchedulerConfig) -> Result<JobState, JobError> {
-    let schedule = Schedule::parse(&def.schedule).map_err(|e| JobError::Invalid {
-        job: name.into(),
-        message: e.to_string(),
-    })?;
-    Ok(JobState {
+fn job_state(def: &JobDef, config: &SchedulerConfig) -> JobState {
+    JobState {
         tz: def.timezone.unwrap_or(config.timezone).0,
         enabled: def.enabled,
         running: 0,
         next: Mutex::new(None),
+        schedule: def.schedule.clone(),
         def: def.clone(),
-        schedule,
-    })
+    }
 }
 
 impl Scheduler {
@@ -219,7 +213,7 @@ impl Scheduler {
         };
         let mut states = IndexMap::new();
         for (name, def) in jobs {
-            states.insert(name.clone(), job_state(name, def, config)?);
+            states.insert(name.clone(), job_state(def, config));
         }
         let (events, _) = broadcast::channel(1024);
         Ok(Self {
@@ -249,7 +243,7 @@ impl Scheduler {
 
     fn unknown(&self, job: &str) -> JobError {
         let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
-        let hint = crate::manifest::suggest::did_you_mean(job, jobs.keys().map(String::as_str))
+        let hint = crate::types::suggest::did_you_mean(job, jobs.keys().map(String::as_str))
             .map(|h| format!(" ({h})"))
             .unwrap_or_default();
         JobError::Unknown(job.into(), hint)
@@ -281,7 +275,7 @@ impl Scheduler {
             .ok_or_else(|| JobError::Unknown(job.into(), String::new()))?;
         Ok(JobStatus {
             name: job.into(),
-            schedule: j.def.schedule.clone(),
+            schedule: j.def.schedule.to_string(),
             timezone: j.tz.name().into(),
             enabled: j.enabled,
             running: j.running > 0,
@@ -323,7 +317,7 @@ impl Scheduler {
         let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
         let mut rebuilt = IndexMap::new();
         for (name, old) in jobs.iter() {
-            let mut state = job_state(name, &old.def, config)?;
+            let mut state = job_state(&old.def, config);
             state.enabled = old.enabled;
             state.running = old.running;
             rebuilt.insert(name.clone(), state);
@@ -360,7 +354,7 @@ impl Scheduler {
     }
 
     pub fn add(&self, job: &str, def: JobDef) -> Result<(), JobError> {
-        let state = job_state(job, &def, &self.config())?;
+        let state = job_state(&def, &self.config());
         {
             let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
             if jobs.contains_key(job) {
@@ -561,7 +555,7 @@ impl Scheduler {
         let mut hook = self.inner.hooks.resolve(&def.action, BuiltinKind::Action)?;
         // A shell job without its own hook timeout gets the job's, so its process group goes too.
         if hook.def.run.is_some() && hook.def.timeout.is_none() {
-            hook.def.timeout = Some(crate::manifest::types::Duration(timeout));
+            hook.def.timeout = Some(crate::types::Duration(timeout));
         }
         // The job's retries are the scheduler's; the hook's own are not stacked on top.
         hook.def.retries = Some(0);
@@ -1043,7 +1037,7 @@ impl Drop for InFlight {
 
 /// A job's stable delay within its `jitter`: the same for every slot and every runner, so the
 /// job keeps a steady rhythm while different jobs spread out.
-pub fn jitter_for(job: &str, jitter: Option<crate::manifest::types::Duration>) -> Duration {
+pub fn jitter_for(job: &str, jitter: Option<crate::types::Duration>) -> Duration {
     let Some(max) = jitter.map(|j| j.as_millis()).filter(|m| *m > 0) else {
         return Duration::ZERO;
     };

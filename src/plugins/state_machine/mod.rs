@@ -271,15 +271,15 @@ fn deadline_for(def: &MachineDef, state: &str, at: DateTime<Utc>, seq: u64) -> O
         .after
         .iter()
         .filter_map(|(after, target)| {
-            let d: crate::manifest::types::Duration = after.parse().ok()?;
-            let due = at + chrono::Duration::from_std(d.as_std()).ok()?;
+            // A delay past chrono's range (hundreds of millions of years) never comes due.
+            let due = at.checked_add_signed(chrono::Duration::from_std(after.as_std()).ok()?)?;
             Some((due, after, target))
         })
         .min_by_key(|(due, _, _)| *due)
         .map(|(due, after, target)| Deadline {
             at: due.to_rfc3339_opts(SecondsFormat::Millis, true),
             target: target.clone(),
-            after: after.clone(),
+            after: after.text.clone(),
             seq,
         })
 }
@@ -429,12 +429,10 @@ impl StateMachines {
             .read()
             .unwrap_or_else(|e| e.into_inner());
         machines.get(machine).cloned().ok_or_else(|| {
-            let hint = crate::manifest::suggest::did_you_mean(
-                machine,
-                machines.keys().map(String::as_str),
-            )
-            .map(|h| format!(" ({h})"))
-            .unwrap_or_default();
+            let hint =
+                crate::types::suggest::did_you_mean(machine, machines.keys().map(String::as_str))
+                    .map(|h| format!(" ({h})"))
+                    .unwrap_or_default();
             MachineError::UnknownMachine(machine.to_string(), hint)
         })
     }

@@ -81,10 +81,7 @@ pub fn location(bucket: &str, prefix: &str) -> S3Location {
         region: Some("us-east-1".into()),
         endpoint: Some(endpoint()),
         force_path_style: true,
-        credentials: Some((
-            "testing".into(),
-            s3db_run::manifest::types::Secret::new("testing"),
-        )),
+        credentials: Some(("testing".into(), s3db_run::types::Secret::new("testing"))),
     }
 }
 

@@ -10,7 +10,7 @@ use chrono::Datelike;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::Cron;
 
-use crate::manifest::suggest::did_you_mean;
+use super::suggest::did_you_mean;
 
 const NICKNAMES: &[&str] = &[
     "@yearly",
@@ -55,6 +55,56 @@ impl fmt::Display for ScheduleError {
 }
 
 impl std::error::Error for ScheduleError {}
+
+impl ScheduleError {
+    /// The rule code a manifest diagnostic reports this error under.
+    pub fn code(&self) -> &'static str {
+        if self.never_fires {
+            "manifest::cron_never_fires"
+        } else {
+            "manifest::invalid_cron"
+        }
+    }
+}
+
+impl PartialEq for Schedule {
+    fn eq(&self, other: &Self) -> bool {
+        self.expr == other.expr
+    }
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expr)
+    }
+}
+
+impl serde::Serialize for Schedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.expr)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Schedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Schedule::parse(&text).map_err(|e| super::coded_error(e.code(), &e.message, Some(&e.help)))
+    }
+}
+
+impl schemars::JsonSchema for Schedule {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Schedule".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "minLength": 1 })
+    }
+}
 
 const FIELDS_HELP: &str = "write 5 fields: minute hour day-of-month month day-of-week (e.g. `0 3 * * *`), optionally preceded by seconds, or one of @yearly @annually @monthly @weekly @daily @hourly";
 
@@ -253,11 +303,20 @@ fn parse_checked(trimmed: &str) -> Result<Cron, ScheduleError> {
         .seconds(Seconds::Optional)
         .year(Year::Disallowed)
         .build();
-    let cron = parser.parse(trimmed).map_err(|e| ScheduleError {
-        message: format!("`{trimmed}` is not a valid cron expression: {e}"),
-        help: FIELDS_HELP.to_string(),
-        never_fires: false,
-    })?;
+    let cron = parser
+        .parse(trimmed)
+        .map_err(|e| match out_of_range(trimmed) {
+            Some((message, help)) => ScheduleError {
+                message: format!("`{trimmed}`: {message}"),
+                help,
+                never_fires: false,
+            },
+            None => ScheduleError {
+                message: format!("`{trimmed}` is not a valid cron expression: {e}"),
+                help: FIELDS_HELP.to_string(),
+                never_fires: false,
+            },
+        })?;
     if !fires_at_all(&cron) {
         return Err(ScheduleError {
             message: format!("`{trimmed}` can never fire: no date matches its day and month fields"),
@@ -266,6 +325,60 @@ fn parse_checked(trimmed: &str) -> Result<Cron, ScheduleError> {
         });
     }
     Ok(cron)
+}
+
+/// The fields of a 5- or 6-field expression, with the numbers each allows.
+const FIELDS: [(&str, u32, u32); 6] = [
+    ("second", 0, 59),
+    ("minute", 0, 59),
+    ("hour", 0, 23),
+    ("day-of-month", 1, 31),
+    ("month", 1, 12),
+    ("day-of-week", 0, 7),
+];
+
+/// Names the field whose number is out of its range, and the range, when that is why croner
+/// refused the expression (croner says only "Number out of bounds.").
+fn out_of_range(trimmed: &str) -> Option<(String, String)> {
+    let fields: Vec<&str> = trimmed.split_whitespace().collect();
+    let names = match fields.len() {
+        6 => &FIELDS[..],
+        5 => &FIELDS[1..],
+        _ => return None,
+    };
+    for (text, (name, min, max)) in fields.iter().zip(names) {
+        for part in text.split(',') {
+            let (range, step) = part.split_once('/').unwrap_or((part, ""));
+            if !step.is_empty() {
+                match step.parse::<u32>() {
+                    Ok(n) if n >= 1 && n <= *max => {}
+                    Ok(_) => {
+                        return Some((
+                            format!(
+                                "the step `/{step}` of the {name} field `{text}` is out of range"
+                            ),
+                            format!("a {name} step is 1 to {max}"),
+                        ))
+                    }
+                    Err(_) => {}
+                }
+            }
+            for bound in range.split('-') {
+                // Only plain numbers are judged here; names, `L`, `W`, `#` and the like are
+                // left to croner's own message.
+                let Ok(n) = bound.parse::<u64>() else {
+                    continue;
+                };
+                if n < u64::from(*min) || n > u64::from(*max) {
+                    return Some((
+                        format!("the {name} field `{text}` is out of range: {n} is not between {min} and {max}"),
+                        format!("{name} values are {min} to {max}; {FIELDS_HELP}"),
+                    ));
+                }
+            }
+        }
+    }
+    None
 }
 
 /// The first instant after a DST gap that contains the wall-clock time `naive`.
@@ -341,5 +454,26 @@ mod tests {
             "did you mean `@daily`?"
         );
         assert!(Schedule::parse("61 * * * *").is_err());
+    }
+
+    #[test]
+    fn an_out_of_range_number_names_its_field_and_range() {
+        for (expr, field, range) in [
+            ("0 25 * * *", "hour field `25`", "between 0 and 23"),
+            ("61 * * * *", "minute field `61`", "between 0 and 59"),
+            ("0 0 0 * *", "day-of-month field `0`", "between 1 and 31"),
+            ("0 0 1 1-13 *", "month field `1-13`", "between 1 and 12"),
+            ("0 0 * * 1,8", "day-of-week field `1,8`", "between 0 and 7"),
+            ("75 0 0 * * *", "second field `75`", "between 0 and 59"),
+        ] {
+            let e = Schedule::parse(expr).unwrap_err();
+            assert!(
+                e.message.contains(field) && e.message.contains(range),
+                "{expr}: {e}"
+            );
+            assert!(!e.message.contains("Number out of bounds"), "{expr}: {e}");
+        }
+        let e = Schedule::parse("*/0 * * * *").unwrap_err();
+        assert!(e.message.contains("step `/0` of the minute field"), "{e}");
     }
 }
