@@ -25,7 +25,7 @@ pub enum CacheCommand {
 
 pub fn run(args: &Args) -> u8 {
     super::block_on(async {
-        let db = match super::db::open_database(
+        let (_db, cache) = match super::db::open_database_and_cache(
             &args.target.manifest,
             args.target.connection.as_deref(),
             8,
@@ -33,10 +33,10 @@ pub fn run(args: &Args) -> u8 {
         )
         .await
         {
-            Ok(db) => db,
+            Ok(opened) => opened,
             Err(code) => return code,
         };
-        let Some(cache) = db.cache() else {
+        let Some(cache) = cache else {
             eprintln!(
                 "error: {} has no `cache:` section",
                 args.target.manifest.display()

@@ -2,6 +2,7 @@
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures::StreamExt;
 use serde_json::{Map, Value};
@@ -9,6 +10,7 @@ use serde_json::{Map, Value};
 use super::exit;
 use crate::db::query::Filter;
 use crate::db::{Database, DbError, ListOptions};
+use crate::plugins::cache::Cache;
 use crate::store::Connection;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -86,6 +88,18 @@ pub async fn open_database(
     concurrency: usize,
     use_cache: bool,
 ) -> Result<Database, u8> {
+    open_database_and_cache(manifest_path, connection, concurrency, use_cache)
+        .await
+        .map(|(db, _)| db)
+}
+
+/// `open_database`, and the manifest's cache when it has one (for the `cache` commands).
+pub async fn open_database_and_cache(
+    manifest_path: &Path,
+    connection: Option<&str>,
+    concurrency: usize,
+    use_cache: bool,
+) -> Result<(Database, Option<Arc<Cache>>), u8> {
     let manifest_present = manifest_path.exists();
     let db = if !manifest_present && connection.is_some() {
         let conn: Connection = match connection.unwrap_or_default().parse() {
@@ -99,32 +113,37 @@ pub async fn open_database(
             eprintln!("error: {e}");
             exit::INVALID
         })?;
-        Database::connect(store, &Default::default()).await
+        Database::connect(store, &Default::default())
+            .await
+            .map(|db| (db, None))
     } else {
         let checked = super::load_checked(manifest_path)?;
-        let db = Database::open(&checked, connection).await;
+        let db = crate::runtime::open_database(&checked, connection).await;
         match (db, &checked.manifest.cache) {
             (Ok(db), Some(config)) => {
                 match crate::plugins::cache::Cache::build(config, db.store(), &checked.base_dir)
                     .await
                 {
-                    Ok(cache) if use_cache => Ok(db.with_cache(std::sync::Arc::new(cache))),
-                    // Read around, the cache still hears about writes, so other processes
-                    // sharing it do not read stale entries.
-                    Ok(cache) => Ok(db.with_cache(std::sync::Arc::new(cache.write_only()))),
+                    Ok(cache) => {
+                        // Read around, the cache still hears about writes, so other processes
+                        // sharing it do not read stale entries.
+                        let cache = Arc::new(if use_cache { cache } else { cache.write_only() });
+                        Ok((db.with_cache(cache.clone()), Some(cache)))
+                    }
                     Err(e) => {
                         eprintln!("error: cache: {e}");
                         return Err(exit::INVALID);
                     }
                 }
             }
-            (db, _) => db,
+            (db, _) => db.map(|db| (db, None)),
         }
     };
-    db.map(|db| db.with_concurrency(concurrency)).map_err(|e| {
-        eprintln!("error: {e}");
-        exit::INVALID
-    })
+    db.map(|(db, cache)| (db.with_concurrency(concurrency), cache))
+        .map_err(|e| {
+            eprintln!("error: {e}");
+            exit::INVALID
+        })
 }
 
 fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, String> {

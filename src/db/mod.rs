@@ -3,6 +3,7 @@
 //! nothing about plugins, and nothing about YAML.
 
 pub mod attribute;
+pub mod cache;
 pub mod codec;
 pub mod query;
 pub mod resource;
@@ -14,8 +15,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use indexmap::IndexMap;
 
-use crate::manifest::CheckedManifest;
-use crate::store::{Connection, DynStore, PutMode, PutOptions, StoreError};
+use crate::store::{DynStore, PutMode, PutOptions, StoreError};
+pub use cache::ReadCache;
 pub use resource::{ListOptions, Record, Resource};
 use schema::{Metadata, ResourceSchema, StoredResource};
 
@@ -61,7 +62,7 @@ pub struct Database {
     store: DynStore,
     schemas: Arc<RwLock<IndexMap<String, Arc<ResourceSchema>>>>,
     concurrency: usize,
-    cache: Option<Arc<crate::plugins::cache::Cache>>,
+    cache: Option<Arc<dyn ReadCache>>,
 }
 
 impl std::fmt::Debug for Database {
@@ -74,22 +75,6 @@ impl std::fmt::Debug for Database {
 pub const DEFAULT_CONCURRENCY: usize = 32;
 
 impl Database {
-    /// Connects to the manifest's database (or `connection` instead, when given) and registers
-    /// its resources.
-    pub async fn open(manifest: &CheckedManifest, connection: Option<&str>) -> DbResult<Self> {
-        let text = connection.unwrap_or(manifest.manifest.database.connection.expose());
-        let conn: Connection = text.parse()?;
-        let store = conn.open(&manifest.base_dir).await?;
-        let declared = manifest
-            .manifest
-            .database
-            .resources
-            .iter()
-            .map(|(name, def)| (name.clone(), StoredResource::from(def)))
-            .collect();
-        Self::connect(store, &declared).await
-    }
-
     /// Reads `s3db.json` (creating it on a fresh store), adds the declared resources to it, and
     /// loads every resource's schema. Two runners connecting at once both succeed and neither
     /// loses the other's resources: every write is create-only or compare-and-swap.
@@ -172,12 +157,12 @@ impl Database {
 
     /// The same database, with reads through `cached_*` kept in `cache` and every write
     /// invalidating what it affects.
-    pub fn with_cache(mut self, cache: Arc<crate::plugins::cache::Cache>) -> Self {
+    pub fn with_cache(mut self, cache: Arc<dyn ReadCache>) -> Self {
         self.cache = Some(cache);
         self
     }
 
-    pub fn cache(&self) -> Option<&Arc<crate::plugins::cache::Cache>> {
+    pub fn cache(&self) -> Option<&Arc<dyn ReadCache>> {
         self.cache.as_ref()
     }
 

@@ -451,7 +451,7 @@ impl Resource {
             return self.list(options).await;
         };
         let digest = query_digest(&format!("{options:?}"));
-        let key = match (&options.partition, cache.settings().include_partitions) {
+        let key = match (&options.partition, cache.include_partitions()) {
             (Some((name, values)), true) => {
                 let values: Vec<String> = values
                     .iter()

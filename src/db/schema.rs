@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::attribute::{AttributeError, AttributeSpec, AttributeType};
-use crate::manifest::model::ResourceDef;
 
 /// Current layout version of `s3db.json` and the record keys.
 pub const FORMAT_VERSION: u32 = 1;
@@ -32,20 +31,6 @@ pub struct StoredResource {
     pub partitions: IndexMap<String, IndexMap<String, String>>,
     #[serde(default)]
     pub timestamps: bool,
-}
-
-impl From<&ResourceDef> for StoredResource {
-    fn from(def: &ResourceDef) -> Self {
-        Self {
-            attributes: def.attributes.clone(),
-            partitions: def
-                .partitions
-                .iter()
-                .map(|(name, p)| (name.clone(), p.fields.clone()))
-                .collect(),
-            timestamps: def.timestamps,
-        }
-    }
 }
 
 impl Metadata {

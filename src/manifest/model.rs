@@ -86,6 +86,20 @@ pub struct ResourceDef {
     pub timestamps: bool,
 }
 
+impl From<&ResourceDef> for crate::db::schema::StoredResource {
+    fn from(def: &ResourceDef) -> Self {
+        Self {
+            attributes: def.attributes.clone(),
+            partitions: def
+                .partitions
+                .iter()
+                .map(|(name, p)| (name.clone(), p.fields.clone()))
+                .collect(),
+            timestamps: def.timestamps,
+        }
+    }
+}
+
 fn attribute_example() -> serde_json::Value {
     serde_json::json!({ "name": "string|required|maxlength:100", "quantity": "number|min:0|default:0" })
 }

@@ -35,6 +35,25 @@ pub struct Runtime {
     backup: std::sync::RwLock<Option<Backup>>,
 }
 
+/// Connects to the manifest's database (or `connection` instead, when given) and registers its
+/// resources.
+pub async fn open_database(
+    checked: &CheckedManifest,
+    connection: Option<&str>,
+) -> crate::db::DbResult<Database> {
+    let m = &checked.manifest;
+    let text = connection.unwrap_or(m.database.connection.expose());
+    let conn: crate::store::Connection = text.parse()?;
+    let store = conn.open(&checked.base_dir).await?;
+    let declared = m
+        .database
+        .resources
+        .iter()
+        .map(|(name, def)| (name.clone(), crate::db::schema::StoredResource::from(def)))
+        .collect();
+    Database::connect(store, &declared).await
+}
+
 impl Runtime {
     /// Builds everything the manifest declares; `connection` overrides the manifest's.
     pub async fn build(
@@ -42,7 +61,7 @@ impl Runtime {
         connection: Option<&str>,
     ) -> Result<Self, String> {
         let m = &checked.manifest;
-        let mut db = Database::open(checked, connection)
+        let mut db = open_database(checked, connection)
             .await
             .map_err(|e| format!("database: {e}"))?;
         let cache = match &m.cache {

@@ -10,6 +10,7 @@ mod db_core;
 mod db_processes;
 mod diff;
 mod hooks;
+mod layers;
 mod manifest_cli;
 mod manifest_fixtures;
 mod manifest_fuzz;

@@ -353,3 +353,26 @@ impl Cache {
         }
     }
 }
+
+#[async_trait]
+impl crate::db::ReadCache for Cache {
+    async fn get(&self, key: &str) -> Option<Bytes> {
+        Cache::get(self, key).await
+    }
+
+    async fn set(&self, key: &str, value: Bytes) {
+        Cache::set(self, key, value).await
+    }
+
+    async fn delete(&self, key: &str) {
+        Cache::delete(self, key).await
+    }
+
+    async fn invalidate_prefix(&self, prefix: &str) {
+        Cache::invalidate_prefix(self, prefix).await
+    }
+
+    fn include_partitions(&self) -> bool {
+        self.settings().include_partitions
+    }
+}
