@@ -101,6 +101,13 @@ pub enum StoreError {
     NotFound { key: String },
     #[error("invalid object key `{key}`: {reason}")]
     InvalidKey { key: String, reason: String },
+    /// Compare-and-swap needs the version an S3-compatible server must return; an empty one
+    /// sent as `If-Match` would match nothing or, on a lax server, everything.
+    #[error("the storage server returned no ETag for `{key}` ({operation}); compare-and-swap cannot work without one: check that the server is S3-compatible")]
+    MissingEtag {
+        key: String,
+        operation: &'static str,
+    },
     #[error("{backend} storage error on `{key}`: {message}")]
     Backend {
         backend: &'static str,

@@ -153,7 +153,7 @@ impl S3Store {
                 .body(body);
             req = with_put_options!(req, options);
             let out = req.send().await.map_err(|e| sdk_error(key, e))?;
-            return Ok(ETag(out.e_tag().unwrap_or_default().to_string()));
+            return etag(key, "PutObject", out.e_tag());
         }
         let part_size = PART_SIZE as u64;
         let count = usize::try_from(size.div_ceil(part_size)).unwrap_or(usize::MAX);
@@ -270,7 +270,7 @@ impl S3Store {
                 .send()
                 .await
                 .map_err(|e| sdk_error(key, e))?;
-            Ok(ETag(done.e_tag().unwrap_or_default().to_string()))
+            etag(key, "CompleteMultipartUpload", done.e_tag())
         }
         .await;
         if result.is_err() {
@@ -285,6 +285,17 @@ impl S3Store {
                 .await;
         }
         result
+    }
+}
+
+/// The ETag a response carried; none (or an empty one) is an error, never a version to compare.
+fn etag(key: &str, operation: &'static str, value: Option<&str>) -> StoreResult<ETag> {
+    match value {
+        Some(v) if !v.is_empty() => Ok(ETag(v.to_string())),
+        _ => Err(StoreError::MissingEtag {
+            key: key.to_string(),
+            operation,
+        }),
     }
 }
 
@@ -322,7 +333,7 @@ impl ObjectStore for S3Store {
         let Some(out) = self.get_object(key).await? else {
             return Ok(None);
         };
-        let etag = ETag(out.e_tag().unwrap_or_default().to_string());
+        let etag = etag(key, "GetObject", out.e_tag())?;
         let body = out
             .body
             .collect()
@@ -351,7 +362,7 @@ impl ObjectStore for S3Store {
         {
             Ok(out) => Ok(Some(ObjectMeta {
                 key: key.to_string(),
-                etag: ETag(out.e_tag().unwrap_or_default().to_string()),
+                etag: etag(key, "HeadObject", out.e_tag())?,
                 size: u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0),
             })),
             Err(e) if status(&e) == Some(404) => Ok(None),
@@ -388,7 +399,7 @@ impl ObjectStore for S3Store {
         }
         req = with_put_options!(req, options);
         match req.send().await {
-            Ok(out) => Ok(ETag(out.e_tag().unwrap_or_default().to_string())),
+            Ok(out) => etag(key, "PutObject", out.e_tag()),
             // 409 is S3's answer when two conditional writes of one key race.
             Err(e) if matches!(status(&e), Some(412) | Some(409)) => Err(match mode {
                 PutMode::Create => StoreError::AlreadyExists {
@@ -456,13 +467,15 @@ impl ObjectStore for S3Store {
             .iter()
             .filter_map(|o| {
                 let key = o.key()?.strip_prefix(&self.prefix)?.to_string();
-                Some(ObjectMeta {
-                    key,
-                    etag: ETag(o.e_tag().unwrap_or_default().to_string()),
-                    size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
-                })
+                Some(
+                    etag(&key, "ListObjectsV2", o.e_tag()).map(|etag| ObjectMeta {
+                        size: u64::try_from(o.size().unwrap_or(0)).unwrap_or(0),
+                        key,
+                        etag,
+                    }),
+                )
             })
-            .collect();
+            .collect::<StoreResult<Vec<_>>>()?;
         let next = if out.is_truncated() == Some(true) {
             out.next_continuation_token().map(str::to_string)
         } else {

@@ -122,3 +122,49 @@ async fn errors_name_the_key_and_the_cause_without_credentials() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_returns_no_etag_is_an_error_not_an_empty_version() {
+    use crate::support::proxy::{self, Fault};
+    let bucket = s3::bucket_name();
+    let direct = S3Store::connect(s3::location(&bucket, "p")).await;
+    s3db_run::store::s3::ensure_bucket(direct.client(), &bucket)
+        .await
+        .unwrap();
+    direct
+        .put(
+            "a",
+            Bytes::from_static(b"1"),
+            PutMode::Overwrite,
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap();
+    let mut location = s3::location(&bucket, "p");
+    location.endpoint = Some(proxy::start(s3::endpoint(), Fault::StripEtag).await);
+    let lax = S3Store::connect(location).await;
+    let put = lax
+        .put(
+            "b",
+            Bytes::from_static(b"2"),
+            PutMode::Create,
+            &PutOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    let get = lax.get("a").await.unwrap_err();
+    let head = lax.head("a").await.unwrap_err();
+    let list = lax.list("", None, 100).await.unwrap_err();
+    for (operation, e) in [
+        ("PutObject", put),
+        ("GetObject", get),
+        ("HeadObject", head),
+        ("ListObjectsV2", list),
+    ] {
+        assert!(
+            matches!(&e, s3db_run::store::StoreError::MissingEtag { operation: op, .. } if *op == operation),
+            "{operation}: {e}"
+        );
+        assert!(e.to_string().contains("no ETag"), "{e}");
+    }
+}

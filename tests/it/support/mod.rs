@@ -76,6 +76,7 @@ pub fn render(loaded: &Loaded) -> String {
         .collect()
 }
 
+pub mod proxy;
 pub mod s3;
 
 /// A child process (an `s3db-run` under test), killed and reaped when dropped.
