@@ -24,6 +24,18 @@ pub struct FieldChange {
     pub new: Option<Value>,
 }
 
+/// How a running runner takes a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Apply {
+    /// Applied by a reload, without stopping anything.
+    #[default]
+    Live,
+    /// Changes what every other part holds (the database connection, the state-machine
+    /// resources, adding or removing a plugin): it takes effect at the next start.
+    Restart,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Change {
     /// `job`, `machine`, `guard`, `action`, `resource`, or a section (`database`, `backup`,
@@ -33,6 +45,43 @@ pub struct Change {
     pub change: ChangeKind,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub fields: Vec<FieldChange>,
+    /// Whether a reload applies it or it waits for a restart (for a runner whose API follows
+    /// `server.listen`; with `--listen` a new address also waits).
+    pub apply: Apply,
+}
+
+impl Change {
+    /// The section a restart-bound change is listed under (`restartRequired`).
+    pub fn section(&self) -> &'static str {
+        match self.kind {
+            "machine" => "machines",
+            kind => kind,
+        }
+    }
+
+    /// How a runner started from `old` takes this change.
+    fn classify(&self, old: &Manifest) -> Apply {
+        let changed = |prefix: &str| self.fields.iter().any(|f| f.path.starts_with(prefix));
+        let restart = match self.kind {
+            "database" | "stateMachine" => true,
+            // A plugin's settings change live; adding or removing the plugin does not.
+            "backup" => old.backup.is_none() || self.change != ChangeKind::Changed,
+            "cache" => old.cache.is_none() || self.change != ChangeKind::Changed,
+            "scheduler" => changed("persistJobs") || changed("jobHistoryResource"),
+            "server" => self
+                .fields
+                .iter()
+                .any(|f| !(f.path.starts_with("token") || f.path == "listen")),
+            // The state machines are built only when the manifest has some.
+            "machine" => old.machines.is_empty(),
+            _ => false,
+        };
+        if restart {
+            Apply::Restart
+        } else {
+            Apply::Live
+        }
+    }
 }
 
 fn to_value<T: Serialize>(v: &T) -> Value {
@@ -99,6 +148,7 @@ fn compare_maps<T: Serialize>(
                 name: name.clone(),
                 change: ChangeKind::Removed,
                 fields: Vec::new(),
+                apply: Apply::Live,
             }),
             Some(other) => {
                 let mut fields = Vec::new();
@@ -109,6 +159,7 @@ fn compare_maps<T: Serialize>(
                         name: name.clone(),
                         change: ChangeKind::Changed,
                         fields,
+                        apply: Apply::Live,
                     });
                 }
             }
@@ -120,6 +171,7 @@ fn compare_maps<T: Serialize>(
             name: name.clone(),
             change: ChangeKind::Added,
             fields: Vec::new(),
+            apply: Apply::Live,
         });
     }
 }
@@ -140,6 +192,7 @@ fn compare_section<T: Serialize>(kind: &'static str, old: &T, new: &T, out: &mut
             name: kind.to_string(),
             change,
             fields,
+            apply: Apply::Live,
         });
     }
 }
@@ -174,6 +227,9 @@ pub fn diff(old: &Manifest, new: &Manifest) -> Vec<Change> {
     compare_section("cache", &old.cache, &new.cache, &mut out);
     compare_section("server", &old.server, &new.server, &mut out);
     secret_changes(old, new, &mut out);
+    for change in &mut out {
+        change.apply = change.classify(old);
+    }
     out
 }
 
@@ -227,6 +283,7 @@ fn secret_changes(old: &Manifest, new: &Manifest, out: &mut Vec<Change>) {
                 name: section.to_string(),
                 change: ChangeKind::Changed,
                 fields: vec![field],
+                apply: Apply::Live,
             }),
         }
     }
@@ -255,10 +312,14 @@ pub fn render(changes: &[Change]) -> String {
             ChangeKind::Removed => '-',
             ChangeKind::Changed => '~',
         };
+        let when = match c.apply {
+            Apply::Live => "",
+            Apply::Restart => "  (needs a restart)",
+        };
         if c.kind == c.name {
-            out.push_str(&format!("{sign} {}\n", c.kind));
+            out.push_str(&format!("{sign} {}{when}\n", c.kind));
         } else {
-            out.push_str(&format!("{sign} {} {}\n", c.kind, c.name));
+            out.push_str(&format!("{sign} {} {}{when}\n", c.kind, c.name));
         }
         if c.change == ChangeKind::Changed {
             for f in &c.fields {

@@ -22,7 +22,7 @@ use serde::Serialize;
 use super::Runtime;
 use crate::db::schema::StoredResource;
 use crate::manifest::diagnostic::DiagnosticRecord;
-use crate::manifest::diff::{diff, Change, ChangeKind};
+use crate::manifest::diff::{diff, Apply, Change, ChangeKind};
 use crate::manifest::CheckedManifest;
 
 /// What the last reload did.
@@ -145,7 +145,11 @@ impl Reloader {
                         Ok(()) => {
                             result.result = "applied".into();
                             result.sha256 = new.sha256.clone();
-                            *self.current.write().unwrap_or_else(|e| e.into_inner()) = new;
+                            let live_listen =
+                                self.live_listen.load(std::sync::atomic::Ordering::Relaxed);
+                            let running =
+                                running_manifest(&old, new, &result.restart_required, live_listen);
+                            *self.current.write().unwrap_or_else(|e| e.into_inner()) = running;
                         }
                         Err(e) => result.error = Some(e),
                     },
@@ -187,37 +191,21 @@ impl Reloader {
         let rt = &self.runtime;
         let (o, n) = (&old.manifest, &new.manifest);
         let changes = diff(o, n);
-        let mut restart = Vec::new();
-        for c in &changes {
-            match c.kind {
-                "backup" if c.change == ChangeKind::Changed && rt.backup().is_some() => {}
-                "cache" if c.change == ChangeKind::Changed && rt.cache.is_some() => {}
-                "scheduler"
-                    if !c.fields.iter().any(|f| {
-                        f.path.starts_with("persistJobs")
-                            || f.path.starts_with("jobHistoryResource")
-                    }) => {}
-                "database" | "backup" | "cache" | "scheduler" | "stateMachine" => {
-                    restart.push(c.kind.to_string())
-                }
-                "server"
-                    if c.fields.iter().any(|f| {
-                        !(f.path.starts_with("token")
-                            || (f.path == "listen"
-                                && self.live_listen.load(std::sync::atomic::Ordering::Relaxed)))
-                    }) =>
-                {
-                    restart.push("server".into())
-                }
-                "machine" if rt.machines.is_none() => restart.push("machines".into()),
-                _ => {}
-            }
-        }
+        let live_listen = self.live_listen.load(std::sync::atomic::Ordering::Relaxed);
+        let mut restart: Vec<String> = changes
+            .iter()
+            .filter(|c| {
+                c.apply == Apply::Restart
+                    // With `--listen` the API does not follow `server.listen`.
+                    || (c.kind == "server" && !live_listen && c.fields.iter().any(|f| f.path == "listen"))
+            })
+            .map(|c| c.section().to_string())
+            .collect();
         restart.sort();
         restart.dedup();
 
-        // 1. Build: register new resources (schedules were parsed with the manifest).
-        let job_changes: Vec<&Change> = changes.iter().filter(|c| c.kind == "job").collect();
+        // 1. Build what can fail: new resources, the new backup and cache. Schedules and
+        //    durations were read with the manifest.
         if changes
             .iter()
             .any(|c| c.kind == "resource" && c.change != ChangeKind::Removed)
@@ -254,7 +242,7 @@ impl Reloader {
             _ => None,
         };
 
-        // 2. Swap.
+        // 2. Swap. Nothing here can fail, so a reload is applied whole or not at all.
         rt.hooks.set_hooks(n);
         if let (Some(prepared), Some(current)) = (cache, &rt.cache) {
             current.swap(prepared);
@@ -268,33 +256,17 @@ impl Reloader {
                 machines.set_definitions(&n.machines);
             }
         }
-        if changes.iter().any(|c| c.kind == "scheduler")
-            && !restart.iter().any(|r| r == "scheduler")
+        if changes
+            .iter()
+            .any(|c| c.kind == "job" || c.kind == "scheduler")
         {
-            // Before the job changes, so added and changed jobs get the new defaults.
-            rt.scheduler
-                .set_config(&n.scheduler)
-                .map_err(|e| e.to_string())?;
-        }
-        for c in job_changes {
-            match c.change {
-                ChangeKind::Removed => {
-                    let _ = rt.scheduler.remove(&c.name);
-                }
-                ChangeKind::Added => {
-                    rt.scheduler
-                        .add(&c.name, n.jobs[&c.name].clone())
-                        .map_err(|e| e.to_string())?;
-                }
-                ChangeKind::Changed => {
-                    // The running execution (if any) finishes on its own; the next slot comes
-                    // from the new definition.
-                    let _ = rt.scheduler.remove(&c.name);
-                    rt.scheduler
-                        .add(&c.name, n.jobs[&c.name].clone())
-                        .map_err(|e| e.to_string())?;
-                }
-            }
+            // Settings that need a restart stay as they are until then.
+            let config = if restart.iter().any(|r| r == "scheduler") {
+                rt.scheduler.config()
+            } else {
+                n.scheduler.clone()
+            };
+            rt.scheduler.reconcile(&config, &n.jobs);
         }
         if !restart.is_empty() {
             tracing::warn!(sections = ?restart, "these changes take effect after a restart");
@@ -366,4 +338,34 @@ impl Reloader {
             }
         });
     }
+}
+
+/// What runs after a reload: the new manifest, but for the sections that wait for a restart,
+/// which keep their old values. The API shows this, and the next reload diffs against it, so
+/// a pending change stays listed until the restart.
+fn running_manifest(
+    old: &CheckedManifest,
+    mut new: CheckedManifest,
+    restart_required: &[String],
+    live_listen: bool,
+) -> CheckedManifest {
+    let (o, n) = (&old.manifest, &mut new.manifest);
+    for section in restart_required {
+        match section.as_str() {
+            "database" => n.database.connection = o.database.connection.clone(),
+            "backup" => n.backup = o.backup.clone(),
+            "cache" => n.cache = o.cache.clone(),
+            "scheduler" => n.scheduler = o.scheduler.clone(),
+            "stateMachine" => n.state_machine = o.state_machine.clone(),
+            "machines" => n.machines = o.machines.clone(),
+            "server" => {
+                n.server.enabled = o.server.enabled;
+                if !live_listen {
+                    n.server.listen = o.server.listen.clone();
+                }
+            }
+            _ => {}
+        }
+    }
+    new
 }

@@ -96,3 +96,37 @@ fn an_invalid_manifest_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("manifest::unknown_hook"));
 }
+
+#[test]
+fn each_change_says_whether_it_applies_live_or_needs_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.yaml");
+    let new = dir.path().join("new.yaml");
+    let base = "version: 1\ndatabase: { connection: file://./data }\njobs:\n  j: { schedule: \"@daily\", action: { builtin: log, with: { message: hi } } }\n";
+    std::fs::write(&old, base).unwrap();
+    std::fs::write(
+        &new,
+        base.replace("@daily", "@hourly")
+            .replace("file://./data", "file://./elsewhere")
+            + "stateMachine: { verbose: true }\n",
+    )
+    .unwrap();
+    let (old, new) = (old.to_string_lossy(), new.to_string_lossy());
+    let out = diff(&[&old, &new, "--format", "json"]);
+    let changes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let apply = |kind: &str| {
+        changes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["kind"] == kind)
+            .map(|c| c["apply"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(apply("job"), "live", "{changes}");
+    assert_eq!(apply("database"), "restart", "{changes}");
+    assert_eq!(apply("stateMachine"), "restart", "{changes}");
+    let human = String::from_utf8_lossy(&diff(&[&old, &new]).stdout).to_string();
+    assert!(human.contains("~ job j\n"), "{human}");
+    assert!(human.contains("~ database  (needs a restart)\n"), "{human}");
+}

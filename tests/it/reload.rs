@@ -445,3 +445,107 @@ fn a_reload_moves_the_api_to_a_new_listen_address() {
     }
     assert_eq!(get(&r, "/healthz")["status"], "ok");
 }
+
+#[test]
+fn a_changed_running_job_stays_running_and_overlap_skip_holds() {
+    let slow = |description: &str| {
+        format!("  slow: {{ schedule: \"* * * * * *\", description: \"{description}\", action: {{ run: [\"/bin/sh\", \"-c\", \"echo start >> slow.log; sleep 2.5; echo end >> slow.log\"] }} }}\n")
+    };
+    let r = start_with(|port| manifest(port, &slow("first")));
+    let port = r.port;
+    let log =
+        |r: &Runner| std::fs::read_to_string(r.dir.path().join("slow.log")).unwrap_or_default();
+    let t = Instant::now();
+    while !log(&r).contains("start") {
+        assert!(t.elapsed() < Duration::from_secs(10), "slow never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    rewrite(&r, manifest(port, &slow("second")));
+    until_reload(&r, "applied");
+    let status = get(&r, "/api/v1/jobs/slow");
+    assert_eq!(status["description"], "second", "{status}");
+    if !log(&r).contains("end") {
+        assert_eq!(status["running"], true, "{status}");
+    }
+    std::thread::sleep(Duration::from_millis(4000));
+    // One at a time: every start is followed by its end before the next start.
+    let lines: Vec<String> = log(&r).lines().map(str::to_string).collect();
+    for pair in lines.windows(2) {
+        assert!(
+            !(pair[0] == "start" && pair[1] == "start"),
+            "two copies ran at once: {lines:?}"
+        );
+    }
+}
+
+#[test]
+fn a_reload_that_fails_to_build_changes_nothing() {
+    let backup = "backup: { driver: filesystem, config: { path: \"./b/\" } }\n";
+    let r = start_with(|port| manifest(port, "") + backup);
+    let port = r.port;
+    until_first_tick(&r);
+    // A changed job, a new job and a backup whose key cannot be had: the backup is built
+    // first and fails, so neither job change may be applied.
+    let broken = manifest(port, NIGHTLY).replace("\"* * * * * *\"", "\"0 4 * * *\"")
+        + "backup: { driver: filesystem, config: { path: \"./b/\" }, encryption: { algorithm: AES-256-GCM, keyCommand: [\"false\"] } }\n";
+    rewrite(&r, broken);
+    let last = until_reload(&r, "failed");
+    assert!(
+        last["error"].as_str().is_some_and(|e| e.contains("backup")),
+        "{last}"
+    );
+    assert!(!jobs(&r).contains(&"nightly".to_string()), "{last}");
+    let next = get(&r, "/api/v1/jobs/tick")["nextRun"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !next.contains("T04:00:00"),
+        "the changed job was applied: {next}"
+    );
+    let fired = ticks(&r).len();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(ticks(&r).len() >= fired + 1, "tick stopped firing");
+}
+
+#[test]
+fn the_api_shows_the_running_manifest_not_a_restart_pending_one() {
+    let r = start_with(|port| manifest(port, ""));
+    let port = r.port;
+    rewrite(
+        &r,
+        manifest(port, NIGHTLY) + "stateMachine: { verbose: true }\n",
+    );
+    let last = until_reload(&r, "applied");
+    assert_eq!(
+        last["restartRequired"],
+        serde_json::json!(["stateMachine"]),
+        "{last}"
+    );
+    let shown = get(&r, "/api/v1/manifest");
+    // The live change is shown; the one waiting for a restart is not.
+    assert!(shown["manifest"]["jobs"]["nightly"].is_object(), "{shown}");
+    assert_ne!(
+        shown["manifest"]["stateMachine"]["verbose"], true,
+        "{shown}"
+    );
+    // Still pending at the next reload, until a restart.
+    rewrite(
+        &r,
+        manifest(port, NIGHTLY) + "stateMachine: { verbose: true }\n# touched\n",
+    );
+    let t = Instant::now();
+    let again = loop {
+        let again = get(&r, "/api/v1/reload");
+        if again["at"] != last["at"] {
+            break again;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "no second reload");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        again["restartRequired"],
+        serde_json::json!(["stateMachine"]),
+        "{again}"
+    );
+}

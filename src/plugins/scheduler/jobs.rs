@@ -302,7 +302,7 @@ impl Scheduler {
         names.iter().filter_map(|n| self.status(n).ok()).collect()
     }
 
-    fn config(&self) -> SchedulerConfig {
+    pub fn config(&self) -> SchedulerConfig {
         self.inner
             .config
             .read()
@@ -313,19 +313,49 @@ impl Scheduler {
     /// A reload's new settings (time zone, default timeout and retries, callbacks): every job's
     /// zone and schedule are recomputed; enabled flags and running executions are kept. The
     /// history settings (`persistJobs`, `jobHistoryResource`) are fixed at start.
-    pub fn set_config(&self, config: &SchedulerConfig) -> Result<(), JobError> {
-        let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
-        let mut rebuilt = IndexMap::new();
-        for (name, old) in jobs.iter() {
-            let mut state = job_state(&old.def, config);
-            state.enabled = old.enabled;
-            state.running = old.running;
-            rebuilt.insert(name.clone(), state);
+    /// Takes a reloaded manifest's scheduler settings and jobs, all at once and without a way to
+    /// fail (everything was checked with the manifest). A job that stays keeps what it is doing:
+    /// its running executions (so `overlap: skip` still sees them and the API still reports
+    /// them) and an enable or disable from the API, unless the manifest's own `enabled` changed.
+    /// A job no longer declared is not scheduled again; its running execution finishes.
+    pub fn reconcile(&self, config: &SchedulerConfig, declared: &IndexMap<String, JobDef>) {
+        let mut events = Vec::new();
+        {
+            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+            let same_config =
+                *self.inner.config.read().unwrap_or_else(|e| e.into_inner()) == *config;
+            let mut rebuilt = IndexMap::with_capacity(declared.len());
+            for (name, def) in declared {
+                let state = match jobs.shift_remove(name) {
+                    Some(old) if same_config && old.def == *def => old,
+                    Some(old) => {
+                        let mut state = job_state(def, config);
+                        state.running = old.running;
+                        state.enabled = if old.def.enabled == def.enabled {
+                            old.enabled
+                        } else {
+                            def.enabled
+                        };
+                        state
+                    }
+                    None => {
+                        events.push(JobEvent::JobAdded { job: name.clone() });
+                        job_state(def, config)
+                    }
+                };
+                rebuilt.insert(name.clone(), state);
+            }
+            events.extend(
+                jobs.keys()
+                    .map(|name| JobEvent::JobRemoved { job: name.clone() }),
+            );
+            *jobs = rebuilt;
+            *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
         }
-        *jobs = rebuilt;
-        *self.inner.config.write().unwrap_or_else(|e| e.into_inner()) = config.clone();
+        for event in events {
+            self.emit(event);
+        }
         self.inner.changed.notify_one();
-        Ok(())
     }
 
     pub fn enable(&self, job: &str) -> Result<(), JobError> {
