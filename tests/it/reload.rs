@@ -505,7 +505,7 @@ fn a_reload_that_fails_to_build_changes_nothing() {
     );
     let fired = ticks(&r).len();
     std::thread::sleep(Duration::from_millis(2500));
-    assert!(ticks(&r).len() >= fired + 1, "tick stopped firing");
+    assert!(ticks(&r).len() > fired, "tick stopped firing");
 }
 
 #[test]
