@@ -1007,22 +1007,7 @@ impl Checker<'_> {
 
     fn backup_driver(&mut self, driver: BackupDriver, config: &BackupDriverConfig, path: &[&str]) {
         let config_path = [path, &["config"]].concat();
-        self.driver_options(
-            "backup",
-            driver.name(),
-            &config_path,
-            match driver {
-                BackupDriver::Filesystem => &["path", "permissions", "directoryPermissions"],
-                BackupDriver::S3 => &[
-                    "path",
-                    "bucket",
-                    "storageClass",
-                    "serverSideEncryption",
-                    "kmsKeyId",
-                ],
-                BackupDriver::Multi => &["strategy", "concurrency", "destinations"],
-            },
-        );
+        self.driver_options("backup", driver.name(), &config_path, driver.options());
         match driver {
             BackupDriver::Multi => match &config.destinations {
                 None => {
@@ -1167,64 +1152,7 @@ impl Checker<'_> {
 
     fn cache(&mut self) {
         let Some(cache) = &self.m.cache else { return };
-        const MEMORY: &[&str] = &[
-            "ttl",
-            "maxSize",
-            "enableStats",
-            "evictionPolicy",
-            "logEvictions",
-            "cleanupInterval",
-            "caseSensitive",
-            "enableCompression",
-            "compressionThreshold",
-            "tags",
-            "persistent",
-            "persistencePath",
-            "persistenceInterval",
-        ];
-        const FILESYSTEM: &[&str] = &[
-            "ttl",
-            "maxSize",
-            "directory",
-            "path",
-            "prefix",
-            "enableCompression",
-            "compressionThreshold",
-            "createDirectory",
-            "fileExtension",
-            "enableMetadata",
-            "maxFileSize",
-            "enableStats",
-            "enableCleanup",
-            "cleanupInterval",
-            "encoding",
-            "fileMode",
-            "enableBackup",
-            "backupSuffix",
-            "enableLocking",
-            "lockTimeout",
-            "enableJournal",
-            "journalFile",
-            "partitionStrategy",
-            "trackUsage",
-            "preloadRelated",
-            "preloadThreshold",
-            "maxCacheSize",
-            "usageStatsFile",
-        ];
-        const S3: &[&str] = &[
-            "ttl",
-            "maxSize",
-            "enableStats",
-            "bucket",
-            "keyPrefix",
-            "storageClass",
-        ];
-        let allowed = match cache.driver {
-            CacheDriver::Memory => MEMORY,
-            CacheDriver::Filesystem => FILESYSTEM,
-            CacheDriver::S3 => S3,
-        };
+        let allowed = cache.driver.options();
         self.driver_options("cache", cache.driver.name(), &["cache", "config"], allowed);
         if cache.driver == CacheDriver::Filesystem
             && cache.config.directory.is_none()

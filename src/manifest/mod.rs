@@ -8,6 +8,7 @@ pub mod diagnostic;
 pub mod diff;
 pub mod env;
 pub mod model;
+pub mod schema;
 pub mod tree;
 pub mod types;
 
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 pub use diagnostic::{Diagnostic, DiagnosticRecord, Report, Severity, Span};
 pub use env::{Env, ProcessEnv};
 pub use model::Manifest;
+pub use schema::{json_schema, json_schema_text};
 
 use check::Broken;
 use de::{DeError, NodeDe, Sink};
@@ -380,121 +382,4 @@ pub fn hex(bytes: &[u8]) -> String {
 /// compares file contents with the same function.
 pub fn content_sha256(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
-}
-
-/// The JSON Schema of the manifest (draft 2020-12), generated from the model.
-pub fn json_schema() -> serde_json::Value {
-    let mut schema = schemars::schema_for!(Manifest);
-    schema.insert(
-        "$id".into(),
-        "https://s3db-run.dev/schemas/s3db.schema.json".into(),
-    );
-    let mut value = schema.to_value();
-    accept_interpolation(&mut value);
-    if let Some(defs) = value.get_mut("$defs").and_then(|d| d.as_object_mut()) {
-        defs.insert(
-            INTERPOLATED.into(),
-            serde_json::json!({
-                "description": "A `${VAR}`, `${VAR:-default}` or `${VAR:?message}` reference, resolved from the environment when the manifest is loaded and then read as the value this field takes.",
-                "type": "string",
-                "pattern": "\\$\\{[A-Za-z_][A-Za-z0-9_]*(:[-?][^}]*)?\\}"
-            }),
-        );
-    }
-    value
-}
-
-/// The name of the schema definition of a `${VAR}` string.
-const INTERPOLATED: &str = "Interpolated";
-
-/// Keywords that constrain a value (moved inside `anyOf` when a `${VAR}` string is allowed
-/// instead); the rest (description, examples, default) stay where an editor shows them.
-const VALIDATION_KEYWORDS: &[&str] = &[
-    "type",
-    "enum",
-    "const",
-    "pattern",
-    "minimum",
-    "maximum",
-    "exclusiveMinimum",
-    "exclusiveMaximum",
-    "multipleOf",
-    "format",
-    "minLength",
-    "maxLength",
-];
-
-/// Lets every typed scalar (number, boolean, enumerated or patterned string) also be written as
-/// a `${VAR}` string, as the loader accepts: interpolation happens before the value is read.
-/// Walks only the keywords that hold schemas, never examples or defaults.
-fn accept_interpolation(schema: &mut serde_json::Value) {
-    let Some(obj) = schema.as_object_mut() else {
-        return;
-    };
-    // An enumeration written as `oneOf` constants (documented variants): a `${VAR}` string
-    // is one more alternative of the whole, not of each constant (it would match them all).
-    let enumeration = ["oneOf", "anyOf"].iter().find(|k| {
-        obj.get(**k)
-            .and_then(|m| m.as_array())
-            .is_some_and(|members| {
-                !members.is_empty()
-                    && members
-                        .iter()
-                        .all(|m| m.get("const").is_some() || m.get("enum").is_some())
-            })
-    });
-    if let Some(key) = enumeration {
-        let members = obj.remove(*key).unwrap_or_default();
-        obj.insert(
-            "anyOf".into(),
-            serde_json::json!([{ *key: members }, { "$ref": format!("#/$defs/{INTERPOLATED}") }]),
-        );
-        return;
-    }
-    for key in ["properties", "$defs", "patternProperties"] {
-        if let Some(children) = obj.get_mut(key).and_then(|c| c.as_object_mut()) {
-            children.values_mut().for_each(accept_interpolation);
-        }
-    }
-    for key in ["additionalProperties", "items", "not"] {
-        if let Some(child) = obj.get_mut(key) {
-            accept_interpolation(child);
-        }
-    }
-    for key in ["anyOf", "oneOf", "allOf", "prefixItems"] {
-        if let Some(children) = obj.get_mut(key).and_then(|c| c.as_array_mut()) {
-            children.iter_mut().for_each(accept_interpolation);
-        }
-    }
-    let typed_scalar = match obj.get("type") {
-        Some(serde_json::Value::String(t)) => {
-            matches!(t.as_str(), "integer" | "number" | "boolean")
-                || (t == "string" && (obj.contains_key("enum") || obj.contains_key("pattern")))
-        }
-        Some(serde_json::Value::Array(types)) => types
-            .iter()
-            .any(|t| matches!(t.as_str(), Some("integer" | "number" | "boolean"))),
-        None => obj.contains_key("enum") || obj.contains_key("const"),
-        _ => false,
-    };
-    if !typed_scalar {
-        return;
-    }
-    let mut inner = serde_json::Map::new();
-    for key in VALIDATION_KEYWORDS {
-        if let Some(v) = obj.remove(*key) {
-            inner.insert((*key).to_string(), v);
-        }
-    }
-    obj.insert(
-        "anyOf".into(),
-        serde_json::json!([inner, { "$ref": format!("#/$defs/{INTERPOLATED}") }]),
-    );
-}
-
-/// The schema as committed in `schemas/s3db.schema.json`: pretty JSON with a final newline.
-pub fn json_schema_text() -> String {
-    let mut text = serde_json::to_string_pretty(&json_schema()).unwrap_or_default();
-    text.push('\n');
-    text
 }

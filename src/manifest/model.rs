@@ -394,6 +394,27 @@ pub enum BackupDriver {
 }
 
 impl BackupDriver {
+    pub const ALL: [BackupDriver; 3] = [
+        BackupDriver::Filesystem,
+        BackupDriver::S3,
+        BackupDriver::Multi,
+    ];
+
+    /// The `config:` options this driver takes.
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            BackupDriver::Filesystem => &["path", "permissions", "directoryPermissions"],
+            BackupDriver::S3 => &[
+                "path",
+                "bucket",
+                "storageClass",
+                "serverSideEncryption",
+                "kmsKeyId",
+            ],
+            BackupDriver::Multi => &["strategy", "concurrency", "destinations"],
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             BackupDriver::Filesystem => "filesystem",
@@ -688,6 +709,71 @@ pub enum CacheDriver {
 }
 
 impl CacheDriver {
+    pub const ALL: [CacheDriver; 3] = [
+        CacheDriver::Memory,
+        CacheDriver::S3,
+        CacheDriver::Filesystem,
+    ];
+
+    /// The `config:` options this driver takes.
+    pub fn options(self) -> &'static [&'static str] {
+        match self {
+            CacheDriver::Memory => &[
+                "ttl",
+                "maxSize",
+                "enableStats",
+                "evictionPolicy",
+                "logEvictions",
+                "cleanupInterval",
+                "caseSensitive",
+                "enableCompression",
+                "compressionThreshold",
+                "tags",
+                "persistent",
+                "persistencePath",
+                "persistenceInterval",
+            ],
+            CacheDriver::Filesystem => &[
+                "ttl",
+                "maxSize",
+                "directory",
+                "path",
+                "prefix",
+                "enableCompression",
+                "compressionThreshold",
+                "createDirectory",
+                "fileExtension",
+                "enableMetadata",
+                "maxFileSize",
+                "enableStats",
+                "enableCleanup",
+                "cleanupInterval",
+                "encoding",
+                "fileMode",
+                "enableBackup",
+                "backupSuffix",
+                "enableLocking",
+                "lockTimeout",
+                "enableJournal",
+                "journalFile",
+                "partitionStrategy",
+                "trackUsage",
+                "preloadRelated",
+                "preloadThreshold",
+                "maxCacheSize",
+                "usageStatsFile",
+            ],
+            CacheDriver::S3 => &[
+                "ttl",
+                "maxSize",
+                "enableStats",
+                "bucket",
+                "keyPrefix",
+                "storageClass",
+            ],
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             CacheDriver::Memory => "memory",

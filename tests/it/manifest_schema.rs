@@ -156,3 +156,51 @@ fn schema_still_rejects_plain_strings_where_values_are_typed() {
         assert!(!v.is_valid(&doc), "{field}: {value} passes the schema");
     }
 }
+
+#[test]
+fn schema_knows_each_builtin_s_parameters_and_each_driver_s_options() {
+    let v = validator();
+    let with_hook = |hook: &str| {
+        yaml_json(&format!(
+            "version: 1\ndatabase: {{ connection: file://./d, resources: {{ inventory: {{ attributes: {{ q: number }} }} }} }}\nactions:\n  a: {hook}\n"
+        ))
+    };
+    let good = with_hook(
+        "{ builtin: record.update, with: { resource: inventory, id: \"{{context.id}}\", set: { q: 1 }, upsert: true } }",
+    );
+    let errors: Vec<String> = v.iter_errors(&good).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    for bad in [
+        // A misspelt parameter, a missing required one, a wrong type.
+        "{ builtin: record.update, with: { resource: inventory, id: x, sett: { q: 1 } } }",
+        "{ builtin: record.update, with: { resource: inventory, set: { q: 1 } } }",
+        "{ builtin: record.update, with: { resource: inventory, id: x, set: 5 } }",
+        "{ builtin: webhook, with: { url: \"http://x\", retries: many } }",
+    ] {
+        assert!(!v.is_valid(&with_hook(bad)), "passes the schema: {bad}");
+    }
+    let backup = |section: &str| {
+        yaml_json(&format!(
+            "version: 1\ndatabase: {{ connection: file://./d }}\n{section}\n"
+        ))
+    };
+    for good in [
+        "backup: { driver: filesystem, config: { path: ./b/, permissions: \"0600\" } }",
+        "backup: { config: { path: ./b/ } }",
+        "backup: { driver: s3, config: { bucket: b, storageClass: STANDARD_IA } }",
+        "backup: { driver: multi, config: { destinations: [{ driver: s3, config: { storageClass: GLACIER } }] } }",
+        "cache: { driver: memory, config: { maxSize: 10 } }",
+    ] {
+        let errors: Vec<String> = v.iter_errors(&backup(good)).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{good}: {errors:#?}");
+    }
+    for bad in [
+        "backup: { driver: filesystem, config: { path: ./b/, storageClass: STANDARD_IA } }",
+        "backup: { config: { path: ./b/, bucket: b } }",
+        "backup: { driver: multi, config: { destinations: [{ driver: filesystem, config: { path: ./x, storageClass: GLACIER } }] } }",
+        "cache: { driver: memory, config: { directory: ./c } }",
+        "cache: { config: { directory: ./c } }",
+    ] {
+        assert!(!v.is_valid(&backup(bad)), "passes the schema: {bad}");
+    }
+}
