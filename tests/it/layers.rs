@@ -59,3 +59,24 @@ fn store_db_and_types_name_nothing_above_them() {
         crossings.join("\n")
     );
 }
+
+/// Files stay small enough to read whole: a file past this has more than one concern.
+const MOST_LINES: usize = 900;
+
+#[test]
+fn no_source_file_is_over_900_lines() {
+    let mut files = Vec::new();
+    rust_files(&repo().join("src"), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).ok()?.lines().count();
+            (lines > MOST_LINES).then(|| format!("{}: {lines} lines", f.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "split these along their seams:\n{}",
+        long.join("\n")
+    );
+}

@@ -1,0 +1,276 @@
+//! What backups exist and in what state: listing every destination, one backup's status, finding a completed one and reading its index or archive back.
+
+use super::*;
+
+impl Backup {
+    /// Every backup at every destination (the first destination holding an id wins), newest
+    /// first; `prefix` filters ids, `limit` cuts the list.
+    pub async fn list_backups(
+        &self,
+        limit: Option<usize>,
+        prefix: Option<&str>,
+    ) -> Result<Vec<BackupInfo>, BackupError> {
+        Ok(self
+            .locate_all()
+            .await?
+            .into_iter()
+            .map(|(info, _)| info)
+            .filter(|b| prefix.is_none_or(|p| b.id.starts_with(p)))
+            .take(limit.unwrap_or(usize::MAX))
+            .collect())
+    }
+
+    /// Each backup with the destinations (indexes) holding it, newest first.
+    pub(super) async fn locate_all(&self) -> Result<Vec<(BackupInfo, Holders)>, BackupError> {
+        let lock_holder = match self.inner.db.store().get(LOCK_KEY).await {
+            Ok(Some(o)) => serde_json::from_slice::<Value>(&o.body)
+                .ok()
+                .filter(|v| {
+                    v["expiresAt"]
+                        .as_str()
+                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+                        .is_some_and(|t| t > Utc::now())
+                })
+                .and_then(|v| v["holder"].as_str().map(str::to_string)),
+            _ => None,
+        };
+        let mut found: IndexMap<String, (BackupInfo, Holders)> = IndexMap::new();
+        let mut failures = Vec::new();
+        for (i, d) in self.inner.destinations.iter().enumerate() {
+            let keys = match d.list(&d.root()).await {
+                Ok(k) => k,
+                Err(e) => {
+                    tracing::warn!(destination = %d.describe(), error = %e, "cannot list backups");
+                    failures.push(e);
+                    continue;
+                }
+            };
+            let done: HashSet<&str> = keys
+                .iter()
+                .filter_map(|k| k.strip_suffix(".done"))
+                .collect();
+            let metas: Vec<String> = keys
+                .iter()
+                .filter(|k| k.ends_with(".meta.json"))
+                .cloned()
+                .collect();
+            let mut bodies = futures::stream::iter(metas.into_iter().map(|k| {
+                let d = d.clone();
+                async move {
+                    let body = d.get(&k).await;
+                    (k, body)
+                }
+            }))
+            .buffered(16);
+            while let Some((key, body)) = bodies.next().await {
+                let Ok(Some(body)) = body else { continue };
+                let Ok(mut info) = serde_json::from_slice::<BackupInfo>(&body) else {
+                    tracing::warn!(key, "unreadable backup metadata; skipped");
+                    continue;
+                };
+                let stem = key.trim_end_matches(".meta.json");
+                let folder = stem
+                    .strip_suffix(info.id.as_str())
+                    .unwrap_or("")
+                    .to_string();
+                info.status = if done.contains(stem) {
+                    "completed".into()
+                } else if info.status == "running"
+                    && lock_holder.as_deref() != Some(&format!("backup {}", info.id))
+                {
+                    "interrupted".into()
+                } else if info.status == "completed" {
+                    // Metadata claims completion but the marker is missing.
+                    "interrupted".into()
+                } else {
+                    info.status
+                };
+                match found.get_mut(&info.id) {
+                    Some((existing, holders)) => {
+                        holders.push((i, folder));
+                        if !existing.is_completed() && info.is_completed() {
+                            *existing = info;
+                        }
+                    }
+                    None => {
+                        found.insert(info.id.clone(), (info, vec![(i, folder)]));
+                    }
+                }
+            }
+        }
+        if found.is_empty() && failures.len() == self.inner.destinations.len() {
+            return Err(BackupError::Destination(failures.join("; ")));
+        }
+        let mut list: Vec<_> = found.into_values().collect();
+        list.sort_by(|a, b| {
+            b.0.started_at
+                .cmp(&a.0.started_at)
+                .then(b.0.id.cmp(&a.0.id))
+        });
+        Ok(list)
+    }
+
+    /// getBackupStatus(id).
+    pub async fn status(&self, id: &str) -> Result<BackupInfo, BackupError> {
+        if let Some(found) = self
+            .locate_all()
+            .await?
+            .into_iter()
+            .find(|(b, _)| b.id == id)
+        {
+            return Ok(found.0);
+        }
+        let refused = self
+            .inner
+            .shared
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|r| r.id == id)
+            .cloned();
+        let Refusal {
+            label, error, at, ..
+        } = refused.ok_or_else(|| BackupError::NotFound(id.into()))?;
+        let mut info = self.new_info(id, &label, "failed", at);
+        info.error = Some(error);
+        Ok(info)
+    }
+
+    /// The metadata of a backup that has not written anything yet.
+    pub(super) fn new_info(
+        &self,
+        id: &str,
+        label: &str,
+        status: &str,
+        at: DateTime<Utc>,
+    ) -> BackupInfo {
+        BackupInfo {
+            id: id.into(),
+            label: label.into(),
+            kind: "full".into(),
+            parent: None,
+            status: status.into(),
+            started_at: at,
+            completed_at: None,
+            duration_ms: None,
+            resources: Vec::new(),
+            selective: false,
+            records: IndexMap::new(),
+            tombstones: IndexMap::new(),
+            size: 0,
+            sha256: None,
+            index_sha256: None,
+            compression: self.inner.config.compression,
+            encrypted: self.inner.passphrase.is_some(),
+            format_version: archive::FORMAT_VERSION,
+            destinations: Vec::new(),
+            error: None,
+        }
+    }
+
+    pub(super) async fn find_completed(
+        &self,
+        id: &str,
+    ) -> Result<(BackupInfo, Holders), BackupError> {
+        let (info, holders) = self
+            .locate_all()
+            .await?
+            .into_iter()
+            .find(|(b, _)| b.id == id)
+            .ok_or_else(|| BackupError::NotFound(id.into()))?;
+        if !info.is_completed() {
+            return Err(BackupError::Unusable {
+                id: id.into(),
+                reason: format!("it is {}, not completed", info.status),
+            });
+        }
+        Ok((info, holders))
+    }
+
+    /// Reads a backup's index: every record's ETag and size at the time of that backup.
+    pub(super) async fn load_index(&self, id: &str) -> Result<RecordIndex, BackupError> {
+        let (info, holders) = self.find_completed(id).await?;
+        let tmp = TempFile(
+            self.inner
+                .temp_dir
+                .join(format!("{id}.index.{}", random_suffix())),
+        );
+        let mut last = String::new();
+        for (i, folder) in holders {
+            let d = self.inner.destinations[i].as_ref();
+            match d.fetch(&format!("{folder}{id}.index"), Some(&tmp.0)).await {
+                Ok(Some((sha, _)))
+                    if info.index_sha256.as_ref().is_some_and(|want| want != &sha) =>
+                {
+                    last = format!("{}: the index does not match its SHA-256", d.describe());
+                }
+                Ok(Some(_)) => {
+                    let (keys, path, id) = (self.keyring(), tmp.0.clone(), id.to_string());
+                    return tokio::task::spawn_blocking(move || {
+                        let mut map = HashMap::new();
+                        ArchiveReader::open(&path, &id, &keys)?.for_each_member(|_, r| {
+                            for line in r.lines() {
+                                let line = line.map_err(|e| e.to_string())?;
+                                let (res, rid, etag, size): (String, String, String, u64) =
+                                    serde_json::from_str(&line)
+                                        .map_err(|e| format!("damaged index: {e}"))?;
+                                map.insert((res, rid), (etag, size));
+                            }
+                            Ok(())
+                        })?;
+                        Ok(map)
+                    })
+                    .await
+                    .map_err(|e| BackupError::Archive(e.to_string()))?
+                    .map_err(|e: String| BackupError::Unusable {
+                        id: info.id.clone(),
+                        reason: format!("its index cannot be read: {e}"),
+                    });
+                }
+                Ok(None) => last = format!("{}: index missing", d.describe()),
+                Err(e) => last = e,
+            }
+        }
+        Err(BackupError::Unusable {
+            id: id.into(),
+            reason: format!("no destination has its index ({last})"),
+        })
+    }
+
+    /// Downloads a completed backup's archive from the first destination whose copy matches
+    /// the recorded SHA-256.
+    pub(super) async fn download(
+        &self,
+        info: &BackupInfo,
+        holders: &Holders,
+    ) -> Result<TempFile, BackupError> {
+        let tmp = TempFile(self.inner.temp_dir.join(format!(
+            "{}.restore.{}",
+            info.id,
+            random_suffix()
+        )));
+        let mut problems = Vec::new();
+        for (i, folder) in holders {
+            let d = self.inner.destinations[*i].as_ref();
+            let key = format!("{folder}{}.s3db-backup", info.id);
+            match d.fetch(&key, Some(&tmp.0)).await {
+                Ok(Some((sha, size))) => {
+                    if Some(&sha) == info.sha256.as_ref() && size == info.size {
+                        return Ok(tmp);
+                    }
+                    problems.push(format!(
+                        "{}: the archive's SHA-256 does not match its metadata (damaged or altered)",
+                        d.describe()
+                    ));
+                }
+                Ok(None) => problems.push(format!("{}: archive missing", d.describe())),
+                Err(e) => problems.push(e),
+            }
+        }
+        Err(BackupError::Unusable {
+            id: info.id.clone(),
+            reason: problems.join("; "),
+        })
+    }
+}

@@ -1,0 +1,315 @@
+//! Restoring: a backup and the chain of incrementals it needs, verified, then applied record by record.
+
+use super::*;
+
+/// Reads a whole archive: every segment decrypts, every line parses, every member's SHA-256
+/// matches `manifest.json`. Returns the archive's `s3db.json`.
+fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Metadata, String> {
+    let mut schema = None;
+    let mut manifest: Option<Value> = None;
+    let seen = ArchiveReader::open(path, id, keys)?.for_each_member(|name, r| {
+        match name {
+            "s3db.json" => {
+                let mut buf = Vec::new();
+                r.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+                schema = Some(
+                    serde_json::from_slice::<Metadata>(&buf)
+                        .map_err(|e| format!("damaged s3db.json: {e}"))?,
+                );
+            }
+            "manifest.json" => {
+                let mut buf = Vec::new();
+                r.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+                manifest = Some(
+                    serde_json::from_slice(&buf).map_err(|e| format!("damaged manifest: {e}"))?,
+                );
+            }
+            _ => {
+                for (n, line) in r.split(b'\n').enumerate() {
+                    let line = line.map_err(|e| e.to_string())?;
+                    serde_json::from_slice::<Line>(&line)
+                        .map_err(|e| format!("{name} line {}: {e}", n + 1))?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let manifest = manifest.ok_or("the archive has no manifest.json (truncated?)")?;
+    let recorded: IndexMap<String, MemberInfo> =
+        serde_json::from_value(manifest["members"].clone())
+            .map_err(|e| format!("damaged manifest: {e}"))?;
+    for (name, info) in &recorded {
+        match seen.get(name) {
+            Some(got) if got.sha256 == info.sha256 && got.bytes == info.bytes => {}
+            Some(_) => return Err(format!("member `{name}` does not match its SHA-256")),
+            None => return Err(format!("member `{name}` is missing")),
+        }
+    }
+    if manifest["backupId"].as_str() != Some(id) {
+        return Err("the archive's manifest names another backup".into());
+    }
+    schema.ok_or_else(|| "the archive has no s3db.json".to_string())
+}
+
+impl Backup {
+    /// restore(id, {overwrite, resources}): verifies every archive of the chain completely
+    /// before writing anything; without `overwrite`, existing records are kept (skipped).
+    pub async fn restore(
+        &self,
+        id: &str,
+        options: RestoreOptions,
+    ) -> Result<RestoreStats, BackupError> {
+        let lease = Lease::acquire(
+            self.inner.db.store().clone(),
+            &self.inner.shared.owner,
+            &format!("restore {id}"),
+        )
+        .await?;
+        let started = Instant::now();
+        self.emit(
+            "restore_start",
+            id,
+            "",
+            json!({ "overwrite": options.overwrite }),
+        );
+        self.callback(
+            &self.inner.config.on_restore_start,
+            json!({ "backupId": id, "overwrite": options.overwrite }),
+        )
+        .await;
+        let result = self.run_restore(id, &options).await;
+        lease.release().await;
+        match result {
+            Ok(mut stats) => {
+                stats.duration_ms = started.elapsed().as_millis() as u64;
+                let detail = serde_json::to_value(&stats).unwrap_or_default();
+                self.emit("restore_complete", id, "", detail.clone());
+                self.callback(&self.inner.config.on_restore_complete, detail)
+                    .await;
+                Ok(stats)
+            }
+            Err(e) => {
+                let detail = json!({ "backupId": id, "error": e.to_string() });
+                self.emit("restore_error", id, "", detail.clone());
+                self.callback(&self.inner.config.on_restore_error, detail)
+                    .await;
+                tracing::error!(backup = %id, error = %e, "restore failed");
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn run_restore(
+        &self,
+        id: &str,
+        options: &RestoreOptions,
+    ) -> Result<RestoreStats, BackupError> {
+        let all = self.locate_all().await?;
+        let find = |id: &str| all.iter().find(|(b, _)| b.id == id);
+        // The chain, newest first.
+        let mut chain = Vec::new();
+        let mut next = Some(id.to_string());
+        while let Some(cur) = next {
+            let (info, holders) = find(&cur).ok_or_else(|| match chain.is_empty() {
+                true => BackupError::NotFound(cur.clone()),
+                false => BackupError::Unusable {
+                    id: id.into(),
+                    reason: format!("backup `{cur}` of its chain is missing"),
+                },
+            })?;
+            if !info.is_completed() {
+                return Err(BackupError::Unusable {
+                    id: cur.clone(),
+                    reason: format!("it is {}, not completed", info.status),
+                });
+            }
+            if chain.iter().any(|(b, _): &(BackupInfo, _)| b.id == info.id) {
+                return Err(BackupError::Unusable {
+                    id: id.into(),
+                    reason: "its chain of parents loops".into(),
+                });
+            }
+            next = info.parent.clone();
+            chain.push((info.clone(), holders.clone()));
+        }
+        let newest = &chain[0].0;
+        let wanted: Vec<String> = match &options.resources {
+            Some(list) => {
+                for r in list {
+                    if !newest.resources.contains(r) {
+                        return Err(BackupError::Config(format!(
+                            "backup `{id}` has no resource `{r}` (it has: {})",
+                            newest.resources.join(", ")
+                        )));
+                    }
+                }
+                list.clone()
+            }
+            None => newest.resources.clone(),
+        };
+
+        // 1. Download and verify everything before a single write.
+        let mut files = Vec::new();
+        let mut schema: Option<Metadata> = None;
+        for (info, holders) in &chain {
+            self.progress("verify", files.len() as u64);
+            let file = self.download(info, holders).await?;
+            let (keys, path, bid) = (self.keyring(), file.0.clone(), info.id.clone());
+            let verified = tokio::task::spawn_blocking(move || verify(&path, &bid, &keys))
+                .await
+                .map_err(|e| BackupError::Archive(e.to_string()))?
+                .map_err(|reason| BackupError::Unusable {
+                    id: info.id.clone(),
+                    reason,
+                })?;
+            if schema.is_none() {
+                schema = Some(verified);
+            }
+            files.push((info.id.clone(), file));
+        }
+        let schema = schema.unwrap_or_default();
+
+        // 2. Recreate the resources' definitions (s3db.json may be gone).
+        let declared: IndexMap<String, StoredResource> = schema
+            .resources
+            .into_iter()
+            .filter(|(n, _)| wanted.contains(n))
+            .collect();
+        self.inner.db.register(&declared).await?;
+
+        // 3. Apply newest first; the first occurrence of a record in the chain is its final
+        //    state, so later (older) ones are skipped and a tombstone is never undone.
+        let mut stats = RestoreStats {
+            backup_id: id.into(),
+            chain: chain.iter().rev().map(|(b, _)| b.id.clone()).collect(),
+            restored: wanted.clone(),
+            ..Default::default()
+        };
+        let dedupe = chain.len() > 1;
+        let mut seen: HashSet<(String, String)> = HashSet::new();
+        for (bid, file) in &files {
+            self.apply_archive(
+                bid,
+                &file.0,
+                &wanted,
+                options.overwrite,
+                dedupe,
+                &mut seen,
+                &mut stats,
+            )
+            .await?;
+        }
+        for name in &wanted {
+            if let Ok(r) = self.inner.db.resource(name) {
+                r.invalidate_all().await;
+            }
+        }
+        Ok(stats)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn apply_archive(
+        &self,
+        id: &str,
+        path: &Path,
+        wanted: &[String],
+        overwrite: bool,
+        dedupe: bool,
+        seen: &mut HashSet<(String, String)>,
+        stats: &mut RestoreStats,
+    ) -> Result<(), BackupError> {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<Vec<u8>>)>(8);
+        let reader = {
+            let (keys, path, id) = (self.keyring(), path.to_path_buf(), id.to_string());
+            let wanted = wanted.to_vec();
+            tokio::task::spawn_blocking(move || -> Result<(), String> {
+                ArchiveReader::open(&path, &id, &keys)?.for_each_member(|name, r| {
+                    let Some(resource) = name
+                        .strip_prefix("resources/")
+                        .and_then(|n| n.strip_suffix(".jsonl"))
+                    else {
+                        return Ok(());
+                    };
+                    if !wanted.iter().any(|w| w == resource) {
+                        return Ok(());
+                    }
+                    let mut batch = Vec::with_capacity(256);
+                    for line in r.split(b'\n') {
+                        batch.push(line.map_err(|e| e.to_string())?);
+                        if batch.len() == 256 {
+                            let full = std::mem::replace(&mut batch, Vec::with_capacity(256));
+                            tx.blocking_send((resource.to_string(), full))
+                                .map_err(|_| "restore stopped".to_string())?;
+                        }
+                    }
+                    if !batch.is_empty() {
+                        tx.blocking_send((resource.to_string(), batch))
+                            .map_err(|_| "restore stopped".to_string())?;
+                    }
+                    Ok(())
+                })?;
+                Ok(())
+            })
+        };
+        let concurrency = self.inner.db.concurrency();
+        let mut failure = None;
+        while let Some((resource, lines)) = rx.recv().await {
+            let res = self.inner.db.resource(&resource)?;
+            let mut work = Vec::new();
+            for raw in lines {
+                let line: Line = serde_json::from_slice(&raw)
+                    .map_err(|e| BackupError::Archive(format!("damaged record line: {e}")))?;
+                if dedupe && !seen.insert((resource.clone(), line.id.clone())) {
+                    continue;
+                }
+                work.push(line);
+            }
+            let mut writes = futures::stream::iter(work.into_iter().map(|line| {
+                let res = res.clone();
+                async move {
+                    if line.deleted {
+                        if !overwrite {
+                            return Ok::<_, BackupError>((0, 1, 0));
+                        }
+                        let gone = res.delete(&line.id, None).await?;
+                        return Ok((0, 0, u64::from(gone)));
+                    }
+                    let data: Map<String, Value> = line
+                        .data
+                        .as_ref()
+                        .map(|d| serde_json::from_str(d.get()))
+                        .transpose()
+                        .map_err(|e| BackupError::Archive(format!("damaged record: {e}")))?
+                        .unwrap_or_default();
+                    let written = res.restore(&line.id, data, overwrite).await?;
+                    Ok(if written { (1, 0, 0) } else { (0, 1, 0) })
+                }
+            }))
+            .buffer_unordered(concurrency);
+            while let Some(r) = writes.next().await {
+                match r {
+                    Ok((w, s, d)) => {
+                        stats.records += w;
+                        stats.skipped += s;
+                        stats.deleted += d;
+                    }
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
+            if failure.is_some() {
+                break;
+            }
+            self.progress("restore", stats.records + stats.skipped);
+        }
+        drop(rx);
+        let read = reader
+            .await
+            .map_err(|e| BackupError::Archive(e.to_string()))?;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        read.map_err(BackupError::Archive)
+    }
+}

@@ -1,0 +1,213 @@
+//! Running a job: claiming its slot, the attempts with retries and timeouts, the record of the run and the callbacks.
+
+use super::*;
+
+impl Scheduler {
+    /// Runs a job now (by hand). Refused while it runs, unless its overlap policy allows it.
+    pub async fn run_now(&self, job: &str, context: Value) -> Result<Value, JobError> {
+        let (running, policy) = {
+            let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
+            let j = jobs
+                .get(job)
+                .ok_or_else(|| JobError::Unknown(job.into(), String::new()))?;
+            (j.running > 0, j.def.overlap)
+        };
+        if running && policy == OverlapPolicy::Skip {
+            return Err(JobError::Running(job.into()));
+        }
+        let now = self.inner.clock.now();
+        let id = format!("{job}:manual-{}-{:08x}", text(now), rand::random::<u32>());
+        self.execute(job, &id, None, context).await
+    }
+
+    /// Claims a slot (create-only) and runs it. Ok(None) when another runner has the slot.
+    pub async fn run_slot(
+        &self,
+        job: &str,
+        slot: DateTime<Utc>,
+    ) -> Result<Option<Value>, JobError> {
+        let id = format!("{job}:{}", text(slot));
+        if let Some(history) = &self.inner.history {
+            let claim = json!({ "job": job, "status": "running", "slot": text(slot), "date": text(slot), "startedAt": text(self.inner.clock.now()) });
+            match history
+                .insert(claim.as_object().cloned().unwrap_or_default(), Some(&id))
+                .await
+            {
+                Ok(_) => {}
+                Err(DbError::AlreadyExists { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.execute(job, &id, Some(slot), json!({}))
+            .await
+            .map(Some)
+    }
+
+    pub(super) async fn execute(
+        &self,
+        job: &str,
+        id: &str,
+        slot: Option<DateTime<Utc>>,
+        context: Value,
+    ) -> Result<Value, JobError> {
+        let def = {
+            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+            let j = jobs
+                .get_mut(job)
+                .ok_or_else(|| JobError::Unknown(job.into(), String::new()))?;
+            j.running += 1;
+            j.def.clone()
+        };
+        let stop = self.inner.interrupted.child_token();
+        let run_id = rand::random::<u64>();
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job.into())
+            .or_default()
+            .push((run_id, stop.clone()));
+        let started = self.inner.clock.now();
+        let wall = std::time::Instant::now();
+        self.emit(JobEvent::JobStart {
+            job: job.into(),
+            slot: slot.map(text),
+        });
+        self.callback(
+            &self.config().on_job_start,
+            job,
+            slot,
+            json!({ "event": "start" }),
+        )
+        .await;
+        let policy = RetryPolicy::new(def.retries.unwrap_or(self.config().default_retries));
+        let timeout = def
+            .timeout
+            .unwrap_or(self.config().default_timeout)
+            .as_std();
+        let mut attempt = 0;
+        let (status, result, error) = loop {
+            attempt += 1;
+            let outcome = tokio::select! {
+                r = tokio::time::timeout(timeout + ATTEMPT_GRACE, self.attempt(job, &def, slot, attempt, &context, timeout)) => r,
+                _ = stop.cancelled() => break ("interrupted", Value::Null, Some("the run was stopped".to_string())),
+            };
+            let (status, message) = match outcome {
+                Ok(Ok(v)) => break ("success", v, None),
+                Err(_) => ("timeout", format!("timed out after {timeout:?}")),
+                Ok(Err(HookError::Timeout { after, .. })) => {
+                    ("timeout", format!("timed out after {after:?}"))
+                }
+                Ok(Err(e)) => ("error", e.to_string()),
+            };
+            self.emit(JobEvent::JobError {
+                job: job.into(),
+                error: message.clone(),
+                attempt,
+            });
+            if attempt >= policy.attempts() {
+                break (status, Value::Null, Some(message));
+            }
+            tokio::time::sleep(policy.delay(attempt)).await;
+        };
+        let duration_ms = u64::try_from(wall.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let finished = self.inner.clock.now();
+        let record = json!({
+            "job": job, "status": status, "slot": slot.map(text), "date": text(started),
+            "startedAt": text(started), "finishedAt": text(finished), "durationMs": duration_ms,
+            "attempts": attempt, "result": result, "error": error,
+        });
+        if let Some(history) = &self.inner.history {
+            let data = record.as_object().cloned().unwrap_or_default();
+            let written = match slot {
+                Some(_) => history.upsert(id, data).await,
+                None => history.insert(data, Some(id)).await,
+            };
+            if let Err(e) = written {
+                tracing::warn!(job, error = %e, "could not record the run in the job history");
+            }
+        }
+        {
+            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
+            if let Some(j) = jobs.get_mut(job) {
+                j.running = j.running.saturating_sub(1);
+            }
+        }
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(job.into())
+            .or_default()
+            .retain(|(id, _)| *id != run_id);
+        self.emit(JobEvent::JobFinished {
+            job: job.into(),
+            status: status.into(),
+            duration_ms,
+        });
+        match status {
+            "success" => {
+                self.emit(JobEvent::JobComplete {
+                    job: job.into(),
+                    result: result.clone(),
+                    duration_ms,
+                });
+                self.callback(&self.config().on_job_complete, job, slot, record.clone())
+                    .await;
+            }
+            _ => {
+                self.callback(&self.config().on_job_error, job, slot, record.clone())
+                    .await
+            }
+        }
+        Ok(record)
+    }
+
+    pub(super) async fn attempt(
+        &self,
+        job: &str,
+        def: &JobDef,
+        slot: Option<DateTime<Utc>>,
+        attempt: u32,
+        context: &Value,
+        timeout: Duration,
+    ) -> Result<Value, HookError> {
+        let mut hook = self.inner.hooks.resolve(&def.action, BuiltinKind::Action)?;
+        // A shell job without its own hook timeout gets the job's, so its process group goes too.
+        if hook.def.run.is_some() && hook.def.timeout.is_none() {
+            hook.def.timeout = Some(crate::types::Duration(timeout));
+        }
+        // The job's retries are the scheduler's; the hook's own are not stacked on top.
+        hook.def.retries = Some(0);
+        let mut input = HookInput::new(job, HookKind::Job);
+        input.job = Some(job.into());
+        input.scheduled_time = slot.map(text);
+        input.attempt = attempt;
+        input.context = context.clone();
+        self.inner.hooks.action(&hook, &input).await
+    }
+
+    pub(super) async fn callback(
+        &self,
+        hook: &Option<HookRef>,
+        job: &str,
+        slot: Option<DateTime<Utc>>,
+        stats: Value,
+    ) {
+        let Some(hook) = hook else { return };
+        let resolved = match self.inner.hooks.resolve(hook, BuiltinKind::Action) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(job, error = %e, "scheduler callback is not defined");
+                return;
+            }
+        };
+        let mut input = HookInput::new(resolved.name.clone(), HookKind::Callback);
+        input.job = Some(job.into());
+        input.scheduled_time = slot.map(text);
+        input.stats = Some(stats);
+        if let Err(e) = self.inner.hooks.action(&resolved, &input).await {
+            tracing::warn!(job, error = %e, "scheduler callback failed");
+        }
+    }
+}
