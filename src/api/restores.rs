@@ -5,7 +5,7 @@
 
 use std::sync::Mutex;
 
-use chrono::{SecondsFormat, Utc};
+use chrono::Utc;
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::Value;
@@ -35,7 +35,7 @@ pub struct RestoreRun {
 pub struct Restores(Mutex<IndexMap<String, RestoreRun>>);
 
 fn now() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    crate::types::time::now_rfc3339()
 }
 
 impl Restores {

@@ -10,7 +10,6 @@ pub mod resource;
 pub mod schema;
 
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use bytes::Bytes;
 use indexmap::IndexMap;
@@ -109,7 +108,8 @@ impl Database {
         &self,
         declared: &IndexMap<String, StoredResource>,
     ) -> DbResult<Metadata> {
-        for attempt in 0..50u32 {
+        let mut attempts = crate::types::cas::Attempts::new();
+        while attempts.next().await {
             let current = self.store.get(codec::METADATA_KEY).await?;
             let (mut metadata, mode) = match current {
                 None => (Metadata::new(), PutMode::Create),
@@ -140,7 +140,7 @@ impl Database {
                 .await
             {
                 Ok(_) => return Ok(metadata),
-                Err(e) if e.is_conflict() => backoff(attempt).await,
+                Err(e) if e.is_conflict() => continue,
                 Err(e) => return Err(e.into()),
             }
         }
@@ -194,12 +194,4 @@ impl Database {
             .ok_or_else(|| DbError::UnknownResource(name.to_string()))?;
         Ok(Resource::new(self.clone(), schema))
     }
-}
-
-/// Randomized exponential backoff between compare-and-swap attempts, so racing writers spread
-/// out instead of colliding again.
-pub(crate) async fn backoff(attempt: u32) {
-    let cap_ms = 1u64 << attempt.min(7);
-    let ms = rand::random_range(0..=cap_ms);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
 }

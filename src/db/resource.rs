@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use super::codec;
 use super::query::{apply_update, Filter};
 use super::schema::{Partition, ResourceSchema};
-use super::{backoff, Database, DbError, DbResult};
+use super::{Database, DbError, DbResult};
 use crate::store::{list_all, ETag, PutMode, PutOptions, StoreError};
 
 /// A record with the version it was read at.
@@ -47,9 +47,6 @@ pub struct Resource {
     db: Database,
     schema: Arc<ResourceSchema>,
 }
-
-/// How many times a write retries after losing a compare-and-swap race before giving up.
-const MAX_CAS_ATTEMPTS: u32 = 1000;
 
 impl Resource {
     pub(super) fn new(db: Database, schema: Arc<ResourceSchema>) -> Self {
@@ -100,7 +97,7 @@ impl Resource {
     }
 
     fn now() -> Value {
-        Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        Value::String(crate::types::time::now_rfc3339())
     }
 
     fn decode(&self, key: &str, id: &str, body: &[u8], etag: ETag) -> DbResult<Record> {
@@ -209,7 +206,8 @@ impl Resource {
         patch: &Map<String, Value>,
         expected: Option<&ETag>,
     ) -> DbResult<Record> {
-        for attempt in 0..MAX_CAS_ATTEMPTS {
+        let mut attempts = crate::types::cas::Attempts::new();
+        while attempts.next().await {
             let current = self.get(id).await?.ok_or_else(|| DbError::NotFound {
                 resource: self.schema.name.clone(),
                 id: id.to_string(),
@@ -224,7 +222,7 @@ impl Resource {
             match self.replace(&current, data).await {
                 Err(DbError::Conflict { .. }) => match expected {
                     Some(expected) => return Err(self.conflict(id, expected)),
-                    None => backoff(attempt).await,
+                    None => continue,
                 },
                 other => return other,
             }
@@ -317,7 +315,8 @@ impl Resource {
     pub async fn upsert(&self, id: &str, data: Map<String, Value>) -> DbResult<Record> {
         let mut patch = data.clone();
         patch.remove("id");
-        for _ in 0..MAX_CAS_ATTEMPTS {
+        let mut attempts = crate::types::cas::Attempts::new();
+        while attempts.next().await {
             if self.exists(id).await? {
                 match self.update(id, &patch, None).await {
                     Err(DbError::NotFound { .. }) => continue,

@@ -4,7 +4,7 @@
 //! each value is written as text. The result is always one value — one argv element, one JSON
 //! value — never text spliced into a shell command. An unknown variable is an error.
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::input::HookInput;
@@ -109,9 +109,7 @@ fn lookup(input: &HookInput, expr: &str, now: DateTime<Utc>) -> Result<Value, St
         } else {
             now + offset(rest)?
         };
-        return Ok(Value::String(
-            t.to_rfc3339_opts(SecondsFormat::Millis, true),
-        ));
+        return Ok(Value::String(crate::types::time::rfc3339(t)));
     }
     let (root, path) = expr.split_once('.').unwrap_or((expr, ""));
     match root {

@@ -9,7 +9,6 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -41,8 +40,6 @@ struct Walked {
 /// How long a walk serves continuation pages. A key created meanwhile may be missed by that
 /// listing (S3 listings are not snapshots either); a key deleted meanwhile is skipped.
 const WALK_REUSE: std::time::Duration = std::time::Duration::from_secs(30);
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl FsStore {
     /// Opens (creating it if needed) the store rooted at `root`.
@@ -122,24 +119,13 @@ impl FsStore {
         let target = self.path(key);
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&parent).map_err(|e| io_error(key, e))?;
-        let tmp = self.root.join(TMP_DIR).join(format!(
-            "{}-{}-{}",
-            std::process::id(),
-            TMP_COUNTER.fetch_add(1, Ordering::Relaxed),
-            rand::random::<u32>()
-        ));
-        let written = (|| -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(body)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &target)?;
-            // The rename is durable only once the folder that holds it is synced.
-            File::open(&parent)?.sync_all()
-        })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_error(key, e));
-        }
+        let tmp = self.root.join(TMP_DIR).join(crate::types::fs::temp_name());
+        let durable = crate::types::fs::WriteOptions {
+            mode: None,
+            durable: true,
+        };
+        crate::types::fs::write_atomically(&target, &tmp, durable, |f| f.write_all(body))
+            .map_err(|e| io_error(key, e))?;
         Ok(ETag::of(body))
     }
 

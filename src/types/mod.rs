@@ -3,12 +3,15 @@
 //! imports nothing from the rest of the crate, so the store and the database can use it
 //! without depending on the manifest or the plugins.
 
+pub mod cas;
 pub mod clock;
 pub mod duration;
+pub mod fs;
 pub mod retry;
 pub mod schedule;
 pub mod secret;
 pub mod suggest;
+pub mod time;
 pub mod timezone;
 
 pub use clock::{Clock, ManualClock, SystemClock};

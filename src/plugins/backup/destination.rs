@@ -189,24 +189,12 @@ impl FsDestination {
         fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
     ) -> Result<(), String> {
         self.ensure_parent(path)?;
-        let tmp = path.with_extension(format!("tmp-{}", super::random_suffix()));
-        let result = (|| -> std::io::Result<()> {
-            let mut file = std::fs::File::create(&tmp)?;
-            fill(&mut file)?;
-            if let Some(mode) = self.file_mode {
-                use std::os::unix::fs::PermissionsExt;
-                file.set_permissions(std::fs::Permissions::from_mode(mode))?;
-            }
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            if let Some(dir) = path.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
+        let tmp = path.with_extension(format!("tmp-{}", crate::types::fs::temp_name()));
+        let options = crate::types::fs::WriteOptions {
+            mode: self.file_mode,
+            durable: true,
+        };
+        let result = crate::types::fs::write_atomically(path, &tmp, options, fill);
         result.map_err(|e| format!("cannot write {}: {e}", path.display()))
     }
 }

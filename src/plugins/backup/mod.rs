@@ -288,7 +288,7 @@ impl Lease {
     fn body(owner: &str, holder: &str) -> Bytes {
         let until = Utc::now() + chrono::Duration::from_std(LOCK_TTL).unwrap_or_default();
         Bytes::from(
-            json!({ "owner": owner, "holder": holder, "expiresAt": until.to_rfc3339() })
+            json!({ "owner": owner, "holder": holder, "expiresAt": crate::types::time::rfc3339(until) })
                 .to_string(),
         )
     }

@@ -132,18 +132,14 @@ fn walk(dir: &Path, out: &mut Vec<(PathBuf, std::fs::Metadata)>) {
     }
 }
 
+/// A cache entry is rewritten whole (never half-read), but need not survive a crash.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    let tmp = path.with_extension(format!(
-        "tmp{}-{}",
-        std::process::id(),
-        rand::random::<u32>()
-    ));
-    std::fs::write(&tmp, bytes)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+    let tmp = path.with_extension(format!("tmp{}", crate::types::fs::temp_name()));
+    crate::types::fs::write_atomically(path, &tmp, Default::default(), |f| {
+        std::io::Write::write_all(f, bytes)
     })
 }
 

@@ -116,7 +116,8 @@ impl StateMachines {
         entity: &str,
         seq: u64,
     ) -> Result<Option<TransitionResult>, MachineError> {
-        for attempt in 0..MAX_ATTEMPTS {
+        let mut attempts = crate::types::cas::Attempts::new();
+        while attempts.next().await {
             let def = self.definition(machine)?;
             let rec = self.read(machine, entity).await?;
             let Some(d) = rec
@@ -138,7 +139,7 @@ impl StateMachines {
                 .await?
             {
                 Commit::Done(r) => return Ok(Some(*r)),
-                Commit::Lost => crate::db::backoff(attempt.min(6)).await,
+                Commit::Lost => continue,
             }
         }
         Err(MachineError::Contention {

@@ -13,7 +13,8 @@ impl StateMachines {
         context: Value,
         event_id: Option<&str>,
     ) -> Result<TransitionResult, MachineError> {
-        for attempt in 0..MAX_ATTEMPTS {
+        let mut attempts = crate::types::cas::Attempts::new();
+        while attempts.next().await {
             let def = self.definition(machine)?;
             let rec = self.read(machine, entity).await?;
             if let Some(id) = event_id {
@@ -110,7 +111,7 @@ impl StateMachines {
                 .await?
             {
                 Commit::Done(result) => return Ok(*result),
-                Commit::Lost => crate::db::backoff(attempt.min(6)).await,
+                Commit::Lost => continue,
             }
         }
         Err(MachineError::Contention {
@@ -146,7 +147,7 @@ impl StateMachines {
             .to_string();
         let seq = rec.seq + 1;
         let now = Utc::now();
-        let timestamp = now.to_rfc3339_opts(SecondsFormat::Millis, true);
+        let timestamp = crate::types::time::rfc3339(now);
         let merged = merge_context(&rec.context, context);
         let result = TransitionResult {
             machine: machine.clone(),

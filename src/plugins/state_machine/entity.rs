@@ -56,7 +56,7 @@ impl StateMachines {
         let deadline = deadline_for(&def, &def.initial_state, now, 0);
         let data = json!({
             "machine": machine, "entity": entity, "state": def.initial_state, "seq": 0,
-            "context": context, "enteredAt": now.to_rfc3339_opts(SecondsFormat::Millis, true),
+            "context": context, "enteredAt": crate::types::time::rfc3339(now),
             "deadline": deadline, "recent": [],
         });
         let data = data.as_object().cloned().unwrap_or_default();

@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -38,7 +38,6 @@ use crate::manifest::model::{HookRef, MachineDef, StateMachineConfig};
 
 /// How many recent event ids an entity remembers for idempotent replays.
 pub const EVENT_ID_WINDOW: usize = 50;
-const MAX_ATTEMPTS: u32 = 200;
 
 /// Something that happened, delivered to subscribers asynchronously; a slow or failing
 /// subscriber never holds up a transition.
@@ -132,7 +131,10 @@ pub enum MachineError {
         event: String,
         error: String,
     },
-    #[error("{machine}/{entity}: too much contention, gave up after {MAX_ATTEMPTS} attempts")]
+    #[error(
+        "{machine}/{entity}: too much contention, gave up after {} attempts",
+        crate::types::cas::ATTEMPTS
+    )]
     Contention { machine: String, entity: String },
     #[error("stored state of {0} is corrupt: {1}")]
     Corrupt(String, String),
@@ -244,7 +246,7 @@ fn recent_from_json(v: &Value) -> Option<TransitionResult> {
 }
 
 fn now_text() -> String {
-    Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true)
+    crate::types::time::now_rfc3339()
 }
 
 pub fn state_id(machine: &str, entity: &str) -> String {
@@ -282,7 +284,7 @@ fn deadline_for(def: &MachineDef, state: &str, at: DateTime<Utc>, seq: u64) -> O
         })
         .min_by_key(|(due, _, _)| *due)
         .map(|(due, after, target)| Deadline {
-            at: due.to_rfc3339_opts(SecondsFormat::Millis, true),
+            at: crate::types::time::rfc3339(due),
             target: target.clone(),
             after: after.text.clone(),
             seq,

@@ -154,7 +154,7 @@ const SWEEP_JOBS_PER_PASS: usize = 100;
 const ATTEMPT_GRACE: Duration = Duration::from_secs(3);
 
 fn text(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+    crate::types::time::rfc3339(t)
 }
 
 fn job_state(def: &JobDef, config: &SchedulerConfig) -> JobState {

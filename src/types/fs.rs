@@ -1,0 +1,96 @@
+//! One atomic file write, shared by the filesystem store, the filesystem cache and backup
+//! destinations: the bytes go to a temporary file, which is renamed over the target, so a
+//! reader sees the old file or the new one, never half of one. Durable writes also sync the
+//! file and then its folder, since a rename survives a crash only once its folder is synced.
+
+use std::fs::File;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// How a write is made.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Unix permission bits of the new file.
+    pub mode: Option<u32>,
+    /// Sync the file and its folder before returning (what a cache can skip).
+    pub durable: bool,
+}
+
+/// Writes `target` through `temp` (which must be on the same filesystem); `fill` writes the
+/// content. On any failure the temporary file is removed and the target is untouched.
+pub fn write_atomically(
+    target: &Path,
+    temp: &Path,
+    options: WriteOptions,
+    fill: impl FnOnce(&mut File) -> io::Result<()>,
+) -> io::Result<()> {
+    let written = (|| -> io::Result<()> {
+        let mut file = File::create(temp)?;
+        fill(&mut file)?;
+        if let Some(mode) = options.mode {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        if options.durable {
+            file.sync_all()?;
+        }
+        std::fs::rename(temp, target)?;
+        if options.durable {
+            if let Some(folder) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(folder)?.sync_all()?;
+            }
+        }
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(temp);
+    }
+    written
+}
+
+/// A name for a temporary file that no other write, in this process or another, is using:
+/// the process id, a counter and a random part.
+pub fn temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}-{:08x}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        rand::random::<u32>()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_fill_leaves_the_target_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("t");
+        std::fs::write(&target, b"old").unwrap();
+        let temp = dir.path().join(temp_name());
+        let failed = write_atomically(&target, &temp, WriteOptions::default(), |f| {
+            use std::io::Write;
+            f.write_all(b"half")?;
+            Err(io::Error::other("disk full"))
+        });
+        assert!(failed.is_err());
+        assert_eq!(std::fs::read(&target).unwrap(), b"old");
+        assert!(!temp.exists());
+        let options = WriteOptions {
+            mode: Some(0o600),
+            durable: true,
+        };
+        write_atomically(&target, &temp, options, |f| {
+            use std::io::Write;
+            f.write_all(b"new")
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&target).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
