@@ -159,10 +159,19 @@ impl DatabaseArgs {
         match crate::runtime::Runtime::build(&checked, self.connection.as_deref()).await {
             Ok(rt) => Ok((checked, rt)),
             Err(e) => {
-                eprintln!("error: {e}");
+                report(&e.code(), &e, e.help().as_deref());
                 Err(exit::INVALID)
             }
         }
+    }
+}
+
+/// Prints an error a user can fix the way manifest diagnostics read: the code, what went
+/// wrong, and what to do.
+pub fn report(code: &str, error: &dyn std::fmt::Display, help: Option<&str>) {
+    eprintln!("error[{code}]: {error}");
+    if let Some(help) = help {
+        eprintln!("  help: {help}");
     }
 }
 

@@ -57,7 +57,7 @@ pub fn run(args: &Args) -> u8 {
         let rt = match Runtime::build(&checked, None).await {
             Ok(rt) => rt,
             Err(e) => {
-                tracing::error!(error = %e, "cannot start");
+                tracing::error!(code = %e.code(), error = %e, help = e.help().unwrap_or_default(), "cannot start");
                 return exit::INVALID;
             }
         };

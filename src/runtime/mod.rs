@@ -35,6 +35,46 @@ pub struct Runtime {
     backup: std::sync::RwLock<Option<Backup>>,
 }
 
+/// Why the runtime could not be built from a checked manifest.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("database: {0}")]
+    Database(#[from] crate::db::DbError),
+    #[error("cache: {0}")]
+    Cache(String),
+    #[error("backup: {0}")]
+    Backup(#[from] crate::plugins::backup::BackupError),
+    #[error("state machines: {0}")]
+    Machines(#[from] crate::plugins::state_machine::MachineError),
+    #[error("scheduler: {0}")]
+    Scheduler(#[from] crate::plugins::scheduler::jobs::JobError),
+}
+
+impl BuildError {
+    /// A rule-style code for the error: the part it concerns and what went wrong.
+    pub fn code(&self) -> String {
+        match self {
+            BuildError::Database(_) => "runtime::database".into(),
+            BuildError::Cache(_) => "runtime::cache".into(),
+            BuildError::Backup(crate::plugins::backup::BackupError::Key(k)) => k.code().into(),
+            BuildError::Backup(e) => format!("backup::{}", e.code().trim_start_matches("backup_")),
+            BuildError::Machines(_) => "runtime::state_machines".into(),
+            BuildError::Scheduler(_) => "runtime::scheduler".into(),
+        }
+    }
+
+    /// What to do about it, where that is known.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            BuildError::Backup(e) => e.help(),
+            BuildError::Database(_) => Some(
+                "check `database.connection` (or --connection / S3DB_CONNECTION) and that the storage is reachable".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// Connects to the manifest's database (or `connection` instead, when given) and registers its
 /// resources.
 pub async fn open_database(
@@ -59,16 +99,14 @@ impl Runtime {
     pub async fn build(
         checked: &CheckedManifest,
         connection: Option<&str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, BuildError> {
         let m = &checked.manifest;
-        let mut db = open_database(checked, connection)
-            .await
-            .map_err(|e| format!("database: {e}"))?;
+        let mut db = open_database(checked, connection).await?;
         let cache = match &m.cache {
             Some(config) => Some(Arc::new(
                 Cache::build(config, db.store(), &checked.base_dir)
                     .await
-                    .map_err(|e| format!("cache: {e}"))?,
+                    .map_err(BuildError::Cache)?,
             )),
             None => None,
         };
@@ -81,9 +119,7 @@ impl Runtime {
         );
         let backup = match &m.backup {
             Some(config) => {
-                let b = Backup::build(config, &db, &checked.base_dir, Some(hooks.clone()))
-                    .await
-                    .map_err(|e| format!("backup: {e}"))?;
+                let b = Backup::build(config, &db, &checked.base_dir, Some(hooks.clone())).await?;
                 hooks.set_backup(Arc::new(b.clone()));
                 Some(b)
             }
@@ -92,16 +128,10 @@ impl Runtime {
         let machines = if m.machines.is_empty() {
             None
         } else {
-            Some(
-                StateMachines::build(&m.machines, &m.state_machine, &db, hooks.clone())
-                    .await
-                    .map_err(|e| format!("state machines: {e}"))?,
-            )
+            Some(StateMachines::build(&m.machines, &m.state_machine, &db, hooks.clone()).await?)
         };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let scheduler = Scheduler::build(&m.jobs, &m.scheduler, &db, hooks.clone(), clock)
-            .await
-            .map_err(|e| format!("scheduler: {e}"))?;
+        let scheduler = Scheduler::build(&m.jobs, &m.scheduler, &db, hooks.clone(), clock).await?;
         Ok(Self {
             db,
             hooks,

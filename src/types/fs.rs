@@ -61,9 +61,39 @@ pub fn temp_name() -> String {
     )
 }
 
+/// `path` without its `.` components (`././key` is `key`), for messages.
+pub fn tidy(path: &Path) -> std::path::PathBuf {
+    let tidy: std::path::PathBuf = path
+        .components()
+        .filter(|c| !matches!(c, std::path::Component::CurDir))
+        .collect();
+    if tidy.as_os_str().is_empty() {
+        std::path::PathBuf::from(".")
+    } else {
+        tidy
+    }
+}
+
+/// An I/O error in words ("no such file", not Rust's "entity not found").
+pub fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file".into(),
+        io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tidy_paths_drop_current_folder_components() {
+        assert_eq!(tidy(Path::new("././nokey")), Path::new("nokey"));
+        assert_eq!(tidy(Path::new("./a/./b")), Path::new("a/b"));
+        assert_eq!(tidy(Path::new("/x/./y")), Path::new("/x/y"));
+        assert_eq!(tidy(Path::new("./")), Path::new("."));
+    }
 
     #[test]
     fn a_failed_fill_leaves_the_target_and_no_temporary_file() {

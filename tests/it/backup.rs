@@ -1131,3 +1131,29 @@ async fn a_dropped_backup_releases_its_lock_and_its_running_entry() {
     assert_eq!(list.len(), 2);
     assert_eq!(list[1].status, "interrupted", "{:?}", list[1]);
 }
+
+#[test]
+fn a_missing_key_file_is_a_coded_error_with_its_path_and_a_help_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        "version: 1\ndatabase: { connection: \"file://./data\" }\nbackup:\n  driver: filesystem\n  config: { path: ./backups/ }\n  encryption: { algorithm: AES-256-GCM, keyFile: ./nokey }\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(["backup", "full"])
+        .current_dir(dir.path())
+        .env_remove("S3DB_CONNECTION")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error[backup::key_file_unreadable]"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("key file nokey: no such file"), "{stderr}");
+    assert!(!stderr.contains("./"), "an untidy path: {stderr}");
+    assert!(stderr.contains("help: "), "{stderr}");
+    assert!(!dir.path().join("backups").exists());
+}

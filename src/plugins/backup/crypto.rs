@@ -44,23 +44,20 @@ impl Passphrase {
 
     /// Reads the passphrase the manifest points at: the value, a file, or a command's output
     /// (a trailing newline is not part of it).
-    pub async fn load(config: &EncryptionConfig, base_dir: &Path) -> Result<Self, String> {
+    pub async fn load(config: &EncryptionConfig, base_dir: &Path) -> Result<Self, KeyError> {
         let raw = if let Some(key) = &config.key {
             key.expose().as_bytes().to_vec()
         } else if let Some(file) = &config.key_file {
-            let path = base_dir.join(file);
-            tokio::fs::read(&path).await.map_err(|e| {
-                format!(
-                    "cannot read the encryption key file {}: {}",
-                    path.display(),
-                    e.kind()
-                )
-            })?
+            let path = crate::types::fs::tidy(&base_dir.join(file));
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| KeyError::FileUnreadable {
+                    path: path.display().to_string(),
+                    reason: crate::types::fs::io_reason(&e),
+                })?
         } else if let Some(command) = &config.key_command {
             let argv = command.argv();
-            let (program, args) = argv
-                .split_first()
-                .ok_or("the encryption keyCommand is empty")?;
+            let (program, args) = argv.split_first().ok_or(KeyError::CommandEmpty)?;
             let out = tokio::process::Command::new(program)
                 .args(args)
                 .current_dir(base_dir)
@@ -69,26 +66,71 @@ impl Passphrase {
                 .kill_on_drop(true)
                 .output()
                 .await
-                .map_err(|e| format!("cannot run the encryption keyCommand `{program}`: {e}"))?;
+                .map_err(|e| KeyError::CommandUnavailable {
+                    program: program.clone(),
+                    reason: crate::types::fs::io_reason(&e),
+                })?;
             if !out.status.success() {
                 // Its output may be (part of) the key, so it is not shown.
-                return Err(format!(
-                    "the encryption keyCommand `{program}` failed ({})",
-                    out.status
-                ));
+                return Err(KeyError::CommandFailed {
+                    program: program.clone(),
+                    status: out.status.to_string(),
+                });
             }
             out.stdout
         } else {
-            return Err("encryption needs one of key, keyFile or keyCommand".into());
+            return Err(KeyError::Missing);
         };
         let mut raw = Zeroizing::new(raw);
         while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             raw.pop();
         }
         if raw.is_empty() {
-            return Err("the encryption key is empty".into());
+            return Err(KeyError::Empty);
         }
         Ok(Self(Arc::new(raw)))
+    }
+}
+
+/// Why the encryption passphrase could not be had. Never carries the key, or a command's
+/// output (which may be part of it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("cannot read the encryption key file {path}: {reason}")]
+    FileUnreadable { path: String, reason: String },
+    #[error("the encryption keyCommand is empty")]
+    CommandEmpty,
+    #[error("cannot run the encryption keyCommand `{program}`: {reason}")]
+    CommandUnavailable { program: String, reason: String },
+    #[error("the encryption keyCommand `{program}` failed ({status})")]
+    CommandFailed { program: String, status: String },
+    #[error("encryption needs one of key, keyFile or keyCommand")]
+    Missing,
+    #[error("the encryption key is empty")]
+    Empty,
+}
+
+impl KeyError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            KeyError::FileUnreadable { .. } => "backup::key_file_unreadable",
+            KeyError::CommandEmpty | KeyError::CommandUnavailable { .. } => {
+                "backup::key_command_unavailable"
+            }
+            KeyError::CommandFailed { .. } => "backup::key_command_failed",
+            KeyError::Missing => "backup::key_missing",
+            KeyError::Empty => "backup::key_empty",
+        }
+    }
+
+    pub fn help(&self) -> String {
+        match self {
+            KeyError::FileUnreadable { .. } => "create the file with the passphrase in it (readable by this user only), or point `backup.encryption.keyFile` at one; a relative path starts at the manifest's folder".into(),
+            KeyError::CommandEmpty | KeyError::CommandUnavailable { .. } => "`backup.encryption.keyCommand` must name a program that exists, e.g. [\"vault\", \"kv\", \"get\", \"-field=key\", \"secret/backup\"]".into(),
+            KeyError::CommandFailed { .. } => "run the keyCommand by hand from the manifest's folder: it must exit 0 and print the passphrase".into(),
+            KeyError::Missing => "set one of `key`, `keyFile` or `keyCommand` under `backup.encryption`".into(),
+            KeyError::Empty => "the passphrase must not be empty: check the variable, file or command that provides it".into(),
+        }
     }
 }
 

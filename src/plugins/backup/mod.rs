@@ -69,6 +69,8 @@ pub enum BackupError {
     Database(String),
     #[error("backup `{0}` was cancelled")]
     Cancelled(String),
+    #[error(transparent)]
+    Key(#[from] crypto::KeyError),
 }
 
 impl BackupError {
@@ -83,6 +85,18 @@ impl BackupError {
             BackupError::Archive(_) => "backup_archive",
             BackupError::Database(_) => "backup_database",
             BackupError::Cancelled(_) => "backup_cancelled",
+            BackupError::Key(_) => "backup_key",
+        }
+    }
+
+    /// What to do about it, where that is known.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            BackupError::Key(e) => Some(e.help()),
+            BackupError::Locked { .. } => Some(
+                "wait for it to finish, or for its lock to expire if its runner was killed".into(),
+            ),
+            _ => None,
         }
     }
 }
@@ -553,11 +567,7 @@ impl Backup {
                         );
                     }
                 }
-                Some(
-                    Passphrase::load(e, base_dir)
-                        .await
-                        .map_err(BackupError::Config)?,
-                )
+                Some(Passphrase::load(e, base_dir).await?)
             }
             None => None,
         };
