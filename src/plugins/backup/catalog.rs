@@ -99,7 +99,13 @@ impl Backup {
             }
         }
         if found.is_empty() && failures.len() == self.inner.destinations.len() {
-            return Err(BackupError::Destination(failures.join("; ")));
+            return Err(BackupError::Destination(
+                failures
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ));
         }
         let mut list: Vec<_> = found.into_values().collect();
         list.sort_by(|a, b| {
@@ -229,7 +235,7 @@ impl Backup {
                     });
                 }
                 Ok(None) => last = format!("{}: index missing", d.describe()),
-                Err(e) => last = e,
+                Err(e) => last = e.to_string(),
             }
         }
         Err(BackupError::Unusable {
@@ -265,7 +271,7 @@ impl Backup {
                     ));
                 }
                 Ok(None) => problems.push(format!("{}: archive missing", d.describe())),
-                Err(e) => problems.push(e),
+                Err(e) => problems.push(e.to_string()),
             }
         }
         Err(BackupError::Unusable {

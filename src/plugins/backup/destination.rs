@@ -29,17 +29,53 @@ pub trait Destination: Send + Sync {
     /// The fixed part of `path`, under which every backup is found.
     fn root(&self) -> String;
     /// Copies a local file to `key`, completely or not at all.
-    async fn upload(&self, key: &str, file: &Path) -> Result<(), String>;
+    async fn upload(&self, key: &str, file: &Path) -> Result<(), DestinationError>;
     /// Writes a small object; `create_only` fails with `Err(None)` when it exists.
-    async fn put(&self, key: &str, body: Bytes, create_only: bool) -> Result<(), Option<String>>;
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, String>;
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        create_only: bool,
+    ) -> Result<(), Option<DestinationError>>;
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, DestinationError>;
     /// Streams `key` into `to` (when given) and returns its SHA-256 and size; None when absent.
-    async fn fetch(&self, key: &str, to: Option<&Path>) -> Result<Option<(String, u64)>, String>;
+    async fn fetch(
+        &self,
+        key: &str,
+        to: Option<&Path>,
+    ) -> Result<Option<(String, u64)>, DestinationError>;
     /// Every key under `prefix`.
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, String>;
-    async fn delete(&self, key: &str) -> Result<(), String>;
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, DestinationError>;
+    async fn delete(&self, key: &str) -> Result<(), DestinationError>;
     /// getStorageInfo: the driver and its settings, and what it can tell about space.
     async fn storage_info(&self) -> Value;
+}
+
+/// Why a destination could not be built, written, read or listed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DestinationError {
+    #[error("cannot {action} {path}: {reason}")]
+    Io {
+        action: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Config(&'static str),
+    #[error("a file task failed: {0}")]
+    Task(String),
+}
+
+impl DestinationError {
+    fn io(action: &'static str, path: &Path, e: &std::io::Error) -> Self {
+        DestinationError::Io {
+            action,
+            path: crate::types::fs::tidy(path).display().to_string(),
+            reason: crate::types::fs::io_reason(e),
+        }
+    }
 }
 
 /// Builds one destination of a (non-multi) driver.
@@ -48,13 +84,12 @@ pub async fn build(
     config: &BackupDriverConfig,
     base_dir: &Path,
     db_location: Option<S3Location>,
-) -> Result<Box<dyn Destination>, String> {
+) -> Result<Box<dyn Destination>, DestinationError> {
     match driver {
         BackupDriver::Filesystem => {
-            let path = config
-                .path
-                .clone()
-                .ok_or("the filesystem backup driver needs a `path`")?;
+            let path = config.path.clone().ok_or(DestinationError::Config(
+                "the filesystem backup driver needs a `path`",
+            ))?;
             Ok(Box::new(FsDestination {
                 base_dir: base_dir.to_path_buf(),
                 template: path,
@@ -87,10 +122,9 @@ pub async fn build(
                     credentials: None,
                 },
                 (None, None) => {
-                    return Err(
-                        "the s3 backup driver needs a `bucket` when the database is not on S3"
-                            .into(),
-                    )
+                    return Err(DestinationError::Config(
+                        "the s3 backup driver needs a `bucket` when the database is not on S3",
+                    ))
                 }
             };
             let template = config
@@ -118,7 +152,9 @@ pub async fn build(
                 },
             }))
         }
-        BackupDriver::Multi => Err("a multi destination cannot contain another multi".into()),
+        BackupDriver::Multi => Err(DestinationError::Config(
+            "a multi destination cannot contain another multi",
+        )),
     }
 }
 
@@ -167,7 +203,7 @@ impl FsDestination {
         self.base_dir.join(key)
     }
 
-    fn ensure_parent(&self, path: &Path) -> Result<(), String> {
+    fn ensure_parent(&self, path: &Path) -> Result<(), DestinationError> {
         let Some(parent) = path.parent() else {
             return Ok(());
         };
@@ -179,7 +215,7 @@ impl FsDestination {
         }
         builder
             .create(parent)
-            .map_err(|e| format!("cannot create {}: {e}", parent.display()))
+            .map_err(|e| DestinationError::io("create", parent, &e))
     }
 
     /// Writes through a temporary file and a rename, so a reader never sees half a file.
@@ -187,7 +223,7 @@ impl FsDestination {
         &self,
         path: &Path,
         fill: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-    ) -> Result<(), String> {
+    ) -> Result<(), DestinationError> {
         self.ensure_parent(path)?;
         let tmp = path.with_extension(format!("tmp-{}", crate::types::fs::temp_name()));
         let options = crate::types::fs::WriteOptions {
@@ -195,16 +231,16 @@ impl FsDestination {
             durable: true,
         };
         let result = crate::types::fs::write_atomically(path, &tmp, options, fill);
-        result.map_err(|e| format!("cannot write {}: {e}", path.display()))
+        result.map_err(|e| DestinationError::io("write", path, &e))
     }
 }
 
 async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, String> + Send + 'static,
-) -> Result<T, String> {
+    f: impl FnOnce() -> Result<T, DestinationError> + Send + 'static,
+) -> Result<T, DestinationError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| format!("a file task failed: {e}"))?
+        .map_err(|e| DestinationError::Task(e.to_string()))?
 }
 
 #[async_trait]
@@ -221,7 +257,7 @@ impl Destination for FsDestination {
         fixed_root(&self.template)
     }
 
-    async fn upload(&self, key: &str, file: &Path) -> Result<(), String> {
+    async fn upload(&self, key: &str, file: &Path) -> Result<(), DestinationError> {
         let this = self.clone_parts();
         let (path, src) = (self.path(key), file.to_path_buf());
         blocking(move || {
@@ -233,7 +269,12 @@ impl Destination for FsDestination {
         .await
     }
 
-    async fn put(&self, key: &str, body: Bytes, create_only: bool) -> Result<(), Option<String>> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        create_only: bool,
+    ) -> Result<(), Option<DestinationError>> {
         let this = self.clone_parts();
         let path = self.path(key);
         blocking(move || {
@@ -252,11 +293,11 @@ impl Destination for FsDestination {
                 Ok(mut f) => {
                     f.write_all(&body)
                         .and_then(|_| f.sync_all())
-                        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+                        .map_err(|e| DestinationError::io("write", &path, &e))?;
                     Ok(true)
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(format!("cannot create {}: {e}", path.display())),
+                Err(e) => Err(DestinationError::io("create", &path, &e)),
             }
         })
         .await
@@ -264,40 +305,44 @@ impl Destination for FsDestination {
         .and_then(|created| if created { Ok(()) } else { Err(None) })
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, String> {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, DestinationError> {
         let path = self.path(key);
         match tokio::fs::read(&path).await {
             Ok(b) => Ok(Some(Bytes::from(b))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => Err(DestinationError::io("read", &path, &e)),
         }
     }
 
-    async fn fetch(&self, key: &str, to: Option<&Path>) -> Result<Option<(String, u64)>, String> {
+    async fn fetch(
+        &self,
+        key: &str,
+        to: Option<&Path>,
+    ) -> Result<Option<(String, u64)>, DestinationError> {
         let (path, to) = (self.path(key), to.map(Path::to_path_buf));
         blocking(move || {
             let mut input = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+                Err(e) => return Err(DestinationError::io("read", &path, &e)),
             };
             let mut hasher = super::archive::Hashing::new(match &to {
                 Some(to) => Box::new(std::io::BufWriter::new(
                     std::fs::File::create(to)
-                        .map_err(|e| format!("cannot create {}: {e}", to.display()))?,
+                        .map_err(|e| DestinationError::io("create", to, &e))?,
                 )) as Box<dyn Write>,
                 None => Box::new(std::io::sink()),
             });
             std::io::copy(&mut input, &mut hasher)
                 .and_then(|_| hasher.flush())
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                .map_err(|e| DestinationError::io("read", &path, &e))?;
             let (_, sha, size) = hasher.finish();
             Ok(Some((sha, size)))
         })
         .await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, String> {
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, DestinationError> {
         let root = self.path(prefix);
         let prefix = prefix.to_string();
         blocking(move || {
@@ -307,7 +352,7 @@ impl Destination for FsDestination {
                 let entries = match std::fs::read_dir(&dir) {
                     Ok(e) => e,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(format!("cannot list {}: {e}", dir.display())),
+                    Err(e) => return Err(DestinationError::io("list", &dir, &e)),
                 };
                 for entry in entries.flatten() {
                     let name = entry.file_name().to_string_lossy().into_owned();
@@ -325,12 +370,12 @@ impl Destination for FsDestination {
         .await
     }
 
-    async fn delete(&self, key: &str) -> Result<(), String> {
+    async fn delete(&self, key: &str) -> Result<(), DestinationError> {
         let path = self.path(key);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(format!("cannot delete {}: {e}", path.display())),
+            Err(e) => Err(DestinationError::io("delete", &path, &e)),
         }
     }
 
@@ -370,8 +415,8 @@ pub struct S3Destination {
     options: PutOptions,
 }
 
-fn s3_error(e: StoreError) -> String {
-    e.to_string()
+fn s3_error(e: StoreError) -> DestinationError {
+    DestinationError::Store(e)
 }
 
 #[async_trait]
@@ -388,7 +433,7 @@ impl Destination for S3Destination {
         fixed_root(&self.template)
     }
 
-    async fn upload(&self, key: &str, file: &Path) -> Result<(), String> {
+    async fn upload(&self, key: &str, file: &Path) -> Result<(), DestinationError> {
         self.store
             .put_file(key, file, &self.options)
             .await
@@ -396,7 +441,12 @@ impl Destination for S3Destination {
             .map_err(s3_error)
     }
 
-    async fn put(&self, key: &str, body: Bytes, create_only: bool) -> Result<(), Option<String>> {
+    async fn put(
+        &self,
+        key: &str,
+        body: Bytes,
+        create_only: bool,
+    ) -> Result<(), Option<DestinationError>> {
         let mode = if create_only {
             PutMode::Create
         } else {
@@ -413,7 +463,7 @@ impl Destination for S3Destination {
         }
     }
 
-    async fn get(&self, key: &str) -> Result<Option<Bytes>, String> {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, DestinationError> {
         self.store
             .get(key)
             .await
@@ -421,11 +471,14 @@ impl Destination for S3Destination {
             .map_err(s3_error)
     }
 
-    async fn fetch(&self, key: &str, to: Option<&Path>) -> Result<Option<(String, u64)>, String> {
+    async fn fetch(
+        &self,
+        key: &str,
+        to: Option<&Path>,
+    ) -> Result<Option<(String, u64)>, DestinationError> {
         let mut out = match to {
             Some(to) => Some(std::io::BufWriter::new(
-                std::fs::File::create(to)
-                    .map_err(|e| format!("cannot create {}: {e}", to.display()))?,
+                std::fs::File::create(to).map_err(|e| DestinationError::io("create", to, &e))?,
             )),
             None => None,
         };
@@ -444,13 +497,14 @@ impl Destination for S3Destination {
             .await
             .map_err(s3_error)?;
         if let Some(mut w) = out {
-            w.flush()
-                .map_err(|e| format!("cannot write the download: {e}"))?;
+            w.flush().map_err(|e| {
+                DestinationError::io("write", to.unwrap_or(Path::new("the download")), &e)
+            })?;
         }
         Ok(found.then(|| (hex(&hasher.finalize()), size)))
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<String>, String> {
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, DestinationError> {
         Ok(crate::store::list_all(&self.store, prefix)
             .await
             .map_err(s3_error)?
@@ -459,7 +513,7 @@ impl Destination for S3Destination {
             .collect())
     }
 
-    async fn delete(&self, key: &str) -> Result<(), String> {
+    async fn delete(&self, key: &str) -> Result<(), DestinationError> {
         self.store.delete(key, None).await.map_err(s3_error)
     }
 

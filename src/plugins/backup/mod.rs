@@ -552,7 +552,7 @@ impl Backup {
             destinations.push(Arc::from(
                 destination::build(driver, &c, base_dir, db_location.clone())
                     .await
-                    .map_err(BackupError::Config)?,
+                    .map_err(|e| BackupError::Config(e.to_string()))?,
             ));
         }
         let passphrase = match &config.encryption {

@@ -36,7 +36,7 @@ impl Backup {
             for suffix in ["done", "s3db-backup", "index", "meta.json"] {
                 d.delete(&format!("{folder}{}.{suffix}", info.id))
                     .await
-                    .map_err(BackupError::Destination)?;
+                    .map_err(|e| BackupError::Destination(e.to_string()))?;
             }
         }
         Ok(())

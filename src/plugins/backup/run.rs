@@ -474,18 +474,28 @@ impl Backup {
             let (archive_path, index_path) = (archive_path.to_path_buf(), index_path.to_path_buf());
             async move {
                 let result = async {
+                    let text = |e: destination::DestinationError| e.to_string();
                     d.upload(&format!("{folder}{id}.s3db-backup"), &archive_path)
-                        .await?;
-                    d.upload(&format!("{folder}{id}.index"), &index_path).await?;
+                        .await
+                        .map_err(text)?;
+                    d.upload(&format!("{folder}{id}.index"), &index_path)
+                        .await
+                        .map_err(text)?;
                     if verification {
-                        let got = d.fetch(&format!("{folder}{id}.s3db-backup"), None).await?;
+                        let got = d
+                            .fetch(&format!("{folder}{id}.s3db-backup"), None)
+                            .await
+                            .map_err(text)?;
                         if got.as_ref() != Some(&want) {
                             return Err(format!(
                                 "verification failed: the stored archive's SHA-256 differs from the one written ({})",
                                 d.describe()
                             ));
                         }
-                        let got = d.fetch(&format!("{folder}{id}.index"), None).await?;
+                        let got = d
+                            .fetch(&format!("{folder}{id}.index"), None)
+                            .await
+                            .map_err(text)?;
                         if got.map(|(sha, _)| sha) != Some(want_index) {
                             return Err(format!(
                                 "verification failed: the stored index's SHA-256 differs from the one written ({})",
@@ -560,7 +570,7 @@ impl Backup {
                 false,
             )
             .await
-            .map_err(|e| BackupError::Destination(e.unwrap_or_default()))?;
+            .map_err(|e| BackupError::Destination(e.map(|e| e.to_string()).unwrap_or_default()))?;
         }
         let marker = Bytes::from(
             json!({ "id": info.id, "sha256": info.sha256, "completedAt": info.completed_at })
@@ -580,7 +590,7 @@ impl Backup {
                         d.describe()
                     )))
                 }
-                Err(Some(e)) => return Err(BackupError::Destination(e)),
+                Err(Some(e)) => return Err(BackupError::Destination(e.to_string())),
             }
         }
         Ok(())
