@@ -44,6 +44,20 @@ pub struct ReloadResult {
     pub error: Option<String>,
 }
 
+/// Why a reload could not be applied (the old manifest keeps running), or the manifest's
+/// folder not watched.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("resources: {0}")]
+    Resources(crate::db::DbError),
+    #[error("backup: {0}")]
+    Backup(crate::plugins::backup::BackupError),
+    #[error("cache: {0}")]
+    Cache(String),
+    #[error("cannot watch {folder}: {reason}")]
+    Watch { folder: String, reason: String },
+}
+
 pub type ReloadHook = Arc<dyn Fn(&ReloadResult) + Send + Sync>;
 
 /// Owns the running manifest and swaps in new ones.
@@ -151,7 +165,7 @@ impl Reloader {
                                 running_manifest(&old, new, &result.restart_required, live_listen);
                             *self.current.write().unwrap_or_else(|e| e.into_inner()) = running;
                         }
-                        Err(e) => result.error = Some(e),
+                        Err(e) => result.error = Some(e.to_string()),
                     },
                 }
             }
@@ -187,7 +201,7 @@ impl Reloader {
         old: &CheckedManifest,
         new: &CheckedManifest,
         result: &mut ReloadResult,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReloadError> {
         let rt = &self.runtime;
         let (o, n) = (&old.manifest, &new.manifest);
         let changes = diff(o, n);
@@ -219,7 +233,7 @@ impl Reloader {
             rt.db
                 .register(&declared)
                 .await
-                .map_err(|e| format!("resources: {e}"))?;
+                .map_err(ReloadError::Resources)?;
         }
 
         let backup = match (&n.backup, rt.backup()) {
@@ -227,7 +241,7 @@ impl Reloader {
                 current
                     .reconfigured(config, &new.base_dir)
                     .await
-                    .map_err(|e| format!("backup: {e}"))?,
+                    .map_err(ReloadError::Backup)?,
             ),
             _ => None,
         };
@@ -237,7 +251,7 @@ impl Reloader {
                 current
                     .prepare(config, rt.db.store(), &new.base_dir)
                     .await
-                    .map_err(|e| format!("cache: {e}"))?,
+                    .map_err(ReloadError::Cache)?,
             ),
             _ => None,
         };
@@ -280,7 +294,7 @@ impl Reloader {
     pub fn watch(
         self: &Arc<Self>,
         stop: tokio_util::sync::CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReloadError> {
         use notify::Watcher;
         let folder = self
             .path
@@ -295,10 +309,16 @@ impl Reloader {
                     let _ = tx.send(());
                 }
             })
-            .map_err(|e| format!("cannot watch {}: {e}", folder.display()))?;
+            .map_err(|e| ReloadError::Watch {
+                folder: folder.display().to_string(),
+                reason: e.to_string(),
+            })?;
         watcher
             .watch(&folder, notify::RecursiveMode::NonRecursive)
-            .map_err(|e| format!("cannot watch {}: {e}", folder.display()))?;
+            .map_err(|e| ReloadError::Watch {
+                folder: folder.display().to_string(),
+                reason: e.to_string(),
+            })?;
         let this = self.clone();
         tokio::spawn(async move {
             // The watcher lives as long as this task.

@@ -17,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
-use super::crypto::{DataKey, DecryptReader, EncryptWriter, EncryptionHeader, Kdf, Passphrase};
+use super::crypto::{
+    CryptoError, DataKey, DecryptReader, EncryptWriter, EncryptionHeader, Kdf, Passphrase,
+};
 use crate::manifest::hex;
 use crate::manifest::model::{Compression, EncryptionConfig};
 
@@ -64,7 +66,7 @@ impl Keyring {
         self.passphrase.is_some() && self.config.is_some()
     }
 
-    fn for_writing(&self) -> Result<Option<(Kdf, Kek)>, String> {
+    fn for_writing(&self) -> Result<Option<(Kdf, Kek)>, ArchiveError> {
         let (Some(pass), Some(config)) = (&self.passphrase, &self.config) else {
             return Ok(None);
         };
@@ -77,12 +79,9 @@ impl Keyring {
         Ok(slot.clone())
     }
 
-    fn for_reading(&self, kdf: &Kdf) -> Result<Kek, String> {
+    fn for_reading(&self, kdf: &Kdf) -> Result<Kek, ArchiveError> {
         let Some(pass) = &self.passphrase else {
-            return Err(
-                "the backup is encrypted and no encryption key is configured (backup.encryption)"
-                    .into(),
-            );
+            return Err(ArchiveError::NoKey);
         };
         let mut derived = self.derived.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, kek)) = derived.iter().find(|(k, _)| k == kdf) {
@@ -268,9 +267,8 @@ impl ArchiveWriter {
         role: &str,
         compression: Compression,
         keys: &Keyring,
-    ) -> Result<Self, String> {
-        let file =
-            File::create(path).map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    ) -> Result<Self, ArchiveError> {
+        let file = File::create(path).map_err(|e| ArchiveError::io("create", path, &e))?;
         let mut out = Hashing::new(BufWriter::with_capacity(256 * 1024, file));
         let context = format!("{backup_id}/{role}");
         let (key, encryption) = match keys.for_writing()? {
@@ -287,8 +285,9 @@ impl ArchiveWriter {
             compression,
             encryption,
         };
-        let header_bytes = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
-        let io = |e: io::Error| format!("cannot write {}: {e}", path.display());
+        let header_bytes =
+            serde_json::to_vec(&header).map_err(|e| ArchiveError::Damaged(e.to_string()))?;
+        let io = |e: io::Error| ArchiveError::io("write", path, &e);
         out.write_all(MAGIC).map_err(io)?;
         out.write_all(&(header_bytes.len() as u32).to_be_bytes())
             .map_err(io)?;
@@ -309,7 +308,7 @@ impl ArchiveWriter {
     }
 
     /// Starts a JSON-lines member; lines go to a spool file until `end_member`.
-    pub fn begin_member(&mut self, name: &str) -> Result<(), String> {
+    pub fn begin_member(&mut self, name: &str) -> Result<(), ArchiveError> {
         if self.spool.is_some() {
             self.end_member()?;
         }
@@ -325,12 +324,7 @@ impl ArchiveWriter {
             .create(true)
             .truncate(true)
             .open(&path)
-            .map_err(|e| {
-                format!(
-                    "cannot create a spool file in {}: {e}",
-                    self.temp_dir.display()
-                )
-            })?;
+            .map_err(|e| ArchiveError::io("create a spool file in", &self.temp_dir, &e))?;
         self.spool = Some(Spool {
             name: name.into(),
             _file: RemoveOnDrop(path),
@@ -340,18 +334,21 @@ impl ArchiveWriter {
         Ok(())
     }
 
-    pub fn write_line(&mut self, line: &[u8]) -> Result<(), String> {
-        let spool = self.spool.as_mut().ok_or("no member is open")?;
+    pub fn write_line(&mut self, line: &[u8]) -> Result<(), ArchiveError> {
+        let spool = self.spool.as_mut().ok_or(ArchiveError::NoMember)?;
         spool
             .out
             .write_all(line)
             .and_then(|_| spool.out.write_all(b"\n"))
-            .map_err(|e| format!("cannot write the spool file: {e}"))?;
+            .map_err(|e| ArchiveError::Member {
+                name: spool.name.clone(),
+                reason: e.to_string(),
+            })?;
         spool.lines += 1;
         Ok(())
     }
 
-    pub fn end_member(&mut self) -> Result<(), String> {
+    pub fn end_member(&mut self) -> Result<(), ArchiveError> {
         let Some(spool) = self.spool.take() else {
             return Ok(());
         };
@@ -364,7 +361,10 @@ impl ArchiveWriter {
             self.tar.append_data(&mut header, &spool.name, file)?;
             Ok(())
         })();
-        result.map_err(|e| format!("cannot add `{}` to the archive: {e}", spool.name))?;
+        result.map_err(|e| ArchiveError::Member {
+            name: spool.name.clone(),
+            reason: e.to_string(),
+        })?;
         self.members.insert(
             spool.name,
             MemberInfo {
@@ -386,12 +386,15 @@ impl ArchiveWriter {
     }
 
     /// Adds a small member held in memory.
-    pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<(), String> {
+    pub fn add_bytes(&mut self, name: &str, data: &[u8]) -> Result<(), ArchiveError> {
         self.end_member()?;
         let mut header = self.header(data.len() as u64);
         self.tar
             .append_data(&mut header, name, data)
-            .map_err(|e| format!("cannot add `{name}` to the archive: {e}"))?;
+            .map_err(|e| ArchiveError::Member {
+                name: name.into(),
+                reason: e.to_string(),
+            })?;
         self.members.insert(
             name.into(),
             MemberInfo {
@@ -408,9 +411,9 @@ impl ArchiveWriter {
     }
 
     /// Ends the tar stream, the compression and the encryption, and syncs the file.
-    pub fn finish(mut self) -> Result<Written, String> {
+    pub fn finish(mut self) -> Result<Written, ArchiveError> {
         self.end_member()?;
-        let io = |e: io::Error| format!("cannot finish the archive: {e}");
+        let io = |e: io::Error| ArchiveError::Finish(e.to_string());
         let compressor = self.tar.into_inner().map_err(io)?;
         let sink = compressor.finish().map_err(io)?;
         let hashing = sink.finish().map_err(io)?;
@@ -426,30 +429,31 @@ impl ArchiveWriter {
 }
 
 /// Reads the header of an archive file.
-pub fn read_header(file: &mut impl Read) -> Result<(ArchiveHeader, Vec<u8>), String> {
+pub fn read_header(file: &mut impl Read) -> Result<(ArchiveHeader, Vec<u8>), ArchiveError> {
     let mut magic = [0u8; 8];
     file.read_exact(&mut magic)
-        .map_err(|_| "not an s3db-run backup archive (too short)".to_string())?;
+        .map_err(|_| ArchiveError::Damaged("not an s3db-run backup archive (too short)".into()))?;
     if &magic != MAGIC {
-        return Err("not an s3db-run backup archive (bad magic bytes)".into());
+        return Err(ArchiveError::Damaged(
+            "not an s3db-run backup archive (bad magic bytes)".into(),
+        ));
     }
     let mut len = [0u8; 4];
     file.read_exact(&mut len)
-        .map_err(|_| "the archive header is truncated".to_string())?;
+        .map_err(|_| ArchiveError::Damaged("the archive header is truncated".into()))?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_HEADER {
-        return Err("the archive header is too large (damaged archive)".into());
+        return Err(ArchiveError::Damaged(
+            "the archive header is too large (damaged archive)".into(),
+        ));
     }
     let mut raw = vec![0u8; len];
     file.read_exact(&mut raw)
-        .map_err(|_| "the archive header is truncated".to_string())?;
-    let header: ArchiveHeader =
-        serde_json::from_slice(&raw).map_err(|e| format!("the archive header is damaged: {e}"))?;
+        .map_err(|_| ArchiveError::Damaged("the archive header is truncated".into()))?;
+    let header: ArchiveHeader = serde_json::from_slice(&raw)
+        .map_err(|e| ArchiveError::Damaged(format!("the archive header is damaged: {e}")))?;
     if header.format_version > FORMAT_VERSION {
-        return Err(format!(
-            "the archive has format version {} and this s3db-run reads up to {FORMAT_VERSION}; upgrade s3db-run",
-            header.format_version
-        ));
+        return Err(ArchiveError::TooNew(header.format_version));
     }
     Ok((header, raw))
 }
@@ -462,15 +466,15 @@ pub struct ArchiveReader {
 
 impl ArchiveReader {
     /// Opens an archive; `expect_id` guards against an archive renamed to another backup's key.
-    pub fn open(path: &Path, expect_id: &str, keys: &Keyring) -> Result<Self, String> {
-        let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    pub fn open(path: &Path, expect_id: &str, keys: &Keyring) -> Result<Self, ArchiveError> {
+        let file = File::open(path).map_err(|e| ArchiveError::io("open", path, &e))?;
         let mut file = BufReader::with_capacity(256 * 1024, file);
         let (header, raw) = read_header(&mut file)?;
         if header.backup_id != expect_id {
-            return Err(format!(
-                "the archive belongs to backup `{}`, not `{expect_id}`",
-                header.backup_id
-            ));
+            return Err(ArchiveError::WrongBackup {
+                found: header.backup_id,
+                expected: expect_id.into(),
+            });
         }
         let plain: Box<dyn Read + Send> = match &header.encryption {
             Some(enc) => {
@@ -498,7 +502,7 @@ impl ArchiveReader {
     pub fn for_each_member(
         mut self,
         mut each: impl FnMut(&str, &mut dyn BufRead) -> Result<(), String>,
-    ) -> Result<IndexMap<String, MemberInfo>, String> {
+    ) -> Result<IndexMap<String, MemberInfo>, ArchiveError> {
         let mut seen = IndexMap::new();
         let entries = self.tar.entries().map_err(describe_io)?;
         for entry in entries {
@@ -517,7 +521,7 @@ impl ArchiveReader {
                     lines: 0,
                 },
             );
-            each(&name, &mut reader)?;
+            each(&name, &mut reader).map_err(ArchiveError::Consumer)?;
             // Whatever the callback left unread still counts toward the hash.
             io::copy(&mut reader, &mut io::sink()).map_err(describe_io)?;
             let h = reader.into_inner();
@@ -535,11 +539,58 @@ impl ArchiveReader {
 }
 
 /// Turns a read error into the sentence a user needs (the decryptor's errors are already one).
-fn describe_io(e: io::Error) -> String {
-    match e.kind() {
+fn describe_io(e: io::Error) -> ArchiveError {
+    ArchiveError::Damaged(match e.kind() {
         io::ErrorKind::InvalidData => format!("{e}"),
         io::ErrorKind::UnexpectedEof => "the archive is truncated".into(),
         _ => format!("the archive cannot be read: {e}"),
+    })
+}
+
+/// Why an archive could not be written or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ArchiveError {
+    #[error("cannot {action} {path}: {reason}")]
+    Io {
+        action: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Damaged(String),
+    #[error("the archive has format version {0} and this s3db-run reads up to {FORMAT_VERSION}; upgrade s3db-run")]
+    TooNew(u32),
+    #[error("the archive belongs to backup `{found}`, not `{expected}`")]
+    WrongBackup { found: String, expected: String },
+    #[error("the backup is encrypted and no encryption key is configured (backup.encryption)")]
+    NoKey,
+    #[error(transparent)]
+    Crypto(#[from] CryptoError),
+    #[error("no member is open")]
+    NoMember,
+    #[error("cannot add `{name}` to the archive: {reason}")]
+    Member { name: String, reason: String },
+    #[error("cannot finish the archive: {0}")]
+    Finish(String),
+    /// What the caller reading the members said was wrong with one.
+    #[error("{0}")]
+    Consumer(String),
+}
+
+/// The backup's own steps still report in sentences (`BackupError::Archive`).
+impl From<ArchiveError> for String {
+    fn from(e: ArchiveError) -> String {
+        e.to_string()
+    }
+}
+
+impl ArchiveError {
+    fn io(action: &'static str, path: &Path, e: &io::Error) -> Self {
+        ArchiveError::Io {
+            action,
+            path: crate::types::fs::tidy(path).display().to_string(),
+            reason: crate::types::fs::io_reason(e),
+        }
     }
 }
 
@@ -579,7 +630,7 @@ mod tests {
         w.finish().unwrap()
     }
 
-    fn read_all(dir: &Path, keys: &Keyring) -> Result<IndexMap<String, MemberInfo>, String> {
+    fn read_all(dir: &Path, keys: &Keyring) -> Result<IndexMap<String, MemberInfo>, ArchiveError> {
         ArchiveReader::open(&dir.join("a.bak"), "b1", keys)?.for_each_member(|_, _| Ok(()))
     }
 
@@ -623,6 +674,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), Compression::Gzip, &keys("right"));
         let err = read_all(dir.path(), &keys("wrong")).unwrap_err();
+        assert!(
+            matches!(err, ArchiveError::Crypto(CryptoError::WrongKey)),
+            "{err}"
+        );
+        let err = err.to_string();
         assert!(err.contains("wrong encryption key"), "{err}");
         assert!(!err.contains("wrong\""), "{err}");
     }

@@ -175,7 +175,7 @@ impl Kdf {
     }
 
     /// The key-encryption key. CPU-heavy on purpose; call from a blocking context.
-    pub fn derive(&self, passphrase: &Passphrase) -> Result<Zeroizing<[u8; 32]>, String> {
+    pub fn derive(&self, passphrase: &Passphrase) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         let mut out = Zeroizing::new([0u8; 32]);
         match self {
             Kdf::Argon2id {
@@ -184,27 +184,51 @@ impl Kdf {
                 iterations,
                 parallelism,
             } => {
-                let salt = B64.decode(salt).map_err(|_| "bad KDF salt in the header")?;
+                let salt = B64
+                    .decode(salt)
+                    .map_err(|_| CryptoError::Header("bad KDF salt in the header"))?;
                 // Bounds keep a forged header from asking for gigabytes or hours.
                 if *memory_kib > 4 * 1024 * 1024 || *iterations > 100 || *parallelism > 64 {
-                    return Err("the header's Argon2id parameters are out of range".into());
+                    return Err(CryptoError::Header(
+                        "the header's Argon2id parameters are out of range",
+                    ));
                 }
                 let params = argon2::Params::new(*memory_kib, *iterations, *parallelism, Some(32))
-                    .map_err(|_| "invalid Argon2id parameters in the header")?;
+                    .map_err(|_| {
+                        CryptoError::Header("invalid Argon2id parameters in the header")
+                    })?;
                 argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
                     .hash_password_into(&passphrase.0, &salt, &mut *out)
-                    .map_err(|_| "Argon2id key derivation failed")?;
+                    .map_err(|_| CryptoError::Derivation)?;
             }
             Kdf::Pbkdf2 { salt, iterations } => {
-                let salt = B64.decode(salt).map_err(|_| "bad KDF salt in the header")?;
+                let salt = B64
+                    .decode(salt)
+                    .map_err(|_| CryptoError::Header("bad KDF salt in the header"))?;
                 if *iterations == 0 || *iterations > 50_000_000 {
-                    return Err("the header's PBKDF2 iteration count is out of range".into());
+                    return Err(CryptoError::Header(
+                        "the header's PBKDF2 iteration count is out of range",
+                    ));
                 }
                 pbkdf2::pbkdf2_hmac::<sha2::Sha256>(&passphrase.0, &salt, *iterations, &mut *out);
             }
         }
         Ok(out)
     }
+}
+
+/// Why an archive's key could not be derived or unwrapped. Fixed sentences: never a key, and
+/// nothing that tells a wrong key from an altered header.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CryptoError {
+    #[error("{0}")]
+    Header(&'static str),
+    #[error("Argon2id key derivation failed")]
+    Derivation,
+    #[error("unsupported cipher `{0}`")]
+    UnsupportedCipher(String),
+    #[error("cannot decrypt the backup: wrong encryption key (or the archive header was altered)")]
+    WrongKey,
 }
 
 /// What the archive header says about its encryption. The data key appears only wrapped.
@@ -261,17 +285,16 @@ impl DataKey {
         kek: &[u8; 32],
         header: &EncryptionHeader,
         context: &str,
-    ) -> Result<Self, String> {
-        const WRONG: &str =
-            "cannot decrypt the backup: wrong encryption key (or the archive header was altered)";
+    ) -> Result<Self, CryptoError> {
+        const WRONG: CryptoError = CryptoError::WrongKey;
         if header.cipher != CIPHER || header.segment_size == 0 || header.segment_size > 16 << 20 {
-            return Err(format!("unsupported cipher `{}`", header.cipher));
+            return Err(CryptoError::UnsupportedCipher(header.cipher.clone()));
         }
         let wrapped = B64.decode(&header.wrapped_key).map_err(|_| WRONG)?;
         let wrap_nonce = B64.decode(&header.wrap_nonce).map_err(|_| WRONG)?;
         let nonce = B64.decode(&header.stream_nonce).map_err(|_| WRONG)?;
         if wrap_nonce.len() != 12 || nonce.len() != 7 {
-            return Err(WRONG.into());
+            return Err(WRONG);
         }
         let wrapper = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(kek));
         let key = wrapper
