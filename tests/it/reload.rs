@@ -161,6 +161,20 @@ fn until_reload(r: &Runner, result: &str) -> Value {
     }
 }
 
+/// What the `slow` job of a test has written to slow.log.
+fn slow_log(r: &Runner) -> String {
+    std::fs::read_to_string(r.dir.path().join("slow.log")).unwrap_or_default()
+}
+
+/// Waits (up to 10 s) until the `slow` job has started once.
+fn until_slow_started(r: &Runner) {
+    let t = Instant::now();
+    while !slow_log(r).contains("start") {
+        assert!(t.elapsed() < Duration::from_secs(10), "slow never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 const NIGHTLY: &str =
     "  nightly: { schedule: \"0 3 * * *\", action: { builtin: log, with: { message: hi } } }\n";
 
@@ -376,13 +390,8 @@ fn a_removed_job_finishes_its_running_execution_and_is_not_scheduled_again() {
     let slow = "  slow: { schedule: \"* * * * * *\", overlap: allow, action: { run: [\"/bin/sh\", \"-c\", \"echo start >> slow.log; sleep 1.5; echo end >> slow.log\"] } }\n";
     let r = start_with(|port| manifest(port, slow));
     let port = r.port;
-    let log =
-        |r: &Runner| std::fs::read_to_string(r.dir.path().join("slow.log")).unwrap_or_default();
-    let t = Instant::now();
-    while !log(&r).contains("start") {
-        assert!(t.elapsed() < Duration::from_secs(10), "slow never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let log = slow_log;
+    until_slow_started(&r);
     rewrite(&r, manifest(port, ""));
     until_reload(&r, "applied");
     assert!(!jobs(&r).contains(&"slow".to_string()));
@@ -454,13 +463,8 @@ fn a_changed_running_job_stays_running_and_overlap_skip_holds() {
     };
     let r = start_with(|port| manifest(port, &slow("first")));
     let port = r.port;
-    let log =
-        |r: &Runner| std::fs::read_to_string(r.dir.path().join("slow.log")).unwrap_or_default();
-    let t = Instant::now();
-    while !log(&r).contains("start") {
-        assert!(t.elapsed() < Duration::from_secs(10), "slow never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let log = slow_log;
+    until_slow_started(&r);
     rewrite(&r, manifest(port, &slow("second")));
     until_reload(&r, "applied");
     let status = get(&r, "/api/v1/jobs/slow");
