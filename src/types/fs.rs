@@ -74,6 +74,26 @@ pub fn tidy(path: &Path) -> std::path::PathBuf {
     }
 }
 
+/// A file operation that failed, said the way a user reads it: what was done, to which path
+/// (without `./` noise), and why in words.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot {action} {path}: {reason}")]
+pub struct IoFailure {
+    pub action: &'static str,
+    pub path: String,
+    pub reason: String,
+}
+
+impl IoFailure {
+    pub fn new(action: &'static str, path: &Path, e: &io::Error) -> Self {
+        Self {
+            action,
+            path: tidy(path).display().to_string(),
+            reason: io_reason(e),
+        }
+    }
+}
+
 /// An I/O error in words ("no such file", not Rust's "entity not found").
 pub fn io_reason(e: &io::Error) -> String {
     match e.kind() {

@@ -550,12 +550,8 @@ fn describe_io(e: io::Error) -> ArchiveError {
 /// Why an archive could not be written or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("cannot {action} {path}: {reason}")]
-    Io {
-        action: &'static str,
-        path: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::types::fs::IoFailure),
     #[error("{0}")]
     Damaged(String),
     #[error("the archive has format version {0} and this s3db-run reads up to {FORMAT_VERSION}; upgrade s3db-run")]
@@ -586,11 +582,7 @@ impl From<ArchiveError> for String {
 
 impl ArchiveError {
     fn io(action: &'static str, path: &Path, e: &io::Error) -> Self {
-        ArchiveError::Io {
-            action,
-            path: crate::types::fs::tidy(path).display().to_string(),
-            reason: crate::types::fs::io_reason(e),
-        }
+        ArchiveError::Io(crate::types::fs::IoFailure::new(action, path, e))
     }
 }
 

@@ -54,12 +54,8 @@ pub trait Destination: Send + Sync {
 /// Why a destination could not be built, written, read or listed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum DestinationError {
-    #[error("cannot {action} {path}: {reason}")]
-    Io {
-        action: &'static str,
-        path: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Io(#[from] crate::types::fs::IoFailure),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -70,11 +66,7 @@ pub enum DestinationError {
 
 impl DestinationError {
     fn io(action: &'static str, path: &Path, e: &std::io::Error) -> Self {
-        DestinationError::Io {
-            action,
-            path: crate::types::fs::tidy(path).display().to_string(),
-            reason: crate::types::fs::io_reason(e),
-        }
+        DestinationError::Io(crate::types::fs::IoFailure::new(action, path, e))
     }
 }
 
