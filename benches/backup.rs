@@ -113,6 +113,7 @@ async fn main() {
         endpoint: Some(endpoint.clone()),
         force_path_style: true,
         credentials: Some(("testing".into(), Secret::new("testing"))),
+        requests: Default::default(),
     };
     let s3 = Arc::new(S3Store::connect(location("db")).await);
     ensure_bucket(s3.client(), &bucket).await.expect("bucket");

@@ -31,6 +31,7 @@ async fn main() {
         endpoint: Some(endpoint),
         force_path_style: true,
         credentials: Some(("testing".into(), Secret::new("testing"))),
+        requests: Default::default(),
     };
     let s3 = S3Store::connect(location).await;
     ensure_bucket(s3.client(), &bucket).await.expect("bucket");

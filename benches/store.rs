@@ -145,6 +145,7 @@ async fn main() {
                     endpoint: Some(endpoint),
                     force_path_style: true,
                     credentials: Some(("testing".into(), Secret::new("testing"))),
+                    requests: Default::default(),
                 };
                 let store = Arc::new(S3Store::connect(location).await);
                 ensure_bucket(store.client(), &bucket)

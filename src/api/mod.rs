@@ -176,15 +176,25 @@ pub fn router(state: Shared) -> Router {
             "/healthz",
             get(|| async { Json(json!({ "status": "ok" })) }),
         )
-        .route(
-            "/readyz",
-            get(|| async { Json(json!({ "status": "ready" })) }),
-        )
+        .route("/readyz", get(readiness))
         .merge(api)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
         })
         .with_state(state)
+}
+
+/// 200 while the scheduler runs and the store answers; 503 with the reason otherwise, so that
+/// a load balancer or Kubernetes stops sending work to a runner cut off from its store.
+async fn readiness(State(state): State<Shared>) -> Response {
+    match state.runtime.readiness.check() {
+        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {

@@ -27,6 +27,8 @@ pub mod exit {
     pub const INVALID: u8 = 1;
     /// The command could not run: bad usage, unreadable files.
     pub const USAGE: u8 = 2;
+    /// The command ran and did not end cleanly (a shutdown cut short).
+    pub const FAILURE: u8 = 3;
 }
 
 #[derive(Debug, Parser)]
@@ -181,7 +183,12 @@ pub fn block_on(command: impl std::future::Future<Output = u8>) -> u8 {
         .enable_all()
         .build()
     {
-        Ok(rt) => rt.block_on(command),
+        Ok(rt) => {
+            let code = rt.block_on(command);
+            // Tasks stuck on a stalled store must not hold the exit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            code
+        }
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             exit::USAGE

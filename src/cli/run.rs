@@ -9,6 +9,9 @@ use super::exit;
 use crate::runtime::reload::Reloader;
 use crate::runtime::Runtime;
 
+/// How long past the grace period a stuck shutdown is waited for before the process exits.
+const SHUTDOWN_SLACK: Duration = Duration::from_secs(3);
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// The manifest to run.
@@ -131,11 +134,28 @@ pub fn run(args: &Args) -> u8 {
                 stop.cancel();
             }
         });
-        rt.run(stop, args.grace).await;
-        if let Some(api) = api {
-            let _ = api.await;
+        let orderly = async {
+            rt.run(stop.clone(), args.grace).await;
+            if let Some(api) = api {
+                let _ = api.await;
+            }
+        };
+        // Whatever is stuck (a request to a stalled store, a connection the API waits on),
+        // the process ends at most this long after the signal.
+        let bound = async {
+            stop.cancelled().await;
+            tokio::time::sleep(args.grace + SHUTDOWN_SLACK).await;
+        };
+        tokio::select! {
+            _ = orderly => exit::OK,
+            _ = bound => {
+                tracing::error!(
+                    waited_secs = (args.grace + SHUTDOWN_SLACK).as_secs_f64(),
+                    "shutdown did not finish within the grace period (a request to the store may be stuck); exiting anyway"
+                );
+                exit::FAILURE
+            }
         }
-        exit::OK
     })
 }
 

@@ -5,6 +5,7 @@
 pub mod attribute;
 pub mod cache;
 pub mod codec;
+pub mod lease;
 pub mod query;
 pub mod resource;
 pub mod schema;

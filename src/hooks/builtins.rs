@@ -164,3 +164,30 @@ pub fn names(kind: BuiltinKind) -> impl Iterator<Item = &'static str> {
         .filter(move |b| b.kind == kind)
         .map(|b| b.name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::model::BuiltinCall;
+
+    /// The table (checks, schema, help) and the typed parameters (the runner) name the same
+    /// parameters: serde's unknown-field error lists the fields a variant reads.
+    #[test]
+    fn the_table_and_the_typed_parameters_agree() {
+        for spec in BUILTINS {
+            let mut with = serde_json::Map::new();
+            with.insert("zz_unknown".into(), serde_json::Value::Null);
+            let message = BuiltinCall::parse(spec.name, Some(&with))
+                .unwrap_err()
+                .to_string();
+            let mut typed: Vec<&str> = message.split('`').skip(3).step_by(2).collect::<Vec<_>>();
+            typed.sort_unstable();
+            let mut table: Vec<&str> = spec.params().collect();
+            table.sort_unstable();
+            assert_eq!(typed, table, "{}: {message}", spec.name);
+            if spec.required.is_empty() {
+                assert!(BuiltinCall::parse(spec.name, None).is_ok(), "{}", spec.name);
+            }
+        }
+    }
+}

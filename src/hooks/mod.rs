@@ -8,4 +8,4 @@ pub mod shell;
 pub mod template;
 
 pub use input::{GuardDecision, HookInput, HookKind, Transition};
-pub use runner::{BackupOps, HookError, HookRunner, MachineOps, ResolvedHook};
+pub use runner::{BackupOps, HookError, HookRunner, MachineOps, OpsError, Plugins, ResolvedHook};

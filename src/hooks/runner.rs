@@ -3,7 +3,7 @@
 //! and retries. One runner serves guards, actions, jobs and plugin callbacks of every plugin.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,9 +16,12 @@ use super::shell::{self, ShellRun};
 use super::template::{self, TemplateError};
 use crate::db::query::Filter;
 use crate::db::{Database, ListOptions};
-use crate::manifest::model::{HookDef, HookRef, Manifest};
+use crate::manifest::model::{BuiltinCall, HookDef, HookRef, LogLevel, Manifest, Param, Text};
 use crate::manifest::types::Command;
 use crate::types::retry::RetryPolicy;
+
+/// What a plugin's operation failed with, as the built-in reports it.
+pub type OpsError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What the state machine plugin offers to `machine.send` and `machine.sendAll`.
 #[async_trait]
@@ -29,7 +32,7 @@ pub trait MachineOps: Send + Sync {
         entity: &str,
         event: &str,
         context: Value,
-    ) -> Result<Value, String>;
+    ) -> Result<Value, OpsError>;
     async fn send_all(
         &self,
         machine: &str,
@@ -37,14 +40,47 @@ pub trait MachineOps: Send + Sync {
         event: &str,
         older_than: Option<Duration>,
         context: Value,
-    ) -> Result<Value, String>;
+    ) -> Result<Value, OpsError>;
 }
 
 /// What the backup plugin offers to `backup.run` and `backup.prune`.
 #[async_trait]
 pub trait BackupOps: Send + Sync {
-    async fn run(&self, kind: &str, resources: Option<Vec<String>>) -> Result<Value, String>;
-    async fn prune(&self, dry_run: bool) -> Result<Value, String>;
+    async fn run(&self, kind: &str, resources: Option<Vec<String>>) -> Result<Value, OpsError>;
+    async fn prune(&self, dry_run: bool) -> Result<Value, OpsError>;
+}
+
+/// The plugins built-ins act on. Plugins run hooks and hooks act on plugins, so one of the two
+/// is put in place after the other: the runtime builds the hook runner, then the plugins, then
+/// puts them here, all in one place (and a reload swaps them here with the rest).
+#[derive(Default)]
+pub struct Plugins {
+    machines: std::sync::RwLock<Option<Arc<dyn MachineOps>>>,
+    backup: std::sync::RwLock<Option<Arc<dyn BackupOps>>>,
+}
+
+impl Plugins {
+    pub fn machines(&self) -> Option<Arc<dyn MachineOps>> {
+        self.machines
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn backup(&self) -> Option<Arc<dyn BackupOps>> {
+        self.backup
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn set_machines(&self, ops: Option<Arc<dyn MachineOps>>) {
+        *self.machines.write().unwrap_or_else(|e| e.into_inner()) = ops;
+    }
+
+    pub fn set_backup(&self, ops: Option<Arc<dyn BackupOps>>) {
+        *self.backup.write().unwrap_or_else(|e| e.into_inner()) = ops;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,8 +124,7 @@ pub struct HookRunner {
     default_timeout: Duration,
     /// Time between SIGTERM and SIGKILL of a timed-out hook.
     grace: Duration,
-    machines: OnceLock<Arc<dyn MachineOps>>,
-    backup: std::sync::RwLock<Option<Arc<dyn BackupOps>>>,
+    plugins: Plugins,
     http: reqwest::Client,
 }
 
@@ -113,8 +148,7 @@ impl HookRunner {
             db,
             default_timeout: Duration::from_secs(60),
             grace: Duration::from_secs(2),
-            machines: OnceLock::new(),
-            backup: std::sync::RwLock::new(None),
+            plugins: Plugins::default(),
             http: reqwest::Client::new(),
         }
     }
@@ -129,20 +163,15 @@ impl HookRunner {
         self
     }
 
-    /// Plugins are built after the runner (their hooks need it); they register here.
-    pub fn set_machines(&self, ops: Arc<dyn MachineOps>) {
-        let _ = self.machines.set(ops);
+    /// The plugins that `machine.*` and `backup.*` act on.
+    pub fn plugins(&self) -> &Plugins {
+        &self.plugins
     }
 
     /// A reload's new named guards and actions; the next resolution uses them.
     pub fn set_hooks(&self, manifest: &Manifest) {
         *self.guards.write().unwrap_or_else(|e| e.into_inner()) = manifest.guards.clone();
         *self.actions.write().unwrap_or_else(|e| e.into_inner()) = manifest.actions.clone();
-    }
-
-    /// The backup plugin for `backup.*` (replaced when a reload reconfigures it).
-    pub fn set_backup(&self, ops: Arc<dyn BackupOps>) {
-        *self.backup.write().unwrap_or_else(|e| e.into_inner()) = Some(ops);
     }
 
     pub fn database(&self) -> &Database {
@@ -176,6 +205,7 @@ impl HookRunner {
                         name: name.clone(),
                         def: HookDef {
                             builtin: Some(name.clone()),
+                            call: BuiltinCall::parse(name, None).ok(),
                             ..Default::default()
                         },
                     }),
@@ -219,15 +249,15 @@ impl HookRunner {
         let mut attempt = first;
         loop {
             input.attempt = attempt;
-            let result = match (&hook.def.builtin, &hook.def.run) {
-                (Some(name), _) => {
-                    self.builtin(&hook.name, name, hook.def.with.as_ref(), &input)
-                        .await
-                }
+            let result = match (&hook.def.call, &hook.def.run) {
+                (Some(call), _) => self.builtin(&hook.name, call, &input).await,
                 (None, Some(cmd)) => self.shell(hook, cmd, &input, as_guard).await,
                 (None, None) => Err(HookError::Builtin {
                     hook: hook.name.clone(),
-                    message: "the hook has neither `builtin` nor `run`".into(),
+                    message: match &hook.def.builtin {
+                        Some(name) => format!("the parameters of `{name}` do not fit it"),
+                        None => "the hook has neither `builtin` nor `run`".into(),
+                    },
                 }),
             };
             match result {
@@ -328,64 +358,62 @@ impl HookRunner {
     async fn builtin(
         &self,
         hook: &str,
-        name: &str,
-        with: Option<&Map<String, Value>>,
+        call: &BuiltinCall,
         input: &HookInput,
     ) -> Result<Outcome, HookError> {
         let fail = |message: String| HookError::Builtin {
             hook: hook.to_string(),
             message,
         };
-        let raw = Value::Object(with.cloned().unwrap_or_default());
-        let params = template::render_value(&raw, input, Utc::now()).map_err(|source| {
-            HookError::Template {
-                hook: hook.to_string(),
-                source,
-            }
-        })?;
-        let p = Params {
-            map: params.as_object().cloned().unwrap_or_default(),
-            builtin: name,
+        let r = Render {
+            hook,
+            input,
+            now: Utc::now(),
         };
         let db_error = |e: crate::db::DbError| fail(e.to_string());
-        match name {
-            "always" => Ok(Outcome::Decision(GuardDecision::Allow)),
-            "never" => Ok(Outcome::Decision(GuardDecision::Deny {
-                reason: p
-                    .opt_str("reason")
+        let resource = |name: &Text| -> Result<crate::db::Resource, HookError> {
+            self.db.resource(&r.text(name)?).map_err(db_error)
+        };
+        match call {
+            BuiltinCall::Always {} => Ok(Outcome::Decision(GuardDecision::Allow)),
+            BuiltinCall::Never { reason } => Ok(Outcome::Decision(GuardDecision::Deny {
+                reason: r
+                    .opt_text(reason)?
                     .unwrap_or_else(|| format!("denied by `{hook}`")),
             })),
-            "context.matches" => {
-                let filter = Filter::parse(p.get("where").map_err(fail)?)
-                    .map_err(|e| fail(e.to_string()))?;
+            BuiltinCall::ContextMatches { filter, reason } => {
+                let filter = r.filter(filter)?;
                 let context = input.context.as_object().cloned().unwrap_or_default();
                 Ok(Outcome::Decision(if filter.matches(&context) {
                     GuardDecision::Allow
                 } else {
                     GuardDecision::Deny {
-                        reason: p
-                            .opt_str("reason")
+                        reason: r
+                            .opt_text(reason)?
                             .unwrap_or_else(|| "the event context does not match".into()),
                     }
                 }))
             }
-            "record.check" => {
-                let resource = self
-                    .db
-                    .resource(&p.str("resource").map_err(fail)?)
-                    .map_err(db_error)?;
-                let id = p.str("id").map_err(fail)?;
+            BuiltinCall::RecordCheck {
+                resource: name,
+                id,
+                filter,
+                reason,
+            } => {
+                let resource = resource(name)?;
+                let id = r.text(id)?;
                 let record = resource.get_cached(&id).await.map_err(db_error)?;
-                let filter = match p.map.get("where") {
-                    Some(w) => Some(Filter::parse(w).map_err(|e| fail(e.to_string()))?),
+                let filter = match filter {
+                    Some(f) => Some(r.filter(f)?),
                     None => None,
                 };
-                let reason = |default: String| p.opt_str("reason").unwrap_or(default);
+                let reason = r.opt_text(reason)?;
+                let reason = |default: String| reason.clone().unwrap_or(default);
                 Ok(Outcome::Decision(match record {
                     None => GuardDecision::Deny {
                         reason: reason(format!("{}/{id} does not exist", resource.name())),
                     },
-                    Some(r) if filter.as_ref().is_some_and(|f| !f.matches(&r.data)) => {
+                    Some(rec) if filter.as_ref().is_some_and(|f| !f.matches(&rec.data)) => {
                         GuardDecision::Deny {
                             reason: reason(format!("{}/{id} does not match", resource.name())),
                         }
@@ -393,70 +421,71 @@ impl HookRunner {
                     Some(_) => GuardDecision::Allow,
                 }))
             }
-            "log" => {
-                let message = p
-                    .opt_str("message")
+            BuiltinCall::Log {
+                message,
+                level,
+                fields,
+            } => {
+                let message = r
+                    .opt_text(message)?
                     .unwrap_or_else(|| format!("hook {hook}"));
-                let fields = p.map.get("fields").cloned().unwrap_or(Value::Null);
-                match p.opt_str("level").as_deref() {
-                    Some("error") => tracing::error!(hook, %fields, "{message}"),
-                    Some("warn") | Some("warning") => tracing::warn!(hook, %fields, "{message}"),
-                    Some("debug") => tracing::debug!(hook, %fields, "{message}"),
-                    _ => tracing::info!(hook, %fields, "{message}"),
+                let fields = r.value(fields)?;
+                match r.param(level)? {
+                    LogLevel::Error => tracing::error!(hook, %fields, "{message}"),
+                    LogLevel::Warn => tracing::warn!(hook, %fields, "{message}"),
+                    LogLevel::Debug => tracing::debug!(hook, %fields, "{message}"),
+                    LogLevel::Info => tracing::info!(hook, %fields, "{message}"),
                 }
                 Ok(Outcome::Value(json!({ "logged": message })))
             }
-            "record.insert" => {
-                let resource = self
-                    .db
-                    .resource(&p.str("resource").map_err(fail)?)
-                    .map_err(db_error)?;
-                let data = p.object("data").map_err(fail)?;
-                let id = p.opt_str("id");
-                let r = resource
+            BuiltinCall::RecordInsert {
+                resource: name,
+                data,
+                id,
+            } => {
+                let resource = resource(name)?;
+                let data = r.object(data)?;
+                let id = r.opt_text(id)?;
+                let rec = resource
                     .insert(data, id.as_deref())
                     .await
                     .map_err(db_error)?;
-                Ok(Outcome::Value(r.to_json()))
+                Ok(Outcome::Value(rec.to_json()))
             }
-            "record.update" => {
-                let resource = self
-                    .db
-                    .resource(&p.str("resource").map_err(fail)?)
-                    .map_err(db_error)?;
-                let id = p.str("id").map_err(fail)?;
-                let set = p.object("set").map_err(fail)?;
-                let r = if p.map.get("upsert") == Some(&Value::Bool(true))
-                    && !resource.exists(&id).await.map_err(db_error)?
-                {
+            BuiltinCall::RecordUpdate {
+                resource: name,
+                id,
+                set,
+                upsert,
+            } => {
+                let resource = resource(name)?;
+                let id = r.text(id)?;
+                let set = r.object(set)?;
+                let rec = if r.param(upsert)? && !resource.exists(&id).await.map_err(db_error)? {
                     resource.upsert(&id, set).await
                 } else {
                     resource.update(&id, &set, None).await
                 }
                 .map_err(db_error)?;
-                Ok(Outcome::Value(r.to_json()))
+                Ok(Outcome::Value(rec.to_json()))
             }
-            "record.delete" => {
-                let resource = self
-                    .db
-                    .resource(&p.str("resource").map_err(fail)?)
-                    .map_err(db_error)?;
-                let id = p.str("id").map_err(fail)?;
+            BuiltinCall::RecordDelete { resource: name, id } => {
+                let resource = resource(name)?;
+                let id = r.text(id)?;
                 let deleted = resource.delete(&id, None).await.map_err(db_error)?;
                 Ok(Outcome::Value(json!({ "deleted": deleted, "id": id })))
             }
-            "resource.deleteWhere" => {
-                let resource = self
-                    .db
-                    .resource(&p.str("resource").map_err(fail)?)
-                    .map_err(db_error)?;
-                let filter = Filter::parse(p.get("where").map_err(fail)?)
-                    .map_err(|e| fail(e.to_string()))?;
-                let limit = p
-                    .map
-                    .get("limit")
-                    .and_then(Value::as_u64)
-                    .map(|n| n as usize);
+            BuiltinCall::DeleteWhere {
+                resource: name,
+                filter,
+                limit,
+            } => {
+                let resource = resource(name)?;
+                let filter = r.filter(filter)?;
+                let limit = match limit {
+                    Some(l) => Some(r.param(l)? as usize),
+                    None => None,
+                };
                 let ids: Vec<String> = resource
                     .list(ListOptions {
                         filter: Some(filter),
@@ -466,104 +495,124 @@ impl HookRunner {
                     .await
                     .map_err(db_error)?
                     .into_iter()
-                    .map(|r| r.id)
+                    .map(|rec| rec.id)
                     .collect();
                 let deleted = resource.delete_many(&ids).await.map_err(db_error)?;
                 Ok(Outcome::Value(json!({ "deleted": deleted })))
             }
-            "machine.send" | "machine.sendAll" => {
+            BuiltinCall::MachineSend {
+                machine,
+                entity,
+                event,
+                context,
+            } => {
                 let ops = self
-                    .machines
-                    .get()
+                    .plugins
+                    .machines()
                     .ok_or_else(|| fail("the state machine plugin is not running".into()))?;
-                let machine = p.str("machine").map_err(fail)?;
-                let event = p.str("event").map_err(fail)?;
-                let context = p.map.get("context").cloned().unwrap_or_else(|| json!({}));
-                let result = if name == "machine.send" {
-                    ops.send(&machine, &p.str("entity").map_err(fail)?, &event, context)
-                        .await
-                } else {
-                    let older = match p.opt_str("olderThan") {
-                        Some(t) => {
-                            Some(t.parse::<crate::types::Duration>().map_err(fail)?.as_std())
-                        }
-                        None => None,
-                    };
-                    ops.send_all(
-                        &machine,
-                        &p.str("state").map_err(fail)?,
-                        &event,
-                        older,
-                        context,
-                    )
-                    .await
-                };
-                result.map(Outcome::Value).map_err(fail)
-            }
-            "backup.run" | "backup.prune" => {
-                let ops = self
-                    .backup
-                    .read()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .ok_or_else(|| fail("the backup plugin is not running".into()))?;
-                let result = if name == "backup.run" {
-                    let resources = match p.map.get("resources") {
-                        Some(Value::Array(items)) => Some(
-                            items
-                                .iter()
-                                .filter_map(|v| v.as_str().map(str::to_string))
-                                .collect(),
-                        ),
-                        _ => None,
-                    };
-                    ops.run(
-                        &p.opt_str("type").unwrap_or_else(|| "full".into()),
-                        resources,
-                    )
-                    .await
-                } else {
-                    ops.prune(p.map.get("dryRun") == Some(&Value::Bool(true)))
-                        .await
-                };
-                result.map(Outcome::Value).map_err(fail)
-            }
-            "webhook" => self
-                .webhook(hook, &p, input)
+                let context = r.opt_object(context)?;
+                ops.send(
+                    &r.text(machine)?,
+                    &r.text(entity)?,
+                    &r.text(event)?,
+                    context,
+                )
                 .await
                 .map(Outcome::Value)
-                .map_err(fail),
-            other => Err(fail(format!("`{other}` is not a built-in"))),
+                .map_err(|e| fail(e.to_string()))
+            }
+            BuiltinCall::MachineSendAll {
+                machine,
+                state,
+                event,
+                older_than,
+                context,
+            } => {
+                let ops = self
+                    .plugins
+                    .machines()
+                    .ok_or_else(|| fail("the state machine plugin is not running".into()))?;
+                let context = r.opt_object(context)?;
+                ops.send_all(
+                    &r.text(machine)?,
+                    &r.text(state)?,
+                    &r.text(event)?,
+                    older_than.map(|d| d.as_std()),
+                    context,
+                )
+                .await
+                .map(Outcome::Value)
+                .map_err(|e| fail(e.to_string()))
+            }
+            BuiltinCall::BackupRun { kind, resources } => {
+                let ops = self
+                    .plugins
+                    .backup()
+                    .ok_or_else(|| fail("the backup plugin is not running".into()))?;
+                let kind = r.opt_text(kind)?.unwrap_or_else(|| "full".into());
+                let resources = match resources {
+                    Some(items) => Some(
+                        items
+                            .iter()
+                            .map(|t| r.text(t))
+                            .collect::<Result<Vec<_>, _>>()?,
+                    ),
+                    None => None,
+                };
+                ops.run(&kind, resources)
+                    .await
+                    .map(Outcome::Value)
+                    .map_err(|e| fail(e.to_string()))
+            }
+            BuiltinCall::BackupPrune { dry_run } => {
+                let ops = self
+                    .plugins
+                    .backup()
+                    .ok_or_else(|| fail("the backup plugin is not running".into()))?;
+                ops.prune(r.param(dry_run)?)
+                    .await
+                    .map(Outcome::Value)
+                    .map_err(|e| fail(e.to_string()))
+            }
+            BuiltinCall::Webhook {
+                url,
+                headers,
+                timeout,
+                retries,
+            } => {
+                let url = r.text(url)?;
+                let headers = headers
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), r.text(v)?)))
+                    .collect::<Result<Vec<_>, HookError>>()?;
+                let retries = match retries {
+                    Some(n) => r.param(n)?,
+                    None => 2,
+                };
+                let timeout = timeout.map_or(Duration::from_secs(10), |t| t.as_std());
+                self.webhook(hook, &url, &headers, timeout, retries, input)
+                    .await
+                    .map(Outcome::Value)
+                    .map_err(fail)
+            }
         }
     }
 
     async fn webhook(
         &self,
         hook: &str,
-        p: &Params<'_>,
+        url: &str,
+        headers: &[(String, String)],
+        timeout: Duration,
+        retries: u32,
         input: &HookInput,
     ) -> Result<Value, String> {
-        let url = p.str("url")?;
-        let timeout = match p.opt_str("timeout") {
-            Some(t) => t.parse::<crate::types::Duration>()?.as_std(),
-            None => match p.map.get("timeout").and_then(Value::as_u64) {
-                Some(ms) => Duration::from_millis(ms),
-                None => Duration::from_secs(10),
-            },
-        };
-        let policy = RetryPolicy::new(
-            p.map
-                .get("retries")
-                .and_then(Value::as_u64)
-                .map_or(2, |n| n as u32),
-        );
+        let policy = RetryPolicy::new(retries);
         let mut last = String::new();
         for attempt in 1..=policy.attempts() {
-            let mut req = self.http.post(&url).timeout(timeout).json(input);
-            if let Some(Value::Object(headers)) = p.map.get("headers") {
-                for (k, v) in headers {
-                    req = req.header(k, v.as_str().map_or_else(|| v.to_string(), str::to_string));
-                }
+            let mut req = self.http.post(url).timeout(timeout).json(input);
+            for (k, v) in headers {
+                req = req.header(k, v);
             }
             match req.send().await {
                 Ok(resp) if resp.status().is_success() => {
@@ -598,41 +647,75 @@ enum Outcome {
     Value(Value),
 }
 
-/// A built-in's rendered parameters.
-struct Params<'a> {
-    map: Map<String, Value>,
-    builtin: &'a str,
+/// Renders a built-in's parameters against one hook input.
+struct Render<'a> {
+    hook: &'a str,
+    input: &'a HookInput,
+    now: chrono::DateTime<Utc>,
 }
 
-impl Params<'_> {
-    fn get(&self, key: &str) -> Result<&Value, String> {
-        self.map
-            .get(key)
-            .ok_or_else(|| format!("`{}` needs `{key}`", self.builtin))
-    }
-
-    fn str(&self, key: &str) -> Result<String, String> {
-        match self.get(key)? {
-            Value::String(s) => Ok(s.clone()),
-            Value::Number(n) => Ok(n.to_string()),
-            other => Err(format!(
-                "`{}`: `{key}` must be a string, got {other}",
-                self.builtin
-            )),
+impl Render<'_> {
+    fn template_error(&self, source: TemplateError) -> HookError {
+        HookError::Template {
+            hook: self.hook.to_string(),
+            source,
         }
     }
 
-    fn opt_str(&self, key: &str) -> Option<String> {
-        self.str(key).ok()
+    fn invalid(&self, message: String) -> HookError {
+        HookError::Builtin {
+            hook: self.hook.to_string(),
+            message,
+        }
     }
 
-    fn object(&self, key: &str) -> Result<Map<String, Value>, String> {
-        match self.get(key)? {
-            Value::Object(m) => Ok(m.clone()),
-            other => Err(format!(
-                "`{}`: `{key}` must be an object, got {other}",
-                self.builtin
-            )),
+    fn text(&self, text: &Text) -> Result<String, HookError> {
+        template::render_arg(&text.0, self.input, self.now).map_err(|e| self.template_error(e))
+    }
+
+    fn opt_text(&self, text: &Option<Text>) -> Result<Option<String>, HookError> {
+        text.as_ref().map(|t| self.text(t)).transpose()
+    }
+
+    fn value(&self, value: &Value) -> Result<Value, HookError> {
+        template::render_value(value, self.input, self.now).map_err(|e| self.template_error(e))
+    }
+
+    fn object(&self, map: &Map<String, Value>) -> Result<Map<String, Value>, HookError> {
+        match self.value(&Value::Object(map.clone()))? {
+            Value::Object(m) => Ok(m),
+            _ => Ok(Map::new()),
+        }
+    }
+
+    fn opt_object(&self, map: &Option<Map<String, Value>>) -> Result<Value, HookError> {
+        match map {
+            Some(m) => Ok(Value::Object(self.object(m)?)),
+            None => Ok(json!({})),
+        }
+    }
+
+    fn filter(&self, map: &Map<String, Value>) -> Result<Filter, HookError> {
+        let rendered = self.value(&Value::Object(map.clone()))?;
+        Filter::parse(&rendered).map_err(|e| self.invalid(e.to_string()))
+    }
+
+    /// A typed parameter; a template's rendered value must read as the type.
+    fn param<T: Clone + serde::de::DeserializeOwned>(
+        &self,
+        param: &Param<T>,
+    ) -> Result<T, HookError> {
+        match param {
+            Param::Value(v) => Ok(v.clone()),
+            Param::Template(t) => {
+                let rendered = template::render(t, self.input, self.now)
+                    .map_err(|e| self.template_error(e))?;
+                serde_json::from_value(rendered.clone()).map_err(|e| {
+                    self.invalid(format!(
+                        "`{t}` rendered to {rendered}, which does not fit: {e}"
+                    ))
+                })
+            }
         }
     }
 }

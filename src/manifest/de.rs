@@ -417,3 +417,57 @@ impl<'de> de::Deserializer<'de> for KeyDe<'_> {
         tuple_struct map struct enum identifier ignored_any
     }
 }
+
+/// Reads built-in `name` with its `with:` node (absent is `{}`) into its typed parameters, so
+/// that an error names the parameter's own span and rule code.
+pub fn read_builtin(
+    name: &str,
+    with: Option<&Node>,
+    sink: &Sink,
+) -> Result<super::model::BuiltinCall, DeError> {
+    struct Tagged<'a> {
+        name: &'a str,
+        with: Option<&'a Node>,
+        sink: &'a Sink,
+        step: u8,
+    }
+    impl<'de> de::MapAccess<'de> for Tagged<'_> {
+        type Error = DeError;
+
+        fn next_key_seed<K: DeserializeSeed<'de>>(
+            &mut self,
+            seed: K,
+        ) -> Result<Option<K::Value>, DeError> {
+            self.step += 1;
+            let key = match self.step {
+                1 => "builtin",
+                2 => "with",
+                _ => return Ok(None),
+            };
+            seed.deserialize(key.into_deserializer()).map(Some)
+        }
+
+        fn next_value_seed<V: DeserializeSeed<'de>>(
+            &mut self,
+            seed: V,
+        ) -> Result<V::Value, DeError> {
+            match (self.step, self.with) {
+                (1, _) => seed.deserialize(self.name.into_deserializer()),
+                (_, Some(node)) => seed
+                    .deserialize(NodeDe::new(node, self.sink))
+                    .map_err(|e| e.at(node.span)),
+                (_, None) => seed.deserialize(de::value::MapDeserializer::<
+                    std::iter::Empty<(&str, &str)>,
+                    DeError,
+                >::new(std::iter::empty())),
+            }
+        }
+    }
+    use serde::Deserialize;
+    super::model::BuiltinCall::deserialize(de::value::MapAccessDeserializer::new(Tagged {
+        name,
+        with,
+        sink,
+        step: 0,
+    }))
+}

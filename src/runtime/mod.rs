@@ -24,6 +24,35 @@ use crate::types::clock::{Clock, SystemClock};
 /// job history.
 const HISTORY_UPKEEP_EVERY: Duration = Duration::from_secs(300);
 
+/// How often the store is probed for `/readyz`, and how long a probe may take.
+const STORE_PROBE_EVERY: Duration = Duration::from_secs(2);
+const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether this runner can do its work: its loops run and its store answers.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    running: std::sync::atomic::AtomicBool,
+    /// Why the store is not usable, when the last probe failed.
+    store_problem: std::sync::Mutex<Option<String>>,
+}
+
+impl Readiness {
+    /// `Ok` when ready, otherwise why not.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.running.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the scheduler is not running yet (or is stopping)".into());
+        }
+        match &*self.store_problem.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(problem) => Err(format!("the store does not answer: {problem}")),
+            None => Ok(()),
+        }
+    }
+
+    fn set_store(&self, problem: Option<String>) {
+        *self.store_problem.lock().unwrap_or_else(|e| e.into_inner()) = problem;
+    }
+}
+
 /// Everything a manifest runs.
 pub struct Runtime {
     pub db: Database,
@@ -33,6 +62,7 @@ pub struct Runtime {
     pub cache: Option<Arc<Cache>>,
     /// Swapped by a reload that changes `backup:`.
     backup: std::sync::RwLock<Option<Backup>>,
+    pub readiness: Arc<Readiness>,
 }
 
 /// Why the runtime could not be built from a checked manifest.
@@ -83,7 +113,10 @@ pub async fn open_database(
 ) -> crate::db::DbResult<Database> {
     let m = &checked.manifest;
     let text = connection.unwrap_or(m.database.connection.expose());
-    let conn: crate::store::Connection = text.parse()?;
+    let mut conn: crate::store::Connection = text.parse()?;
+    if let crate::store::Connection::S3(location) = &mut conn {
+        location.requests = location.requests.or(m.database.requests.policy());
+    }
     let store = conn.open(&checked.base_dir).await?;
     let declared = m
         .database
@@ -119,9 +152,7 @@ impl Runtime {
         );
         let backup = match &m.backup {
             Some(config) => {
-                let b = Backup::build(config, &db, &checked.base_dir, Some(hooks.clone())).await?;
-                hooks.set_backup(Arc::new(b.clone()));
-                Some(b)
+                Some(Backup::build(config, &db, &checked.base_dir, Some(hooks.clone())).await?)
             }
             None => None,
         };
@@ -132,6 +163,9 @@ impl Runtime {
         };
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let scheduler = Scheduler::build(&m.jobs, &m.scheduler, &db, hooks.clone(), clock).await?;
+        let plugins = hooks.plugins();
+        plugins.set_backup(backup.clone().map(|b| Arc::new(b) as _));
+        plugins.set_machines(machines.clone().map(|m| Arc::new(m) as _));
         Ok(Self {
             db,
             hooks,
@@ -139,6 +173,7 @@ impl Runtime {
             scheduler,
             cache,
             backup: std::sync::RwLock::new(backup),
+            readiness: Arc::default(),
         })
     }
 
@@ -152,15 +187,27 @@ impl Runtime {
 
     /// Puts a reconfigured backup plugin in place (for the API, the CLI and `backup.*`).
     pub fn set_backup(&self, backup: Backup) {
-        self.hooks.set_backup(Arc::new(backup.clone()));
+        self.hooks
+            .plugins()
+            .set_backup(Some(Arc::new(backup.clone())));
         *self.backup.write().unwrap_or_else(|e| e.into_inner()) = Some(backup);
     }
 
     /// Runs until `stop` is cancelled, then waits up to `grace` for running jobs.
-    pub async fn run(&self, stop: CancellationToken, grace: Duration) {
+    pub async fn run(self: &Arc<Self>, stop: CancellationToken, grace: Duration) {
         let work = CancellationToken::new();
-        self.catch_up().await;
         let mut tasks = Vec::new();
+        // In the background: it reads the history, and a slow store must not hold back the
+        // slots and deadlines that are due now.
+        tasks.push(tokio::spawn({
+            let (rt, work) = (self.clone(), work.clone());
+            async move {
+                tokio::select! {
+                    _ = work.cancelled() => {}
+                    _ = rt.catch_up() => {}
+                }
+            }
+        }));
         tasks.push(tokio::spawn({
             let scheduler = self.scheduler.clone();
             let work = work.clone();
@@ -197,8 +244,43 @@ impl Runtime {
                 machines.run_deadlines(work, Duration::from_secs(30)).await
             }));
         }
+        tasks.push(tokio::spawn({
+            let (db, readiness, work) = (self.db.clone(), self.readiness.clone(), work.clone());
+            async move {
+                loop {
+                    let probe = tokio::time::timeout(
+                        STORE_PROBE_TIMEOUT,
+                        db.store().head(crate::db::codec::METADATA_KEY),
+                    );
+                    let problem = tokio::select! {
+                        _ = work.cancelled() => return,
+                        answer = probe => match answer {
+                            Ok(Ok(_)) => None,
+                            Ok(Err(e)) => Some(e.to_string()),
+                            Err(_) => Some(format!("no answer within {}s", STORE_PROBE_TIMEOUT.as_secs())),
+                        },
+                    };
+                    match (&problem, readiness.check()) {
+                        (Some(p), Ok(())) => tracing::error!(problem = %p, "the store stopped answering: not ready"),
+                        (None, Err(_)) => tracing::info!("the store answers again: ready"),
+                        _ => {}
+                    }
+                    readiness.set_store(problem);
+                    tokio::select! {
+                        _ = work.cancelled() => return,
+                        _ = tokio::time::sleep(STORE_PROBE_EVERY) => {}
+                    }
+                }
+            }
+        }));
+        self.readiness
+            .running
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(jobs = self.scheduler.all_status().len(), "running");
         stop.cancelled().await;
+        self.readiness
+            .running
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         tracing::info!(
             grace_secs = grace.as_secs_f64(),
             "stopping: no new work; waiting for running jobs"

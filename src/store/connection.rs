@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use percent_encoding::percent_decode_str;
 
@@ -22,6 +23,78 @@ pub struct S3Location {
     pub force_path_style: bool,
     /// Access key id and secret; None uses the standard AWS credential chain.
     pub credentials: Option<(String, Secret)>,
+    /// Timeouts and attempts; what the string leaves unset comes from the manifest, then the
+    /// defaults.
+    pub requests: RequestPolicy,
+}
+
+/// How long an S3 request may take and how often it is tried. Every field is optional so that
+/// the connection string, the manifest and the defaults can each give some.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestPolicy {
+    /// Opening a connection.
+    pub connect_timeout: Option<Duration>,
+    /// From sending a request to the first byte of its answer.
+    pub read_timeout: Option<Duration>,
+    /// One attempt, the answer's body included.
+    pub attempt_timeout: Option<Duration>,
+    /// The whole operation, retries included.
+    pub timeout: Option<Duration>,
+    /// Attempts per operation (1 = no retries).
+    pub max_attempts: Option<u32>,
+}
+
+impl RequestPolicy {
+    pub const DEFAULT: RequestPolicy = RequestPolicy {
+        connect_timeout: Some(Duration::from_secs(3)),
+        read_timeout: Some(Duration::from_secs(10)),
+        attempt_timeout: Some(Duration::from_secs(30)),
+        timeout: Some(Duration::from_secs(60)),
+        max_attempts: Some(5),
+    };
+
+    /// The connection string's parameter names, in order.
+    pub const PARAMETERS: [&'static str; 5] = [
+        "connectTimeout",
+        "readTimeout",
+        "attemptTimeout",
+        "timeout",
+        "maxAttempts",
+    ];
+
+    /// This policy, with what it leaves unset taken from `other`.
+    pub fn or(self, other: RequestPolicy) -> RequestPolicy {
+        RequestPolicy {
+            connect_timeout: self.connect_timeout.or(other.connect_timeout),
+            read_timeout: self.read_timeout.or(other.read_timeout),
+            attempt_timeout: self.attempt_timeout.or(other.attempt_timeout),
+            timeout: self.timeout.or(other.timeout),
+            max_attempts: self.max_attempts.or(other.max_attempts),
+        }
+    }
+
+    /// Sets a parameter from the connection string.
+    fn set(&mut self, name: &str, value: &str) -> Result<bool, String> {
+        let duration = || {
+            value
+                .parse::<crate::types::Duration>()
+                .map(|d| d.as_std())
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        match name {
+            "connectTimeout" => self.connect_timeout = Some(duration()?),
+            "readTimeout" => self.read_timeout = Some(duration()?),
+            "attemptTimeout" => self.attempt_timeout = Some(duration()?),
+            "timeout" => self.timeout = Some(duration()?),
+            "maxAttempts" => {
+                self.max_attempts = Some(value.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(
+                    || format!("maxAttempts is a whole number of at least 1, not `{value}`"),
+                )?)
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
 }
 
 #[derive(Clone, PartialEq, Eq)]
@@ -102,6 +175,7 @@ impl FromStr for Connection {
             endpoint: None,
             force_path_style: false,
             credentials,
+            requests: RequestPolicy::default(),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
@@ -119,11 +193,16 @@ impl FromStr for Connection {
                         _ => return Err(fail("forcePathStyle is true or false")),
                     }
                 }
-                other => {
-                    return Err(fail(&format!(
-                        "unknown parameter `{other}` (known: region, endpoint, forcePathStyle)"
+                other => match location.requests.set(other, &v) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(fail(&format!(
+                        "unknown parameter `{other}` (known: region, endpoint, forcePathStyle, {})",
+                        RequestPolicy::PARAMETERS.join(", ")
                     )))
-                }
+                    }
+                    Err(reason) => return Err(fail(&reason)),
+                },
             }
         }
         Ok(Connection::S3(location))
@@ -177,6 +256,23 @@ impl fmt::Display for Connection {
                 }
                 if l.force_path_style {
                     write!(f, "{sep}forcePathStyle=true")?;
+                    sep = '&';
+                }
+                let r = &l.requests;
+                let durations = [
+                    ("connectTimeout", r.connect_timeout),
+                    ("readTimeout", r.read_timeout),
+                    ("attemptTimeout", r.attempt_timeout),
+                    ("timeout", r.timeout),
+                ];
+                for (k, v) in durations {
+                    if let Some(v) = v {
+                        write!(f, "{sep}{k}={}ms", v.as_millis())?;
+                        sep = '&';
+                    }
+                }
+                if let Some(n) = r.max_attempts {
+                    write!(f, "{sep}maxAttempts={n}")?;
                 }
                 Ok(())
             }
@@ -271,8 +367,30 @@ mod tests {
     }
 
     #[test]
+    fn request_settings_parse_and_round_trip() {
+        let c: Connection =
+            "s3://bkt/p?readTimeout=1500ms&timeout=5s&maxAttempts=2&connectTimeout=1s"
+                .parse()
+                .unwrap();
+        let Connection::S3(l) = &c else { panic!("s3") };
+        assert_eq!(l.requests.read_timeout, Some(Duration::from_millis(1500)));
+        assert_eq!(l.requests.timeout, Some(Duration::from_secs(5)));
+        assert_eq!(l.requests.max_attempts, Some(2));
+        assert_eq!(l.requests.attempt_timeout, None);
+        assert_eq!(c.to_string().parse::<Connection>().unwrap(), c);
+        let merged = l.requests.or(RequestPolicy::DEFAULT);
+        assert_eq!(
+            merged.attempt_timeout,
+            RequestPolicy::DEFAULT.attempt_timeout
+        );
+        assert_eq!(merged.timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
     fn rejects_malformed_strings() {
         for bad in [
+            "s3://b/p?timeout=soon",
+            "s3://b/p?maxAttempts=0",
             "ftp://x",
             "s3://",
             "s3://key@bucket",

@@ -15,7 +15,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, StorageClass};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::connection::S3Location;
+use super::connection::{RequestPolicy, S3Location};
 use super::memory::normalize_prefix;
 use super::{
     validate_key, ETag, ListPage, Object, ObjectMeta, ObjectStore, PutMode, PutOptions,
@@ -51,6 +51,8 @@ pub struct S3Store {
     bucket: String,
     prefix: String,
     location: S3Location,
+    /// The timeouts and attempts in force (the location's, filled in with the defaults).
+    policy: RequestPolicy,
 }
 
 impl fmt::Debug for S3Store {
@@ -61,14 +63,17 @@ impl fmt::Debug for S3Store {
 
 impl S3Store {
     pub async fn connect(location: S3Location) -> Self {
+        let policy = location.requests.or(RequestPolicy::DEFAULT);
+        let mut timeouts = TimeoutConfig::builder();
+        timeouts.set_connect_timeout(policy.connect_timeout);
+        timeouts.set_read_timeout(policy.read_timeout);
+        timeouts.set_operation_attempt_timeout(policy.attempt_timeout);
+        timeouts.set_operation_timeout(policy.timeout);
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .retry_config(RetryConfig::standard().with_max_attempts(5))
-            .timeout_config(
-                TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(60))
-                    .build(),
-            );
+            .retry_config(
+                RetryConfig::standard().with_max_attempts(policy.max_attempts.unwrap_or(1).max(1)),
+            )
+            .timeout_config(timeouts.build());
         // A region is required to sign requests even against S3-compatible servers.
         let region = location
             .region
@@ -94,6 +99,7 @@ impl S3Store {
             client: Client::from_conf(config.build()),
             bucket: location.bucket.clone(),
             prefix: normalize_prefix(&location.prefix),
+            policy,
             location,
         }
     }
@@ -152,7 +158,10 @@ impl S3Store {
                 .content_length(i64::try_from(size).unwrap_or(i64::MAX))
                 .body(body);
             req = with_put_options!(req, options);
-            let out = req.send().await.map_err(|e| sdk_error(key, e))?;
+            let out = req
+                .send()
+                .await
+                .map_err(|e| self.sdk_error("PutObject", key, e))?;
             return etag(key, "PutObject", out.e_tag());
         }
         let part_size = PART_SIZE as u64;
@@ -189,7 +198,7 @@ impl S3Store {
         {
             Ok(out) => Ok(Some(out)),
             Err(e) if status(&e) == Some(404) || e.code() == Some("NoSuchKey") => Ok(None),
-            Err(e) => Err(sdk_error(key, e)),
+            Err(e) => Err(self.sdk_error("GetObject", key, e)),
         }
     }
 
@@ -231,7 +240,10 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(full);
         create = with_put_options!(create, options);
-        let upload = create.send().await.map_err(|e| sdk_error(key, e))?;
+        let upload = create
+            .send()
+            .await
+            .map_err(|e| self.sdk_error("CreateMultipartUpload", key, e))?;
         let upload_id = upload.upload_id().unwrap_or_default().to_string();
         let result = async {
             let mut parts = Vec::new();
@@ -248,7 +260,7 @@ impl S3Store {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|e| sdk_error(key, e))?;
+                    .map_err(|e| self.sdk_error("UploadPart", key, e))?;
                 parts.push(
                     CompletedPart::builder()
                         .part_number(number)
@@ -269,7 +281,7 @@ impl S3Store {
                 )
                 .send()
                 .await
-                .map_err(|e| sdk_error(key, e))?;
+                .map_err(|e| self.sdk_error("CompleteMultipartUpload", key, e))?;
             etag(key, "CompleteMultipartUpload", done.e_tag())
         }
         .await;
@@ -303,20 +315,87 @@ fn status<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<
     e.raw_response().map(|r| r.status().as_u16())
 }
 
-fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+impl S3Store {
+    /// An error naming the operation, the endpoint and, for a timeout, which limit ran out.
+    fn sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        operation: &'static str,
+        key: &str,
+        e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+    ) -> StoreError {
+        let p = &self.policy;
+        let attempts = p.max_attempts.unwrap_or(1);
+        let tried = if attempts > 1 {
+            format!(" ({attempts} attempts)")
+        } else {
+            String::new()
+        };
+        let message = match &e {
+            SdkError::TimeoutError(_) => format!(
+                "timed out{tried}: the operation took longer than {} (timeout)",
+                seconds(p.timeout.unwrap_or_default())
+            ),
+            SdkError::DispatchFailure(f) if f.is_timeout() => format!(
+                "timed out{tried}: no connection within {} (connectTimeout) or no answer within {} (readTimeout)",
+                seconds(p.connect_timeout.unwrap_or_default()),
+                seconds(p.read_timeout.unwrap_or_default())
+            ),
+            SdkError::DispatchFailure(f) if f.is_io() => {
+                format!("the connection failed{tried}: {}", source_text(&e))
+            }
+            SdkError::ResponseError(_) => {
+                format!("the answer could not be read{tried}: {}", source_text(&e))
+            }
+            _ => {
+                let code = e.code().map(str::to_string);
+                let text = match (&code, e.message()) {
+                    (Some(c), Some(m)) => format!("{c}: {m}"),
+                    (Some(c), None) => c.clone(),
+                    _ => source_text(&e),
+                };
+                let status = status(&e)
+                    .map(|s| format!(" (HTTP {s})"))
+                    .unwrap_or_default();
+                format!("{text}{status}")
+            }
+        };
+        self.failure(operation, key, message)
+    }
+
+    fn failure(&self, operation: &'static str, key: &str, message: String) -> StoreError {
+        let endpoint = self
+            .location
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| "AWS S3".to_string());
+        StoreError::backend("s3", key, format!("{operation} on {endpoint}: {message}"))
+    }
+}
+
+/// The innermost cause of an SDK error, without the SDK's debug dump.
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs_f64())
+}
+
+/// For [`ensure_bucket`], which has no store yet.
+fn plain_sdk_error<E: ProvideErrorMetadata + std::error::Error + 'static>(
     key: &str,
     e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> StoreError {
-    let code = e.code().map(str::to_string);
-    let message = match (&code, e.message()) {
+    let text = match (e.code(), e.message()) {
         (Some(c), Some(m)) => format!("{c}: {m}"),
-        (Some(c), None) => c.clone(),
-        _ => aws_sdk_s3::error::DisplayErrorContext(&e).to_string(),
+        (Some(c), None) => c.to_string(),
+        _ => source_text(&e),
     };
-    let status = status(&e)
-        .map(|s| format!(" (HTTP {s})"))
-        .unwrap_or_default();
-    StoreError::backend("s3", key, format!("{message}{status}"))
+    StoreError::backend("s3", key, text)
 }
 
 #[async_trait]
@@ -334,12 +413,32 @@ impl ObjectStore for S3Store {
             return Ok(None);
         };
         let etag = etag(key, "GetObject", out.e_tag())?;
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| StoreError::backend("s3", key, format!("reading the body failed: {e}")))?
-            .into_bytes();
+        // The SDK's timeouts end when the answer's headers arrive; a body that stalls after
+        // them is bounded here.
+        let limit = self
+            .policy
+            .attempt_timeout
+            .unwrap_or(Duration::from_secs(30));
+        let body = match tokio::time::timeout(limit, out.body.collect()).await {
+            Ok(Ok(body)) => body.into_bytes(),
+            Ok(Err(e)) => {
+                return Err(self.failure(
+                    "GetObject",
+                    key,
+                    format!("reading the answer failed: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(self.failure(
+                    "GetObject",
+                    key,
+                    format!(
+                        "the answer's body stalled for {} (attemptTimeout)",
+                        seconds(limit)
+                    ),
+                ))
+            }
+        };
         Ok(Some(Object {
             meta: ObjectMeta {
                 key: key.to_string(),
@@ -366,7 +465,7 @@ impl ObjectStore for S3Store {
                 size: u64::try_from(out.content_length().unwrap_or(0)).unwrap_or(0),
             })),
             Err(e) if status(&e) == Some(404) => Ok(None),
-            Err(e) => Err(sdk_error(key, e)),
+            Err(e) => Err(self.sdk_error("HeadObject", key, e)),
         }
     }
 
@@ -414,7 +513,7 @@ impl ObjectStore for S3Store {
                     key: key.to_string(),
                 })
             }
-            Err(e) => Err(sdk_error(key, e)),
+            Err(e) => Err(self.sdk_error("PutObject", key, e)),
         }
     }
 
@@ -442,7 +541,7 @@ impl ObjectStore for S3Store {
                     Ok(())
                 }
             }
-            Err(e) => Err(sdk_error(key, e)),
+            Err(e) => Err(self.sdk_error("DeleteObject", key, e)),
         }
     }
 
@@ -461,7 +560,7 @@ impl ObjectStore for S3Store {
             .max_keys(i32::try_from(max_keys.clamp(1, 1000)).unwrap_or(1000))
             .send()
             .await
-            .map_err(|e| sdk_error(prefix, e))?;
+            .map_err(|e| self.sdk_error("ListObjectsV2", prefix, e))?;
         let objects = out
             .contents()
             .iter()
@@ -497,6 +596,6 @@ pub async fn ensure_bucket(client: &Client, bucket: &str) -> StoreResult<()> {
         {
             Ok(())
         }
-        Err(e) => Err(sdk_error(bucket, e)),
+        Err(e) => Err(plain_sdk_error(bucket, e)),
     }
 }

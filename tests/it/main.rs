@@ -19,6 +19,7 @@ mod manifest_props;
 mod manifest_schema;
 mod reload;
 mod s3_backend;
+mod s3_faults;
 mod schedule;
 mod scheduler;
 mod state_machines;

@@ -54,7 +54,7 @@ impl Checker<'_> {
                         );
                     }
                 }
-                self.builtin_use(name, def.with.as_ref(), kind, path);
+                self.builtin_use(name, def, kind, path);
                 if let Some(with) = &def.with {
                     self.templates_in(
                         &serde_json::Value::Object(with.clone()),
@@ -83,10 +83,11 @@ impl Checker<'_> {
     pub(super) fn builtin_use(
         &mut self,
         name: &str,
-        with: Option<&serde_json::Map<String, serde_json::Value>>,
+        def: &HookDef,
         kind: BuiltinKind,
         path: &[&str],
     ) {
+        let with = def.with.as_ref();
         let name_span = self.span(&[path, &["builtin"]].concat());
         let Some(spec) = builtins::lookup(name) else {
             let help = did_you_mean(name, builtins::names(kind)).unwrap_or_else(|| {
@@ -144,8 +145,10 @@ impl Checker<'_> {
                 .with_help(format!("give them under `with:` ({})", spec.summary)),
             );
         }
+        let mut unknown = false;
         for key in params.keys() {
             if !spec.accepts(key) {
+                unknown = true;
                 let span = self.key_span(&[with_path.as_slice(), &[key.as_str()]].concat());
                 let help = did_you_mean(key, spec.params()).unwrap_or_else(|| {
                     let all: Vec<&str> = spec.params().collect();
@@ -163,6 +166,23 @@ impl Checker<'_> {
                     )
                     .with_help(help),
                 );
+            }
+        }
+        let bad_duration = matches!(params.get("olderThan"), Some(serde_json::Value::String(t)) if t.parse::<crate::types::Duration>().is_err());
+        if def.call.is_none() && missing.is_empty() && !unknown && !bad_duration {
+            // Names are right, so a value is of the wrong type: read it again from the tree,
+            // whose reader names the parameter and its rule.
+            let sink = crate::manifest::de::Sink::default();
+            if let Err(e) = crate::manifest::de::read_builtin(name, self.node(&with_path), &sink) {
+                let fallback = self.key_span(&with_path);
+                let summary = spec.summary;
+                let d = e.into_diagnostic(fallback);
+                let d = if d.help.is_none() {
+                    d.with_help(format!("`{name}` {summary}"))
+                } else {
+                    d
+                };
+                self.emit(d);
             }
         }
         let param_span = |c: &Self, key: &str| c.span(&[with_path.as_slice(), &[key]].concat());

@@ -11,11 +11,13 @@ use super::types::{Command, ConnectionString, OneOrMany};
 use crate::types::{Duration, Schedule, Secret, TimeZone};
 
 mod backup;
+mod builtin;
 mod cache;
 mod machines;
 mod scheduler;
 
 pub use backup::*;
+pub use builtin::*;
 pub use cache::*;
 pub use machines::*;
 pub use scheduler::*;
@@ -75,6 +77,49 @@ pub struct DatabaseConfig {
     /// Resources (collections of records), by name.
     #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
     pub resources: IndexMap<String, ResourceDef>,
+    /// Timeouts and attempts of every S3 request. The connection string's parameters of the
+    /// same names win over these (so `S3DB_CONNECTION` can tune one deployment).
+    #[serde(default, skip_serializing_if = "RequestsConfig::is_empty")]
+    pub requests: RequestsConfig,
+}
+
+/// How long an S3 request may take and how often it is tried; unset values take the defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RequestsConfig {
+    /// Opening a connection. Default `3s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    /// From sending a request to the first byte of its answer. Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_timeout: Option<Duration>,
+    /// One attempt, its answer's body included. Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt_timeout: Option<Duration>,
+    /// The whole operation, retries included. Default `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Attempts per operation; throttling, 5xx answers and timeouts are retried with
+    /// exponential backoff and jitter. Default `5`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_attempts: Option<u32>,
+}
+
+impl RequestsConfig {
+    fn is_empty(&self) -> bool {
+        *self == RequestsConfig::default()
+    }
+
+    pub fn policy(&self) -> crate::store::connection::RequestPolicy {
+        crate::store::connection::RequestPolicy {
+            connect_timeout: self.connect_timeout.map(|d| d.as_std()),
+            read_timeout: self.read_timeout.map(|d| d.as_std()),
+            attempt_timeout: self.attempt_timeout.map(|d| d.as_std()),
+            timeout: self.timeout.map(|d| d.as_std()),
+            max_attempts: self.max_attempts,
+        }
+    }
 }
 
 /// A resource: a named collection of JSON records.
@@ -131,7 +176,9 @@ fn partition_example() -> serde_json::Value {
 /// A hook: exactly one of a built-in (`builtin` + `with`) or a shell command (`run` with
 /// `timeout`, `env`, `retries`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+// `remote = "Self"` makes the derives inherent functions, so that the trait impls below can
+// read the built-in's parameters into their types once, at load.
+#[serde(remote = "Self", deny_unknown_fields, rename_all = "camelCase")]
 pub struct HookDef {
     /// A built-in guard or action, such as `record.check` or `backup.run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -156,6 +203,28 @@ pub struct HookDef {
     /// What the hook is for (shown by `machine list`, `job list` and the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// `builtin` and `with` read into the built-in's typed parameters; `None` for a shell hook
+    /// and for a built-in whose parameters do not fit (the checks report why).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub call: Option<BuiltinCall>,
+}
+
+impl<'de> Deserialize<'de> for HookDef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let mut def = HookDef::deserialize(d)?;
+        def.call = def
+            .builtin
+            .as_deref()
+            .and_then(|name| BuiltinCall::parse(name, def.with.as_ref()).ok());
+        Ok(def)
+    }
+}
+
+impl Serialize for HookDef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        HookDef::serialize(self, s)
+    }
 }
 
 /// A reference to a hook: the name of one under `guards:`/`actions:`, a built-in's name, or a

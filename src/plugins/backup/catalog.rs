@@ -22,18 +22,7 @@ impl Backup {
 
     /// Each backup with the destinations (indexes) holding it, newest first.
     pub(super) async fn locate_all(&self) -> Result<Vec<(BackupInfo, Holders)>, BackupError> {
-        let lock_holder = match self.inner.db.store().get(LOCK_KEY).await {
-            Ok(Some(o)) => serde_json::from_slice::<Value>(&o.body)
-                .ok()
-                .filter(|v| {
-                    v["expiresAt"]
-                        .as_str()
-                        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                        .is_some_and(|t| t > Utc::now())
-                })
-                .and_then(|v| v["holder"].as_str().map(str::to_string)),
-            _ => None,
-        };
+        let lock_holder = self.lease().holder().await.ok().flatten().map(|h| h.holder);
         let mut found: IndexMap<String, (BackupInfo, Holders)> = IndexMap::new();
         let mut failures = Vec::new();
         for (i, d) in self.inner.destinations.iter().enumerate() {

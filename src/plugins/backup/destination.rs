@@ -112,6 +112,7 @@ pub async fn build(
                     endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
                     force_path_style: std::env::var("AWS_ENDPOINT_URL").is_ok(),
                     credentials: None,
+                    requests: Default::default(),
                 },
                 (None, None) => {
                     return Err(DestinationError::Config(

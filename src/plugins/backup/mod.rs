@@ -44,9 +44,9 @@ use crate::db::codec;
 use crate::db::schema::{Metadata, StoredResource};
 use crate::db::Database;
 use crate::hooks::builtins::BuiltinKind;
-use crate::hooks::{BackupOps, HookInput, HookKind, HookRunner};
+use crate::hooks::{BackupOps, HookInput, HookKind, HookRunner, OpsError};
 use crate::manifest::model::{BackupConfig, BackupDriver, Compression, HookRef, MultiStrategy};
-use crate::store::{ETag, PutMode, PutOptions, StoreError};
+use crate::store::StoreError;
 
 const LOCK_KEY: &str = "plugin=backup/lock.json";
 const LOCK_TTL: Duration = Duration::from_secs(60);
@@ -291,144 +291,28 @@ struct Line {
     data: Option<Box<serde_json::value::RawValue>>,
 }
 
-struct Lease {
-    store: crate::store::DynStore,
-    etag: Mutex<ETag>,
-    stop: CancellationToken,
-    lost: CancellationToken,
-}
-
-impl Lease {
-    fn body(owner: &str, holder: &str) -> Bytes {
-        let until = Utc::now() + chrono::Duration::from_std(LOCK_TTL).unwrap_or_default();
-        Bytes::from(
-            json!({ "owner": owner, "holder": holder, "expiresAt": crate::types::time::rfc3339(until) })
-                .to_string(),
-        )
+impl Backup {
+    /// The database-wide backup lease: one backup, prune or restore at a time.
+    fn lease(&self) -> crate::db::lease::LeaseSpec {
+        crate::db::lease::LeaseSpec {
+            store: self.inner.db.store().clone(),
+            key: LOCK_KEY.to_string(),
+            ttl: LOCK_TTL,
+            clock: Arc::new(crate::types::clock::SystemClock),
+        }
     }
 
-    /// Takes the lease, or fails with who holds it; renews it in the background until released.
-    async fn acquire(
-        store: crate::store::DynStore,
-        owner: &str,
-        holder: &str,
-    ) -> Result<LeaseGuard, BackupError> {
-        for _ in 0..5 {
-            match store
-                .put(
-                    LOCK_KEY,
-                    Lease::body(owner, holder),
-                    PutMode::Create,
-                    &PutOptions::default(),
-                )
-                .await
-            {
-                Ok(etag) => {
-                    let lease = Arc::new(Lease {
-                        store: store.clone(),
-                        etag: Mutex::new(etag),
-                        stop: CancellationToken::new(),
-                        lost: CancellationToken::new(),
-                    });
-                    tokio::spawn(lease.clone().renew(owner.to_string(), holder.to_string()));
-                    return Ok(LeaseGuard {
-                        lease,
-                        released: false,
-                    });
+    /// Takes the backup lease for `what`, naming this runner as its holder.
+    async fn take_lease(&self, what: &str) -> Result<crate::db::lease::LeaseGuard, BackupError> {
+        self.lease()
+            .acquire(what, json!({ "owner": self.inner.shared.owner }))
+            .await
+            .map_err(|e| match e {
+                crate::db::lease::LeaseError::Held { holder, until } => {
+                    BackupError::Locked { holder, until }
                 }
-                Err(e) if e.is_conflict() => {
-                    let Some(current) = store.get(LOCK_KEY).await? else {
-                        continue;
-                    };
-                    let v: Value = serde_json::from_slice(&current.body).unwrap_or_default();
-                    let until = v["expiresAt"].as_str().unwrap_or_default().to_string();
-                    let expired = DateTime::parse_from_rfc3339(&until)
-                        .map(|t| t < Utc::now())
-                        .unwrap_or(true);
-                    if expired {
-                        // A crashed holder's lease: take it over, unless someone else just did.
-                        let _ = store.delete(LOCK_KEY, Some(&current.meta.etag)).await;
-                        continue;
-                    }
-                    return Err(BackupError::Locked {
-                        holder: v["holder"].as_str().unwrap_or("unknown").to_string(),
-                        until,
-                    });
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(BackupError::Locked {
-            holder: "unknown (contended)".into(),
-            until: String::new(),
-        })
-    }
-
-    async fn renew(self: Arc<Self>, owner: String, holder: String) {
-        loop {
-            tokio::select! {
-                _ = self.stop.cancelled() => return,
-                _ = tokio::time::sleep(LOCK_TTL / 3) => {}
-            }
-            let etag = self.etag.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            match self
-                .store
-                .put(
-                    LOCK_KEY,
-                    Lease::body(&owner, &holder),
-                    PutMode::Update(etag),
-                    &PutOptions::default(),
-                )
-                .await
-            {
-                Ok(new) => *self.etag.lock().unwrap_or_else(|e| e.into_inner()) = new,
-                Err(e) => {
-                    tracing::error!(error = %e, "lost the backup lock");
-                    self.lost.cancel();
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn release(&self) {
-        self.stop.cancel();
-        let etag = self.etag.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Err(e) = self.store.delete(LOCK_KEY, Some(&etag)).await {
-            tracing::warn!(error = %e, "could not release the backup lock (it expires by itself)");
-        }
-    }
-}
-
-/// The held lease. Dropped without `release` (the operation's future was dropped: a cancelled
-/// job, an API client gone), it still stops renewing and deletes the lock in the background, so
-/// the lock never outlives its operation by more than that.
-struct LeaseGuard {
-    lease: Arc<Lease>,
-    released: bool,
-}
-
-impl LeaseGuard {
-    fn lost(&self) -> CancellationToken {
-        self.lease.lost.clone()
-    }
-
-    async fn release(mut self) {
-        self.released = true;
-        self.lease.release().await;
-    }
-}
-
-impl Drop for LeaseGuard {
-    fn drop(&mut self) {
-        if self.released {
-            return;
-        }
-        self.lease.stop.cancel();
-        let lease = self.lease.clone();
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { lease.release().await });
-        }
+                crate::db::lease::LeaseError::Store(e) => e.into(),
+            })
     }
 }
 
@@ -707,17 +591,17 @@ fn strategy_name(s: MultiStrategy) -> &'static str {
 
 #[async_trait]
 impl BackupOps for Backup {
-    async fn run(&self, kind: &str, resources: Option<Vec<String>>) -> Result<Value, String> {
+    async fn run(&self, kind: &str, resources: Option<Vec<String>>) -> Result<Value, OpsError> {
         self.backup(kind, resources)
             .await
             .map(|info| serde_json::to_value(info).unwrap_or_default())
-            .map_err(|e| e.to_string())
+            .map_err(Into::into)
     }
 
-    async fn prune(&self, dry_run: bool) -> Result<Value, String> {
+    async fn prune(&self, dry_run: bool) -> Result<Value, OpsError> {
         Backup::prune(self, dry_run)
             .await
             .map(|d| json!({ "dryRun": dry_run, "decisions": d }))
-            .map_err(|e| e.to_string())
+            .map_err(Into::into)
     }
 }

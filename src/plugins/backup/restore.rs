@@ -59,12 +59,7 @@ impl Backup {
         id: &str,
         options: RestoreOptions,
     ) -> Result<RestoreStats, BackupError> {
-        let lease = Lease::acquire(
-            self.inner.db.store().clone(),
-            &self.inner.shared.owner,
-            &format!("restore {id}"),
-        )
-        .await?;
+        let lease = self.take_lease(&format!("restore {id}")).await?;
         let started = Instant::now();
         self.emit(
             "restore_start",

@@ -100,12 +100,7 @@ impl Backup {
         }
         let selective = resources.is_some();
         let names = self.selected_resources(resources.as_deref())?;
-        let lease = Lease::acquire(
-            self.inner.db.store().clone(),
-            &self.inner.shared.owner,
-            &format!("backup {id}"),
-        )
-        .await?;
+        let lease = self.take_lease(&format!("backup {id}")).await?;
         let cancel = CancellationToken::new();
         self.inner
             .shared

@@ -33,7 +33,9 @@ use tokio_util::sync::CancellationToken;
 use crate::db::schema::StoredResource;
 use crate::db::{Database, DbError, Resource};
 use crate::hooks::builtins::BuiltinKind;
-use crate::hooks::{GuardDecision, HookInput, HookKind, HookRunner, MachineOps, Transition};
+use crate::hooks::{
+    GuardDecision, HookInput, HookKind, HookRunner, MachineOps, OpsError, Transition,
+};
 use crate::manifest::model::{HookRef, MachineDef, StateMachineConfig};
 
 /// How many recent event ids an entity remembers for idempotent replays.
@@ -390,7 +392,6 @@ impl StateMachines {
                 deadline_added: Notify::new(),
             }),
         };
-        hooks.set_machines(Arc::new(plugin.clone()));
         plugin.emit(MachineEvent::Initialized {
             machines: plugin.machine_names(),
         });
@@ -488,11 +489,11 @@ impl MachineOps for StateMachines {
         entity: &str,
         event: &str,
         context: Value,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, OpsError> {
         StateMachines::send(self, machine, entity, event, context, None)
             .await
             .map(|r| serde_json::to_value(r).unwrap_or_default())
-            .map_err(|e| e.to_string())
+            .map_err(Into::into)
     }
 
     async fn send_all(
@@ -502,11 +503,11 @@ impl MachineOps for StateMachines {
         event: &str,
         older_than: Option<Duration>,
         context: Value,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, OpsError> {
         let cutoff = older_than
             .and_then(|d| chrono::Duration::from_std(d).ok())
             .map(|d| Utc::now() - d);
-        let entities = self.entities(machine).await.map_err(|e| e.to_string())?;
+        let entities = self.entities(machine).await?;
         let mut sent = 0;
         let mut failed = Vec::new();
         for e in entities.into_iter().filter(|e| e.state == state) {

@@ -82,6 +82,7 @@ pub fn location(bucket: &str, prefix: &str) -> S3Location {
         endpoint: Some(endpoint()),
         force_path_style: true,
         credentials: Some(("testing".into(), s3db_run::types::Secret::new("testing"))),
+        requests: Default::default(),
     }
 }
 
