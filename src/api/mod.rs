@@ -70,7 +70,10 @@ impl From<JobError> for ApiError {
         let (status, code) = match &e {
             JobError::Unknown(..) => (StatusCode::NOT_FOUND, "job_not_found"),
             JobError::Exists(_) => (StatusCode::CONFLICT, "job_exists"),
-            JobError::Running(_) => (StatusCode::CONFLICT, "job_running"),
+            JobError::Running(_) | JobError::RunningElsewhere { .. } => {
+                (StatusCode::CONFLICT, "job_running")
+            }
+            JobError::Lease { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
             JobError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database_error"),
         };
         Self::new(status, code, e.to_string())
@@ -435,6 +438,31 @@ async fn start_backup(State(s): State<Shared>, body: Option<Json<BackupBody>>) -
     };
     let body = body.map(|b| b.0).unwrap_or_default();
     let label = body.kind.unwrap_or_else(|| "full".into());
+    // Refusals the caller can act on are answered now, not as a failed backup later.
+    if let Err(e) = Backup::check_label(&label) {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_backup_type",
+            e.to_string(),
+        )
+        .into_response();
+    }
+    match plugin.lock_holder().await {
+        Ok(Some((holder, until))) => {
+            return (
+                StatusCode::CONFLICT,
+                Json(json!({
+                    "code": "backup_locked",
+                    "message": format!("another backup, prune or restore is running ({holder}, lease until {until})"),
+                    "holder": holder,
+                    "until": until,
+                })),
+            )
+                .into_response()
+        }
+        Ok(None) => {}
+        Err(e) => return ApiError::from(e).into_response(),
+    }
     let id = Backup::new_id(&label);
     let answer = json!({ "id": id, "type": label, "status": "running" });
     tokio::spawn(async move {

@@ -79,6 +79,49 @@ impl LeaseSpec {
         )
     }
 
+    /// Takes the lease for `holder` even when another holds it: the holder's next renewal
+    /// finds it changed and cancels its `lost` token, which stops what it guards.
+    pub async fn take_over(&self, holder: &str, details: Value) -> Result<LeaseGuard, LeaseError> {
+        for _ in 0..5 {
+            let mode = match self.store.head(&self.key).await? {
+                Some(current) => PutMode::Update(current.etag),
+                None => PutMode::Create,
+            };
+            match self
+                .store
+                .put(
+                    &self.key,
+                    self.body(holder, &details),
+                    mode,
+                    &PutOptions::default(),
+                )
+                .await
+            {
+                Ok(etag) => return Ok(self.guard(etag, holder, details)),
+                Err(e) if e.is_conflict() => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(LeaseError::Held {
+            holder: "unknown (contended)".into(),
+            until: String::new(),
+        })
+    }
+
+    fn guard(&self, etag: ETag, holder: &str, details: Value) -> LeaseGuard {
+        let lease = Arc::new(Lease {
+            spec: self.clone(),
+            etag: Mutex::new(etag),
+            stop: CancellationToken::new(),
+            lost: CancellationToken::new(),
+        });
+        tokio::spawn(lease.clone().renew(holder.to_string(), details));
+        LeaseGuard {
+            lease,
+            released: false,
+        }
+    }
+
     /// Takes the lease for `holder`, or fails with who holds it; renews it in the background
     /// until the guard is released or dropped.
     pub async fn acquire(&self, holder: &str, details: Value) -> Result<LeaseGuard, LeaseError> {
@@ -94,19 +137,7 @@ impl LeaseSpec {
                 )
                 .await
             {
-                Ok(etag) => {
-                    let lease = Arc::new(Lease {
-                        spec: self.clone(),
-                        etag: Mutex::new(etag),
-                        stop: CancellationToken::new(),
-                        lost: CancellationToken::new(),
-                    });
-                    tokio::spawn(lease.clone().renew(holder.to_string(), details));
-                    return Ok(LeaseGuard {
-                        lease,
-                        released: false,
-                    });
-                }
+                Ok(etag) => return Ok(self.guard(etag, holder, details)),
                 Err(e) if e.is_conflict() => {
                     let Some(current) = self.store.get(&self.key).await? else {
                         continue;

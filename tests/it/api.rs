@@ -430,3 +430,49 @@ fn a_taken_port_is_a_clear_error() {
         "{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_refused_by_the_lock_or_its_type_is_answered_at_once() {
+    let s = start();
+    // Another runner's backup, as its lease says.
+    let store = "file://./data"
+        .parse::<s3db_run::store::Connection>()
+        .unwrap()
+        .open(s._dir.path())
+        .await
+        .unwrap();
+    let until = s3db_run::types::time::rfc3339(chrono::Utc::now() + chrono::Duration::minutes(5));
+    store
+        .put(
+            "plugin=backup/lock.json",
+            json!({ "holder": "backup full-elsewhere", "expiresAt": until })
+                .to_string()
+                .into(),
+            s3db_run::store::PutMode::Create,
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    let (status, body, text) = call(
+        &s,
+        "POST",
+        "/api/v1/backups",
+        T,
+        Some(json!({ "type": "full" })),
+    )
+    .await;
+    assert_eq!(status, 409, "{text}");
+    assert_eq!(body["code"], "backup_locked");
+    assert_eq!(body["holder"], "backup full-elsewhere");
+    assert_eq!(body["until"], until.as_str());
+    let (status, body, text) = call(
+        &s,
+        "POST",
+        "/api/v1/backups",
+        T,
+        Some(json!({ "type": "../../x" })),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert_eq!(body["code"], "invalid_backup_type");
+}

@@ -9,6 +9,7 @@ mod cache;
 mod db_core;
 mod db_processes;
 mod diff;
+mod fleet;
 mod hooks;
 mod layers;
 mod manifest_cli;

@@ -33,6 +33,10 @@ pub struct SchedulerConfig {
     pub on_job_error: Option<HookRef>,
     /// Log every run.
     pub verbose: bool,
+    /// How long a job's run lease lasts without renewal (renewed every third of it). Overlap
+    /// policies hold across runners through this lease; a killed runner's lease expires after
+    /// it, and `replace` cancels another runner's run within a third of it.
+    pub lease_ttl: Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -48,6 +52,7 @@ impl Default for SchedulerConfig {
             on_job_complete: None,
             on_job_error: None,
             verbose: false,
+            lease_ttl: Duration::from_millis(30_000),
         }
     }
 }

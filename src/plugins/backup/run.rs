@@ -38,6 +38,25 @@ impl Backup {
         self.backup_with_id(id, label, resources).await
     }
 
+    /// Who holds the database's backup lease and until when, if anyone does.
+    pub async fn lock_holder(&self) -> Result<Option<(String, String)>, BackupError> {
+        Ok(self.lease().holder().await?.map(|h| (h.holder, h.until)))
+    }
+
+    /// A backup label is letters, digits, `-` and `_` (it names files and folders).
+    pub fn check_label(label: &str) -> Result<(), BackupError> {
+        if label.is_empty()
+            || !label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(BackupError::Config(format!(
+                "backup type `{label}` must be letters, digits, `-` or `_`"
+            )));
+        }
+        Ok(())
+    }
+
     /// Reserves an id for a backup that `backup_with_id` then runs (the API answers with it
     /// before the backup ends).
     pub fn new_id(label: &str) -> String {
@@ -52,6 +71,11 @@ impl Backup {
     ) -> Result<BackupInfo, BackupError> {
         let _forget = Forget(self.inner.shared.clone(), id.clone());
         let result = self.run_with_id(&id, label, resources).await;
+        if let Err(e @ BackupError::Locked { .. }) = &result {
+            // Another runner is backing up: nothing failed, so no backup error pages anyone.
+            tracing::warn!(backup = %id, error = %e, "backup not started: another one is running");
+            return result;
+        }
         if let Err(e) = &result {
             if !matches!(e, BackupError::Cancelled(_)) && !self.inner.shared.started(&id) {
                 // Refused before it started (a bad request, the lock held elsewhere): still an
@@ -89,15 +113,7 @@ impl Backup {
         resources: Option<Vec<String>>,
     ) -> Result<BackupInfo, BackupError> {
         let id = id.to_string();
-        if label.is_empty()
-            || !label
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(BackupError::Config(format!(
-                "backup type `{label}` must be letters, digits, `-` or `_`"
-            )));
-        }
+        Self::check_label(label)?;
         let selective = resources.is_some();
         let names = self.selected_resources(resources.as_deref())?;
         let lease = self.take_lease(&format!("backup {id}")).await?;

@@ -1,6 +1,16 @@
 //! Running a job: claiming its slot, the attempts with retries and timeouts, the record of the run and the callbacks.
 
 use super::*;
+use crate::db::lease::{LeaseError, LeaseGuard};
+
+/// How often a queued run asks whether the job's lease is free.
+const QUEUE_POLL: Duration = Duration::from_millis(500);
+
+/// Whether a run may start, as the job's lease says.
+enum Start {
+    Go(Option<LeaseGuard>),
+    Held { holder: String, until: String },
+}
 
 impl Scheduler {
     /// Runs a job now (by hand). Refused while it runs, unless its overlap policy allows it.
@@ -17,7 +27,66 @@ impl Scheduler {
         }
         let now = self.inner.clock.now();
         let id = format!("{job}:manual-{}-{:08x}", text(now), rand::random::<u32>());
-        self.execute(job, &id, None, context).await
+        let lease = match self.overlap_lease(job, policy, &id).await? {
+            Start::Go(lease) => lease,
+            Start::Held { holder, until } => {
+                return Err(JobError::RunningElsewhere {
+                    job: job.into(),
+                    holder,
+                    until,
+                })
+            }
+        };
+        self.execute(job, &id, None, context, lease).await
+    }
+
+    fn lease_spec(&self, job: &str) -> crate::db::lease::LeaseSpec {
+        crate::db::lease::LeaseSpec {
+            store: self.inner.store.clone(),
+            key: format!("plugin=scheduler/leases/job={job}"),
+            ttl: self.config().lease_ttl.as_std(),
+            clock: self.inner.clock.clone(),
+        }
+    }
+
+    /// The job's run lease as its overlap policy asks, shared by every runner and the CLI:
+    /// `skip` takes it or gives up, `queue` waits for it, `replace` takes it from the holder
+    /// (whose run is cancelled at its next renewal), `allow` needs none.
+    async fn overlap_lease(
+        &self,
+        job: &str,
+        policy: OverlapPolicy,
+        run: &str,
+    ) -> Result<Start, JobError> {
+        let spec = self.lease_spec(job);
+        let details = json!({ "run": run, "pid": std::process::id() });
+        let store_error = |source| JobError::Lease {
+            job: job.into(),
+            source,
+        };
+        let holder = format!("run {run}");
+        loop {
+            let taken = match policy {
+                OverlapPolicy::Allow => return Ok(Start::Go(None)),
+                OverlapPolicy::Replace => spec.take_over(&holder, details.clone()).await,
+                OverlapPolicy::Skip | OverlapPolicy::Queue => {
+                    spec.acquire(&holder, details.clone()).await
+                }
+            };
+            match taken {
+                Ok(guard) => return Ok(Start::Go(Some(guard))),
+                Err(LeaseError::Held { holder, until }) if policy != OverlapPolicy::Queue => {
+                    return Ok(Start::Held { holder, until })
+                }
+                Err(LeaseError::Held { .. }) => {
+                    tokio::select! {
+                        _ = self.inner.interrupted.cancelled() => return Ok(Start::Held { holder: "interrupted while queued".into(), until: String::new() }),
+                        _ = tokio::time::sleep(QUEUE_POLL) => {}
+                    }
+                }
+                Err(LeaseError::Store(e)) => return Err(store_error(e)),
+            }
+        }
     }
 
     /// Claims a slot (create-only) and runs it. Ok(None) when another runner has the slot.
@@ -38,9 +107,56 @@ impl Scheduler {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.execute(job, &id, Some(slot), json!({}))
+        let policy = self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(job)
+            .map_or(OverlapPolicy::Skip, |j| j.def.overlap);
+        let lease = match self.overlap_lease(job, policy, &id).await {
+            Ok(Start::Go(lease)) => lease,
+            Ok(Start::Held { holder, until }) => {
+                tracing::info!(job, slot = %text(slot), %holder, "slot skipped: the job is running elsewhere");
+                self.record_skipped(job, &id, slot, &holder, &until).await;
+                return Ok(None);
+            }
+            Err(e) => {
+                // The claim stays `running` until the stale sweep; say why now.
+                self.record_skipped(job, &id, slot, "unknown", &e.to_string())
+                    .await;
+                return Err(e);
+            }
+        };
+        self.execute(job, &id, Some(slot), json!({}), lease)
             .await
             .map(Some)
+    }
+
+    /// Ends a claimed slot that did not run because the job ran elsewhere.
+    async fn record_skipped(
+        &self,
+        job: &str,
+        id: &str,
+        slot: DateTime<Utc>,
+        holder: &str,
+        until: &str,
+    ) {
+        let Some(history) = &self.inner.history else {
+            return;
+        };
+        let now = text(self.inner.clock.now());
+        let record = json!({
+            "job": job, "status": "skipped", "slot": text(slot), "date": text(slot),
+            "startedAt": now, "finishedAt": now, "durationMs": 0, "attempts": 0,
+            "result": null, "error": format!("the previous run is still going ({holder}, until {until})"),
+        });
+        if let Err(e) = history
+            .upsert(id, record.as_object().cloned().unwrap_or_default())
+            .await
+        {
+            tracing::warn!(job, error = %e, "could not record a skipped slot");
+        }
     }
 
     pub(super) async fn execute(
@@ -49,7 +165,11 @@ impl Scheduler {
         id: &str,
         slot: Option<DateTime<Utc>>,
         context: Value,
+        lease: Option<LeaseGuard>,
     ) -> Result<Value, JobError> {
+        let replaced = lease
+            .as_ref()
+            .map_or_else(CancellationToken::new, LeaseGuard::lost);
         let def = {
             let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
             let j = jobs
@@ -91,6 +211,7 @@ impl Scheduler {
             let outcome = tokio::select! {
                 r = tokio::time::timeout(timeout + ATTEMPT_GRACE, self.attempt(job, &def, slot, attempt, &context, timeout)) => r,
                 _ = stop.cancelled() => break ("interrupted", Value::Null, Some("the run was stopped".to_string())),
+                _ = replaced.cancelled() => break ("interrupted", Value::Null, Some("replaced by a newer run (overlap: replace)".to_string())),
             };
             let (status, message) = match outcome {
                 Ok(Ok(v)) => break ("success", v, None),
@@ -110,6 +231,9 @@ impl Scheduler {
             }
             tokio::time::sleep(policy.delay(attempt)).await;
         };
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
         let duration_ms = u64::try_from(wall.elapsed().as_millis()).unwrap_or(u64::MAX);
         let finished = self.inner.clock.now();
         let record = json!({

@@ -73,6 +73,19 @@ pub enum JobError {
     Exists(String),
     #[error("job `{0}` is running and its overlap policy is `skip`")]
     Running(String),
+    #[error(
+        "job `{job}` is running ({holder}, lease until {until}) and its overlap policy is `skip`"
+    )]
+    RunningElsewhere {
+        job: String,
+        holder: String,
+        until: String,
+    },
+    #[error("job `{job}`: its run lease: {source}")]
+    Lease {
+        job: String,
+        source: crate::store::StoreError,
+    },
     #[error(transparent)]
     Db(#[from] DbError),
 }
@@ -122,6 +135,8 @@ struct Inner {
     config: RwLock<SchedulerConfig>,
     hooks: Arc<HookRunner>,
     history: Option<Resource>,
+    /// Where the jobs' run leases live (the database's store).
+    store: crate::store::DynStore,
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<JobEvent>,
     /// Runs in flight in this process, by job, for overlap policies and shutdown.
@@ -225,6 +240,7 @@ impl Scheduler {
                 config: RwLock::new(config.clone()),
                 hooks,
                 history,
+                store: db.store().clone(),
                 clock,
                 events,
                 tasks: Mutex::default(),

@@ -1,0 +1,176 @@
+//! Several runner processes on one S3 database behave as one runner: overlap policies hold
+//! across them and the CLI, through each job's run lease in the database.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{s3, Process};
+
+/// A folder with a manifest on a fresh bucket: one job `slow` (5 s of work, every 2 s, with
+/// `overlap`) whose runs append `start|end NANOS PID` lines to `runs.log`.
+fn project(overlap: &str, schedule: &str) -> tempfile::TempDir {
+    let connection = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(s3::connection_string());
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("runs.log");
+    let script = dir.path().join("slow.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho \"start $(date +%s%N) $$\" >> {log}\nsleep 5\necho \"end $(date +%s%N) $$\" >> {log}\n",
+            log = log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        format!(
+            "version: 1\n\
+             database:\n  connection: {connection}\n\
+             jobs:\n  slow:\n    schedule: \"{schedule}\"\n    overlap: {overlap}\n    timeout: 30s\n    retries: 0\n    action: {{ run: [./slow.sh] }}\n\
+             scheduler: {{ leaseTtl: 3s }}\n\
+             server: {{ enabled: false }}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn runner(dir: &Path) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+            .args(["run", "s3db.yaml", "--grace", "10s"])
+            .current_dir(dir)
+            .env_remove("S3DB_CONNECTION")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn stop(mut runners: Vec<Process>) {
+    for r in &runners {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(r.0.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+    for r in &mut runners {
+        let _ = r.0.wait();
+    }
+}
+
+/// Each run's (start, end) in nanoseconds, by the shell's pid.
+fn runs(dir: &Path) -> Vec<(u128, u128)> {
+    let text = std::fs::read_to_string(dir.join("runs.log")).unwrap_or_default();
+    let mut starts = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let parts: Vec<&str> = line.split(' ').collect();
+        let (Some(kind), Some(at), Some(pid)) = (parts.first(), parts.get(1), parts.get(2)) else {
+            continue;
+        };
+        let at: u128 = at.parse().unwrap();
+        match *kind {
+            "start" => {
+                starts.insert(pid.to_string(), at);
+            }
+            _ => {
+                if let Some(s) = starts.remove(*pid) {
+                    out.push((s, at));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn overlap_skip_holds_across_three_runners() {
+    let dir = project("skip", "*/2 * * * * *");
+    let runners: Vec<Process> = (0..3).map(|_| runner(dir.path())).collect();
+    std::thread::sleep(Duration::from_secs(16));
+    stop(runners);
+    let runs = runs(dir.path());
+    assert!(runs.len() >= 2, "the job ran: {runs:?}");
+    for pair in runs.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "two runs overlapped across runners: {pair:?}"
+        );
+    }
+}
+
+#[test]
+fn the_cli_refuses_a_run_beside_a_running_one() {
+    // Every minute: the slot is due at most a minute out; the test waits for the first run.
+    let dir = project("skip", "*/2 * * * * *");
+    let runners = vec![runner(dir.path())];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(dir.path().join("runs.log"))
+        .unwrap_or_default()
+        .contains("start")
+    {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(["job", "run", "slow"])
+        .current_dir(dir.path())
+        .env_remove("S3DB_CONNECTION")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    stop(runners);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the CLI ran it beside the runner's run"
+    );
+    assert!(stderr.contains("running"), "{stderr}");
+    let runs = runs(dir.path());
+    for pair in runs.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "overlapped: {pair:?}");
+    }
+}
+
+#[test]
+fn overlap_queue_runs_one_at_a_time_across_runners() {
+    let dir = project("queue", "*/2 * * * * *");
+    let runners: Vec<Process> = (0..3).map(|_| runner(dir.path())).collect();
+    std::thread::sleep(Duration::from_secs(14));
+    stop(runners);
+    let runs = runs(dir.path());
+    assert!(runs.len() >= 2, "the job ran: {runs:?}");
+    for pair in runs.windows(2) {
+        assert!(pair[1].0 >= pair[0].1, "two runs overlapped: {pair:?}");
+    }
+}
+
+#[test]
+fn overlap_replace_cancels_the_other_runners_run() {
+    let dir = project("replace", "*/3 * * * * *");
+    let runners: Vec<Process> = (0..2).map(|_| runner(dir.path())).collect();
+    std::thread::sleep(Duration::from_secs(14));
+    stop(runners);
+    let text = std::fs::read_to_string(dir.path().join("runs.log")).unwrap_or_default();
+    let starts = text.lines().filter(|l| l.starts_with("start")).count();
+    let ends = text.lines().filter(|l| l.starts_with("end")).count();
+    // Each 5 s run is replaced by the next slot 3 s later, whichever runner claims it: the
+    // replaced run is stopped within a lease renewal (1 s here) and never reaches its end.
+    assert!(starts >= 3, "{text}");
+    assert!(ends < starts - 1, "runs were not replaced: {text}");
+    for pair in runs(dir.path()).windows(2) {
+        let overlap = pair[0].1.saturating_sub(pair[1].0);
+        assert!(
+            overlap < 2_000_000_000,
+            "ran side by side for {overlap} ns: {pair:?}"
+        );
+    }
+}
