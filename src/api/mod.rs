@@ -260,12 +260,12 @@ async fn run_job(
 }
 
 async fn enable_job(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    s.runtime.scheduler.enable(&name)?;
+    s.runtime.scheduler.enable(&name).await?;
     Ok(Json(json!(s.runtime.scheduler.status(&name)?)))
 }
 
 async fn disable_job(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    s.runtime.scheduler.disable(&name)?;
+    s.runtime.scheduler.disable(&name).await?;
     Ok(Json(json!(s.runtime.scheduler.status(&name)?)))
 }
 

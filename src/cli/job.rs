@@ -25,6 +25,14 @@ pub enum JobCommand {
         #[arg(long, value_name = "JSON")]
         context: Option<String>,
     },
+    /// Enable a job on every runner of the database (within a few seconds) and across restarts.
+    Enable { name: String },
+    /// Disable a job on every runner of the database (within a few seconds) and across
+    /// restarts; a run in progress finishes.
+    Disable { name: String },
+    /// Print a job's statistics as JSON: runs, successes, errors, success rate, average
+    /// duration, last success and last error.
+    Stats { name: String },
     /// Print a job's runs, newest first, as JSON lines.
     History {
         name: String,
@@ -52,9 +60,12 @@ pub enum JobCommand {
 
 pub fn run(args: &Args) -> u8 {
     match &args.command {
-        JobCommand::List | JobCommand::Run { .. } | JobCommand::History { .. } => {
-            super::block_on(with_scheduler(args))
-        }
+        JobCommand::List
+        | JobCommand::Run { .. }
+        | JobCommand::History { .. }
+        | JobCommand::Enable { .. }
+        | JobCommand::Disable { .. }
+        | JobCommand::Stats { .. } => super::block_on(with_scheduler(args)),
         JobCommand::Next {
             expr,
             tz,
@@ -148,6 +159,34 @@ async fn with_scheduler(args: &Args) -> u8 {
                 for r in records {
                     println!("{r}");
                 }
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::INVALID
+            }
+        },
+        JobCommand::Enable { name } | JobCommand::Disable { name } => {
+            let enable = matches!(args.command, JobCommand::Enable { .. });
+            let done = if enable {
+                scheduler.enable(name).await
+            } else {
+                scheduler.disable(name).await
+            };
+            match done {
+                Ok(()) => {
+                    println!("{name}: {}", if enable { "enabled" } else { "disabled" });
+                    exit::OK
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    exit::INVALID
+                }
+            }
+        }
+        JobCommand::Stats { name } => match scheduler.statistics(name).await {
+            Ok(stats) => {
+                println!("{}", serde_json::json!(stats));
                 exit::OK
             }
             Err(e) => {

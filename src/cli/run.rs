@@ -64,6 +64,19 @@ pub fn run(args: &Args) -> u8 {
                 return exit::INVALID;
             }
         };
+        if !checked.manifest.database.single_runner {
+            if let Err(problem) =
+                crate::store::verify_conditional_writes(rt.db.store().as_ref()).await
+            {
+                tracing::error!(
+                    code = "runtime::conditional_writes",
+                    error = %problem,
+                    help = "several runners on this store could run a slot twice or lose updates: use a store that honours If-None-Match and If-Match (AWS S3, MinIO, Ceph RGW), or set `database.singleRunner: true` if only one runner ever uses this database",
+                    "cannot start"
+                );
+                return exit::INVALID;
+            }
+        }
         tracing::info!(manifest = %args.manifest.display(), sha256 = %checked.sha256, database = %checked.manifest.database.connection, "started");
         let rt = std::sync::Arc::new(rt);
         let stop = CancellationToken::new();

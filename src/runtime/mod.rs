@@ -24,7 +24,8 @@ use crate::types::clock::{Clock, SystemClock};
 /// job history.
 const HISTORY_UPKEEP_EVERY: Duration = Duration::from_secs(300);
 
-/// How often the store is probed for `/readyz`, and how long a probe may take.
+/// How often the store is probed for `/readyz` (and the jobs' shared state followed), and how
+/// long a probe may take.
 const STORE_PROBE_EVERY: Duration = Duration::from_secs(2);
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -241,16 +242,20 @@ impl Runtime {
             let machines = machines.clone();
             let work = work.clone();
             tasks.push(tokio::spawn(async move {
-                machines.run_deadlines(work, Duration::from_secs(30)).await
+                let poll = machines.config().deadline_poll.as_std();
+                machines.run_deadlines(work, poll).await
             }));
         }
         tasks.push(tokio::spawn({
-            let (db, readiness, work) = (self.db.clone(), self.readiness.clone(), work.clone());
+            let (scheduler, readiness, work) =
+                (self.scheduler.clone(), self.readiness.clone(), work.clone());
             async move {
                 loop {
+                    // One request both probes the store and follows the jobs' shared state
+                    // (enabled/disabled), so neither costs more than one HEAD per round.
                     let probe = tokio::time::timeout(
                         STORE_PROBE_TIMEOUT,
-                        db.store().head(crate::db::codec::METADATA_KEY),
+                        scheduler.refresh_shared_state(),
                     );
                     let problem = tokio::select! {
                         _ = work.cancelled() => return,

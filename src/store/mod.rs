@@ -224,3 +224,67 @@ pub fn validate_key(key: &str) -> StoreResult<()> {
     }
     Ok(())
 }
+
+/// What a store does wrong with conditional writes, found by [`verify_conditional_writes`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConditionalWriteProblem {
+    #[error(
+        "the store accepted a second create-only write of one key (it ignores `If-None-Match: *`)"
+    )]
+    CreateTwice,
+    #[error("the store accepted a write naming a version the object does not have (it ignores `If-Match`)")]
+    StaleUpdate,
+    #[error("the probe could not run: {0}")]
+    Store(String),
+}
+
+/// Checks, with a throwaway object, that the store refuses what exactly-once depends on: a
+/// second create-only put of one key, and a put naming a stale version. Some S3-compatible
+/// servers accept both, which would let two runners run one slot or lose an update silently.
+pub async fn verify_conditional_writes(
+    store: &dyn ObjectStore,
+) -> Result<(), ConditionalWriteProblem> {
+    let key = format!("plugin=runner/probes/{:016x}", rand::random::<u64>());
+    let fail = |e: StoreError| ConditionalWriteProblem::Store(e.to_string());
+    let first = store
+        .put(
+            &key,
+            Bytes::from_static(b"1"),
+            PutMode::Create,
+            &PutOptions::default(),
+        )
+        .await
+        .map_err(fail)?;
+    let verdict = async {
+        match store
+            .put(
+                &key,
+                Bytes::from_static(b"2"),
+                PutMode::Create,
+                &PutOptions::default(),
+            )
+            .await
+        {
+            Err(StoreError::AlreadyExists { .. }) => {}
+            Ok(_) => return Err(ConditionalWriteProblem::CreateTwice),
+            Err(e) => return Err(fail(e)),
+        }
+        let stale = ETag(format!("\"{}-stale\"", first.0.trim_matches('"')));
+        match store
+            .put(
+                &key,
+                Bytes::from_static(b"3"),
+                PutMode::Update(stale),
+                &PutOptions::default(),
+            )
+            .await
+        {
+            Err(StoreError::PreconditionFailed { .. }) => Ok(()),
+            Ok(_) => Err(ConditionalWriteProblem::StaleUpdate),
+            Err(e) => Err(fail(e)),
+        }
+    }
+    .await;
+    let _ = store.delete(&key, None).await;
+    verdict
+}

@@ -232,6 +232,55 @@ impl Schedule {
         }
     }
 
+    /// The latest fire time at or before `at`, found without walking the slots in between (a
+    /// per-second schedule looked back over a day would be 86,400 steps): the previous
+    /// wall-clock match, then at most a few steps forward to settle clock changes.
+    pub fn latest_at_or_before<Tz: chrono::TimeZone>(
+        &self,
+        at: &chrono::DateTime<Tz>,
+        tz: &Tz,
+    ) -> Option<chrono::DateTime<Tz>> {
+        use chrono::TimeZone as _;
+        let cron = self.cron()?;
+        let local = at.with_timezone(tz).naive_local();
+        let wall = cron
+            .find_previous_occurrence(&chrono::Utc.from_utc_datetime(&local), true)
+            .ok()?
+            .naive_utc();
+        // Start just before that wall-clock time as an instant (the earliest instant it can be;
+        // near a clock change, hours before, so a repeated hour is seen), then step forward to
+        // the last slot not after `at`: one step, except near a clock change.
+        use chrono::Offset;
+        let at_utc = at.with_timezone(&chrono::Utc);
+        let offset_at = |d: chrono::Duration| (at_utc + d).with_timezone(tz).offset().fix();
+        let margin =
+            if offset_at(chrono::Duration::hours(-3)) != offset_at(chrono::Duration::hours(3)) {
+                chrono::Duration::hours(3)
+            } else {
+                chrono::Duration::seconds(1)
+            };
+        // A wall-clock time in a spring-forward gap maps to no instant: look before the gap.
+        let start = [
+            margin,
+            chrono::Duration::hours(3),
+            chrono::Duration::hours(27),
+        ]
+        .into_iter()
+        .find_map(|m| tz.from_local_datetime(&(wall - m)).earliest())?;
+        let mut latest = None;
+        let mut t = start;
+        for _ in 0..100_000 {
+            match self.next_after(&t, tz) {
+                Some(next) if next.with_timezone(&chrono::Utc) <= at_utc => {
+                    t = next.clone();
+                    latest = Some(next);
+                }
+                _ => return latest,
+            }
+        }
+        latest
+    }
+
     /// The next `count` fire times after `after`.
     pub fn upcoming<Tz: chrono::TimeZone>(
         &self,
@@ -425,6 +474,35 @@ fn fires_at_all(cron: &Cron) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_latest_slot_is_found_without_walking_back() {
+        use chrono::TimeZone as _;
+        let every_second = Schedule::parse("* * * * * *").unwrap();
+        let at = chrono::Utc
+            .with_ymd_and_hms(2026, 11, 30, 12, 0, 0)
+            .unwrap()
+            + chrono::Duration::milliseconds(500);
+        assert_eq!(
+            every_second.latest_at_or_before(&at, &chrono::Utc).unwrap(),
+            chrono::Utc
+                .with_ymd_and_hms(2026, 11, 30, 12, 0, 0)
+                .unwrap()
+        );
+        let daily = Schedule::parse("30 2 * * *").unwrap();
+        let tz = chrono_tz::Europe::Berlin;
+        // 02:30 did not happen on 29 March 2026 (clocks went 02:00 -> 03:00); the slot that
+        // day is the end of the gap, 03:00 CEST.
+        let after_gap = tz.with_ymd_and_hms(2026, 3, 29, 12, 0, 0).unwrap();
+        let latest = daily.latest_at_or_before(&after_gap, &tz).unwrap();
+        assert_eq!(
+            daily.next_after(&(latest - chrono::Duration::seconds(1)), &tz),
+            Some(latest)
+        );
+        assert!(latest <= after_gap && latest > after_gap - chrono::Duration::days(1));
+        let exactly = tz.with_ymd_and_hms(2026, 11, 30, 2, 30, 0).unwrap();
+        assert_eq!(daily.latest_at_or_before(&exactly, &tz).unwrap(), exactly);
+    }
 
     #[test]
     fn accepts_standard_forms() {

@@ -174,3 +174,134 @@ fn overlap_replace_cancels_the_other_runners_run() {
         );
     }
 }
+
+fn job_command(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .arg("job")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("S3DB_CONNECTION")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn now_nanos() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+fn starts_since(dir: &Path, since: u128) -> usize {
+    runs_started(dir)
+        .into_iter()
+        .filter(|t| *t >= since)
+        .count()
+}
+
+fn runs_started(dir: &Path) -> Vec<u128> {
+    std::fs::read_to_string(dir.join("runs.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix("start "))
+        .filter_map(|l| l.split(' ').next()?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn disabling_from_the_cli_stops_the_job_on_every_runner_and_survives_a_restart() {
+    let dir = project("allow", "* * * * * *");
+    let mut runners: Vec<Process> = (0..3).map(|_| runner(dir.path())).collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while runs_started(dir.path()).len() < 2 {
+        assert!(Instant::now() < deadline, "the job never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = job_command(dir.path(), &["disable", "slow"]);
+    assert!(out.status.success(), "{out:?}");
+    // Every runner follows the shared state within its probe interval (2 s).
+    let settled = now_nanos() + 3_000_000_000;
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        starts_since(dir.path(), settled),
+        0,
+        "a runner still ran the disabled job"
+    );
+    // A runner started now reads the state at start.
+    runners.push(runner(dir.path()));
+    let restarted = now_nanos();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        starts_since(dir.path(), restarted),
+        0,
+        "a restart forgot it"
+    );
+    let out = job_command(dir.path(), &["enable", "slow"]);
+    assert!(out.status.success(), "{out:?}");
+    let enabled = now_nanos();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while starts_since(dir.path(), enabled) == 0 {
+        assert!(Instant::now() < deadline, "enabling did not resume the job");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop(runners);
+}
+
+/// A folder whose manifest has a machine `order`: `waiting` moves to `expired` 3 s after it is
+/// entered; `done` is final.
+fn machine_project() -> tempfile::TempDir {
+    let connection = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(s3::connection_string());
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        format!(
+            "version: 1\n\
+             database:\n  connection: {connection}\n\
+             machines:\n  order:\n    initialState: waiting\n    states:\n      waiting: {{ after: {{ 3s: expired }}, on: {{ FINISH: done }} }}\n      expired: {{ type: final }}\n      done: {{ type: final }}\n\
+             server: {{ enabled: false }}\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+fn machine_command(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .arg("machine")
+        .args(args)
+        .current_dir(dir)
+        .env_remove("S3DB_CONNECTION")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_deadline_set_from_the_cli_fires_on_time_on_a_runner() {
+    let dir = machine_project();
+    let runners: Vec<Process> = (0..2).map(|_| runner(dir.path())).collect();
+    // Let the runners start (and make their start-up scan) before the entity exists.
+    std::thread::sleep(Duration::from_secs(3));
+    let out = machine_command(dir.path(), &["init", "order", "o1"]);
+    assert!(out.status.success(), "{out:?}");
+    let initialised = Instant::now();
+    let state = loop {
+        let out = machine_command(dir.path(), &["state", "order", "o1"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if v["state"] == "expired" || initialised.elapsed() > Duration::from_secs(20) {
+            break v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let took = initialised.elapsed();
+    stop(runners);
+    assert_eq!(state["state"], "expired", "{state}");
+    // Due 3 s after `init`: fired within about a second (the poll) of it, not at a rescan.
+    assert!(
+        took < Duration::from_secs(3 + 3),
+        "fired {took:?} after init"
+    );
+}

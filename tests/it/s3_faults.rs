@@ -241,3 +241,45 @@ fn readyz_follows_the_store_and_a_stuck_runner_still_stops_on_sigterm() {
         "exited {took:?} after SIGTERM, past grace (1 s) + 5 s"
     );
 }
+
+#[test]
+fn a_store_that_ignores_conditional_writes_is_refused_at_start() {
+    let (endpoint, _control) = proxy::start_in_background(s3::endpoint(), Fault::IgnoreConditions);
+    let dir = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(project_through(
+            &endpoint,
+            "{}",
+            "server: { enabled: false }\n",
+        ));
+    let out = s3db(dir.path())
+        .args(["run", "s3db.yaml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("If-None-Match") && stderr.contains("singleRunner"),
+        "{stderr}"
+    );
+    // A single runner needs no such guarantee between runners, and may run on it.
+    let manifest = std::fs::read_to_string(dir.path().join("s3db.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        manifest.replace("  requests: {}\n", "  requests: {}\n  singleRunner: true\n"),
+    )
+    .unwrap();
+    let mut child = crate::support::Process(
+        s3db(dir.path())
+            .args(["run", "s3db.yaml"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "a single runner starts on it"
+    );
+}

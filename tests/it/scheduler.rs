@@ -252,10 +252,10 @@ async fn jobs_can_be_enabled_disabled_added_and_removed() {
         s.scheduler.status("a").unwrap().next_run.as_deref(),
         Some("2026-05-01T10:01:00Z")
     );
-    s.scheduler.disable("a").unwrap();
+    s.scheduler.disable("a").await.unwrap();
     assert!(!s.scheduler.status("a").unwrap().enabled);
     assert_eq!(s.scheduler.status("a").unwrap().next_run, None);
-    s.scheduler.enable("a").unwrap();
+    s.scheduler.enable("a").await.unwrap();
     let def: JobDef = serde_json::from_value(
         json!({ "schedule": "0 12 * * *", "action": "log", "timezone": "Europe/Berlin" }),
     )

@@ -135,6 +135,10 @@ pub struct StateMachineConfig {
     pub transition_retention: Option<TransitionRetention>,
     /// Log every transition and hook call.
     pub verbose: bool,
+    /// How often each runner reads the head of the deadline index for `after` deadlines that
+    /// other processes set (its own fire on time). One LIST per poll, whatever the number of
+    /// entities.
+    pub deadline_poll: Duration,
 }
 
 /// How much of each entity's transition log to keep.
@@ -155,6 +159,7 @@ impl Default for StateMachineConfig {
             state_resource: "entity_states".into(),
             transition_retention: None,
             verbose: false,
+            deadline_poll: Duration::from_millis(1_000),
         }
     }
 }

@@ -81,6 +81,11 @@ pub struct DatabaseConfig {
     /// same names win over these (so `S3DB_CONNECTION` can tune one deployment).
     #[serde(default, skip_serializing_if = "RequestsConfig::is_empty")]
     pub requests: RequestsConfig,
+    /// Only one runner ever uses this database. Without it, a runner checks at start that the
+    /// store refuses a second create-only write and a stale compare-and-swap (what keeps several
+    /// runners from running a slot twice), and refuses to start on a store that does not.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_runner: bool,
 }
 
 /// How long an S3 request may take and how often it is tried; unset values take the defaults.

@@ -71,20 +71,20 @@ impl Backup {
     ) -> Result<BackupInfo, BackupError> {
         let _forget = Forget(self.inner.shared.clone(), id.clone());
         let result = self.run_with_id(&id, label, resources).await;
-        if let Err(e @ BackupError::Locked { .. }) = &result {
-            // Another runner is backing up: nothing failed, so no backup error pages anyone.
-            tracing::warn!(backup = %id, error = %e, "backup not started: another one is running");
-            return result;
-        }
         if let Err(e) = &result {
             if !matches!(e, BackupError::Cancelled(_)) && !self.inner.shared.started(&id) {
-                // Refused before it started (a bad request, the lock held elsewhere): still an
-                // error that onBackupError and the metrics should see.
-                let stats = json!({ "backupId": id, "type": label, "error": e.to_string() });
-                self.emit("backup_error", &id, label, stats.clone());
-                self.callback(&self.inner.config.on_backup_error, stats)
-                    .await;
-                tracing::error!(backup = %id, error = %e, "backup refused");
+                if matches!(e, BackupError::Locked { .. }) {
+                    // Another runner is backing up: nothing failed, so nothing pages anyone.
+                    tracing::warn!(backup = %id, error = %e, "backup not started: another one is running");
+                } else {
+                    // Refused before it started (a bad request, a missing key): an error that
+                    // onBackupError and the metrics should see.
+                    let stats = json!({ "backupId": id, "type": label, "error": e.to_string() });
+                    self.emit("backup_error", &id, label, stats.clone());
+                    self.callback(&self.inner.config.on_backup_error, stats)
+                        .await;
+                    tracing::error!(backup = %id, error = %e, "backup refused");
+                }
                 // Nothing was written to a destination; `status` answers from here.
                 let mut refused = self
                     .inner

@@ -1,6 +1,47 @@
-//! `after` deadlines: tracked in memory, found again by a scan at start and every so often, fired when due.
+//! `after` deadlines: tracked in memory, and written to an index in the store keyed by due
+//! time (`plugin=stateMachine/deadlines/DUE/MACHINE/ENTITY/SEQ`, an empty object each), so every
+//! runner finds what is due by listing the head of the index: its idle cost is one LIST per
+//! poll, whatever the number of entities, and final states cost nothing. Firing is a
+//! compare-and-swap on the entity, so a deadline fires once whichever runners see it; the index
+//! entry is deleted once fired or stale. A scan of every entity at start finds deadlines set
+//! before the index existed.
+
+use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
 
 use super::*;
+use crate::store::{PutMode, PutOptions};
+use bytes::Bytes;
+
+const INDEX_PREFIX: &str = "plugin=stateMachine/deadlines/";
+
+/// How far ahead of now the index is read, so a deadline due just after a poll is not late by
+/// a whole poll.
+const LOOKAHEAD: Duration = Duration::from_secs(2);
+
+fn index_key(at: &str, machine: &str, entity: &str, seq: u64) -> String {
+    format!(
+        "{INDEX_PREFIX}{at}/{}/{}/{seq}",
+        utf8_percent_encode(machine, NON_ALPHANUMERIC),
+        utf8_percent_encode(entity, NON_ALPHANUMERIC)
+    )
+}
+
+/// (due, machine, entity, seq) of an index key.
+fn parse_index_key(key: &str) -> Option<(String, String, String, u64)> {
+    let rest = key.strip_prefix(INDEX_PREFIX)?;
+    let mut parts = rest.split('/');
+    let at = parts.next()?.to_string();
+    let machine = percent_decode_str(parts.next()?)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    let entity = percent_decode_str(parts.next()?)
+        .decode_utf8()
+        .ok()?
+        .into_owned();
+    let seq = parts.next()?.parse().ok()?;
+    Some((at, machine, entity, seq))
+}
 
 pub(super) fn deadline_due(d: &Deadline) -> bool {
     DateTime::parse_from_rfc3339(&d.at)
@@ -50,27 +91,115 @@ impl StateMachines {
         Ok(n)
     }
 
-    /// Fires `after` transitions when they are due, until `stop` is cancelled. Deadlines set by
-    /// this process are picked up at once, those of other runners at each rescan.
-    pub async fn run_deadlines(&self, stop: CancellationToken, rescan: Duration) {
-        let mut next_scan = tokio::time::Instant::now();
+    /// Tracks a deadline this process set, and writes it to the index for the other runners
+    /// (and for this one after a restart).
+    pub(super) async fn set_deadline(&self, machine: &str, entity: &str, d: &Deadline) {
+        self.track_deadline(machine, entity, d);
+        let key = index_key(&d.at, machine, entity, d.seq);
+        if let Err(e) = self
+            .inner
+            .store
+            .put(
+                &key,
+                Bytes::new(),
+                PutMode::Overwrite,
+                &PutOptions::default(),
+            )
+            .await
+        {
+            tracing::warn!(machine, entity, error = %e, "could not index a deadline: only this runner will fire it, and not after a restart");
+        }
+    }
+
+    /// Tracks the index entries due by `now + LOOKAHEAD`. Reads only the head of the index:
+    /// entries are listed in due order, so the first one past the horizon ends the read.
+    pub async fn poll_deadline_index(&self) -> Result<usize, MachineError> {
+        let horizon = crate::types::time::rfc3339(
+            Utc::now() + chrono::Duration::from_std(LOOKAHEAD).unwrap_or_default(),
+        );
+        let mut token: Option<String> = None;
+        let mut n = 0;
         loop {
-            if tokio::time::Instant::now() >= next_scan {
-                if let Err(e) = self.scan_deadlines().await {
-                    tracing::warn!(error = %e, "scanning state machine deadlines failed");
+            let page = self
+                .inner
+                .store
+                .list(INDEX_PREFIX, token.as_deref(), 100)
+                .await
+                .map_err(DbError::from)?;
+            for object in &page.objects {
+                let Some((at, machine, entity, seq)) = parse_index_key(&object.key) else {
+                    continue;
+                };
+                if at > horizon {
+                    return Ok(n);
                 }
-                next_scan = tokio::time::Instant::now() + rescan;
+                let d = Deadline {
+                    at,
+                    target: String::new(),
+                    after: String::new(),
+                    seq,
+                };
+                self.track_deadline(&machine, &entity, &d);
+                n += 1;
+            }
+            match page.next {
+                Some(next) => token = Some(next),
+                None => return Ok(n),
+            }
+        }
+    }
+
+    /// Whether the entity still waits for its deadline `seq` (and tracks it again if so).
+    async fn still_pending(&self, machine: &str, entity: &str, seq: u64) -> bool {
+        let Ok(rec) = self.read(machine, entity).await else {
+            return false;
+        };
+        match rec.deadline.filter(|d| d.seq == rec.seq && rec.seq == seq) {
+            Some(d) => {
+                self.track_deadline(machine, entity, &d);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fires `after` transitions when they are due, until `stop` is cancelled. Deadlines set by
+    /// this process are picked up at once, those of other processes at the next `poll` of the
+    /// index.
+    pub async fn run_deadlines(&self, stop: CancellationToken, poll: Duration) {
+        if let Err(e) = self.scan_deadlines().await {
+            tracing::warn!(error = %e, "scanning state machine deadlines failed");
+        }
+        let mut next_poll = tokio::time::Instant::now();
+        loop {
+            if tokio::time::Instant::now() >= next_poll {
+                if let Err(e) = self.poll_deadline_index().await {
+                    tracing::warn!(error = %e, "reading the deadline index failed");
+                }
+                next_poll = tokio::time::Instant::now() + poll;
             }
             let due = self.take_due();
-            for (machine, entity, seq) in due {
-                if let Err(e) = self.fire_deadline(&machine, &entity, seq).await {
-                    tracing::warn!(machine, entity, error = %e, "delayed transition failed");
+            for (at, machine, entity, seq) in due {
+                match self.fire_deadline(&machine, &entity, seq).await {
+                    // Not due by this runner's clock (another runner's clock is ahead): keep
+                    // the entry, and come back when it is due here.
+                    Ok(None) if self.still_pending(&machine, &entity, seq).await => {}
+                    // Fired here or elsewhere, or stale: the index entry has done its work.
+                    Ok(_) => {
+                        let key = index_key(&at, &machine, &entity, seq);
+                        if let Err(e) = self.inner.store.delete(&key, None).await {
+                            tracing::debug!(machine, entity, error = %e, "could not remove a deadline's index entry");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(machine, entity, error = %e, "delayed transition failed")
+                    }
                 }
             }
             let wait = self
                 .next_deadline_in()
-                .unwrap_or(rescan)
-                .min(next_scan.saturating_duration_since(tokio::time::Instant::now()));
+                .unwrap_or(poll)
+                .min(next_poll.saturating_duration_since(tokio::time::Instant::now()));
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(wait) => {}
@@ -79,7 +208,7 @@ impl StateMachines {
         }
     }
 
-    pub(super) fn take_due(&self) -> Vec<(String, String, u64)> {
+    pub(super) fn take_due(&self) -> Vec<(String, String, String, u64)> {
         let now = now_text();
         let mut deadlines = self
             .inner
@@ -93,7 +222,7 @@ impl StateMachines {
         due.into_iter()
             .map(|(k, seq)| {
                 deadlines.remove(&k);
-                (k.1, k.2, seq)
+                (k.0, k.1, k.2, seq)
             })
             .collect()
     }

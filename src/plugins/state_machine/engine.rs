@@ -335,7 +335,7 @@ impl StateMachines {
         let mut errors = self.run_actions(&exit, &t, context).await;
         errors.extend(self.run_actions(&entry, &t, context).await);
         if let Some(d) = deadline_for(def, &result.to, Utc::now(), result.seq) {
-            self.track_deadline(&result.machine, &result.entity, &d);
+            self.set_deadline(&result.machine, &result.entity, &d).await;
         }
         self.emit(MachineEvent::Transition {
             machine: result.machine.clone(),

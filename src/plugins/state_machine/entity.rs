@@ -89,7 +89,7 @@ impl StateMachines {
             .unwrap_or_default();
         self.run_actions(&entry, &t, &context).await;
         if let Some(d) = &deadline {
-            self.track_deadline(machine, entity, d);
+            self.set_deadline(machine, entity, d).await;
         }
         self.emit(MachineEvent::EntityInitialized {
             machine: machine.into(),

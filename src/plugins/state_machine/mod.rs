@@ -308,6 +308,8 @@ struct Inner {
     events: broadcast::Sender<MachineEvent>,
     deadlines: Mutex<BTreeMap<(String, String, String), u64>>,
     deadline_added: Notify,
+    /// Where the deadline index lives (the database's store).
+    store: crate::store::DynStore,
 }
 
 /// The state machine plugin. Cheap to clone.
@@ -323,8 +325,8 @@ impl std::fmt::Debug for StateMachines {
 }
 
 impl StateMachines {
-    /// Builds the plugin: registers its resources and hands `machine.send`/`machine.sendAll` to
-    /// the hook runner.
+    /// Builds the plugin and registers its resources (the runtime hands it to the hook runner
+    /// for `machine.send`/`machine.sendAll`).
     pub async fn build(
         machines: &IndexMap<String, MachineDef>,
         config: &StateMachineConfig,
@@ -390,12 +392,18 @@ impl StateMachines {
                 events,
                 deadlines: Mutex::default(),
                 deadline_added: Notify::new(),
+                store: db.store().clone(),
             }),
         };
         plugin.emit(MachineEvent::Initialized {
             machines: plugin.machine_names(),
         });
         Ok(plugin)
+    }
+
+    /// The plugin's options.
+    pub fn config(&self) -> &StateMachineConfig {
+        &self.inner.config
     }
 
     /// Events as they happen. Each subscriber has its own queue of 1024; one that falls behind

@@ -23,6 +23,9 @@ pub enum Fault {
     Unavailable,
     /// Closes the connection in the middle of the answer.
     Reset,
+    /// Drops `If-None-Match` and `If-Match` from requests, as a server that ignores them
+    /// behaves.
+    IgnoreConditions,
 }
 
 /// Changes a running proxy's fault; requests already stalled go on when it changes.
@@ -125,7 +128,7 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response<Body>
                     .body(Body::from_stream(broken))
                     .unwrap_or_else(|_| status(StatusCode::BAD_GATEWAY));
             }
-            Fault::None | Fault::StripEtag => break,
+            Fault::None | Fault::StripEtag | Fault::IgnoreConditions => break,
         }
     }
     let fault = proxy.control.get();
@@ -139,7 +142,11 @@ async fn forward(State(proxy): State<Proxy>, request: Request) -> Response<Body>
         .request(parts.method, format!("{}{path}", proxy.upstream))
         .body(body);
     for (name, value) in &parts.headers {
-        if name != "host" && name != "content-length" {
+        let condition = name == "if-none-match" || name == "if-match";
+        if name != "host"
+            && name != "content-length"
+            && !(condition && fault == Fault::IgnoreConditions)
+        {
             upstream = upstream.header(name, value);
         }
     }

@@ -28,6 +28,9 @@ use crate::types::Schedule;
 mod execution;
 mod history;
 mod run_loop;
+mod shared;
+
+pub use shared::STATE_KEY;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEvent {
@@ -135,8 +138,10 @@ struct Inner {
     config: RwLock<SchedulerConfig>,
     hooks: Arc<HookRunner>,
     history: Option<Resource>,
-    /// Where the jobs' run leases live (the database's store).
+    /// Where the jobs' run leases and shared state live (the database's store).
     store: crate::store::DynStore,
+    /// The shared state's version last applied (`shared.rs`).
+    shared_etag: Mutex<Option<crate::store::ETag>>,
     clock: Arc<dyn Clock>,
     events: broadcast::Sender<JobEvent>,
     /// Runs in flight in this process, by job, for overlap policies and shutdown.
@@ -234,13 +239,14 @@ impl Scheduler {
             states.insert(name.clone(), job_state(def, config));
         }
         let (events, _) = broadcast::channel(1024);
-        Ok(Self {
+        let scheduler = Self {
             inner: Arc::new(Inner {
                 jobs: RwLock::new(states),
                 config: RwLock::new(config.clone()),
                 hooks,
                 history,
                 store: db.store().clone(),
+                shared_etag: Mutex::new(None),
                 clock,
                 events,
                 tasks: Mutex::default(),
@@ -249,7 +255,13 @@ impl Scheduler {
                 sweep_cursor: AtomicUsize::new(0),
                 changed: tokio::sync::Notify::new(),
             }),
-        })
+        };
+        // What the API or the CLI last set, before the first slot.
+        scheduler
+            .refresh_shared_state()
+            .await
+            .map_err(|e| JobError::Db(e.into()))?;
+        Ok(scheduler)
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
@@ -377,29 +389,27 @@ impl Scheduler {
         self.inner.changed.notify_one();
     }
 
-    pub fn enable(&self, job: &str) -> Result<(), JobError> {
-        self.set_enabled(job, true)
+    /// Enables a job on every runner (through the database) and across restarts.
+    pub async fn enable(&self, job: &str) -> Result<(), JobError> {
+        self.set_enabled(job, true).await
     }
 
-    pub fn disable(&self, job: &str) -> Result<(), JobError> {
-        self.set_enabled(job, false)
+    /// Disables a job on every runner (through the database) and across restarts.
+    pub async fn disable(&self, job: &str) -> Result<(), JobError> {
+        self.set_enabled(job, false).await
     }
 
-    fn set_enabled(&self, job: &str, enabled: bool) -> Result<(), JobError> {
+    async fn set_enabled(&self, job: &str, enabled: bool) -> Result<(), JobError> {
+        if !self
+            .inner
+            .jobs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(job)
         {
-            let mut jobs = self.inner.jobs.write().unwrap_or_else(|e| e.into_inner());
-            let j = jobs
-                .get_mut(job)
-                .ok_or_else(|| JobError::Unknown(job.into(), String::new()))?;
-            j.enabled = enabled;
-            self.inner.changed.notify_one();
+            return Err(self.unknown(job));
         }
-        self.emit(if enabled {
-            JobEvent::JobEnabled { job: job.into() }
-        } else {
-            JobEvent::JobDisabled { job: job.into() }
-        });
-        Ok(())
+        self.write_enabled(job, enabled).await
     }
 
     pub fn add(&self, job: &str, def: JobDef) -> Result<(), JobError> {

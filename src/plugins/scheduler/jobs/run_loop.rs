@@ -11,21 +11,25 @@ impl Scheduler {
         now: DateTime<Utc>,
         since: DateTime<Utc>,
     ) -> Option<DateTime<Utc>> {
-        let (catch_up, deadline) = {
+        let (catch_up, deadline, schedule, tz) = {
             let jobs = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
             let j = jobs.get(job)?;
-            (j.def.catch_up, j.def.starting_deadline)
+            (
+                j.def.catch_up,
+                j.def.starting_deadline,
+                j.schedule.clone(),
+                j.tz,
+            )
         };
         if catch_up == CatchUp::None {
             return None;
         }
-        let mut latest = None;
-        let mut t = since;
-        while let Some(next) = self.next_slot(job, t).filter(|n| *n <= now) {
-            latest = Some(next);
-            t = next;
+        let slot = schedule
+            .latest_at_or_before(&now.with_timezone(&tz), &tz)?
+            .with_timezone(&Utc);
+        if slot < since {
+            return None;
         }
-        let slot = latest?;
         let window = match deadline {
             Some(d) => chrono::Duration::from_std(d.as_std()).ok()?,
             None => self.next_slot(job, slot)? - slot,
