@@ -183,6 +183,44 @@ impl Resource {
         }
     }
 
+    /// Inserts a record that several processes race to create (a job slot's claim): the
+    /// create-only put comes first, so a loser writes nothing but its refused put, and the
+    /// winner then writes the partition references. A crash between the two leaves the record
+    /// out of its partition listings (it is still read by id).
+    pub async fn claim(&self, mut data: Map<String, Value>, id: &str) -> DbResult<Record> {
+        Self::check_id(id)?;
+        data.insert("id".into(), Value::String(id.to_string()));
+        self.schema.apply_defaults(&mut data);
+        self.validate(&data)?;
+        let etag = match self
+            .db
+            .store()
+            .put(
+                &self.key(id),
+                codec::encode_record(&data),
+                PutMode::Create,
+                &PutOptions::default(),
+            )
+            .await
+        {
+            Ok(etag) => etag,
+            Err(StoreError::AlreadyExists { .. }) => {
+                return Err(DbError::AlreadyExists {
+                    resource: self.schema.name.clone(),
+                    id: id.to_string(),
+                })
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.invalidate(id).await;
+        self.put_refs(&self.refs(&data, id)).await?;
+        Ok(Record {
+            id: id.to_string(),
+            data,
+            etag,
+        })
+    }
+
     pub async fn get(&self, id: &str) -> DbResult<Option<Record>> {
         Self::check_id(id)?;
         let key = self.key(id);

@@ -3,8 +3,8 @@
 //! runner finds what is due by listing the head of the index: its idle cost is one LIST per
 //! poll, whatever the number of entities, and final states cost nothing. Firing is a
 //! compare-and-swap on the entity, so a deadline fires once whichever runners see it; the index
-//! entry is deleted once fired or stale. A scan of every entity at start finds deadlines set
-//! before the index existed.
+//! entry is deleted once fired or stale. A database whose deadlines predate the index is
+//! scanned once, at the first start, and indexed.
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
 
@@ -13,6 +13,10 @@ use crate::store::{PutMode, PutOptions};
 use bytes::Bytes;
 
 const INDEX_PREFIX: &str = "plugin=stateMachine/deadlines/";
+
+/// Present once every entity's pending deadline is in the index (written after the one full
+/// scan of a database that predates the index).
+const INDEXED_MARKER: &str = "plugin=stateMachine/deadlines-indexed.json";
 
 /// How far ahead of now the index is read, so a deadline due just after a poll is not late by
 /// a whole poll.
@@ -62,7 +66,9 @@ impl StateMachines {
         self.inner.deadline_added.notify_one();
     }
 
-    /// Loads every pending deadline from the database (after a restart, or set by other runners).
+    /// Loads every pending deadline from the entities themselves, and indexes it: for a
+    /// database whose deadlines were set before the index existed. Reads every entity, so it
+    /// runs once per database (`INDEXED_MARKER` records that it did).
     pub async fn scan_deadlines(&self) -> Result<usize, MachineError> {
         let mut n = 0;
         for machine in self.machine_names() {
@@ -83,7 +89,7 @@ impl StateMachines {
                         .and_then(Value::as_str)
                         .unwrap_or_default()
                         .to_string();
-                    self.track_deadline(&machine, &entity, &d);
+                    self.set_deadline(&machine, &entity, &d).await;
                     n += 1;
                 }
             }
@@ -167,8 +173,31 @@ impl StateMachines {
     /// this process are picked up at once, those of other processes at the next `poll` of the
     /// index.
     pub async fn run_deadlines(&self, stop: CancellationToken, poll: Duration) {
-        if let Err(e) = self.scan_deadlines().await {
-            tracing::warn!(error = %e, "scanning state machine deadlines failed");
+        match self.inner.store.head(INDEXED_MARKER).await {
+            Ok(Some(_)) => {}
+            Ok(None) => match self.scan_deadlines().await {
+                Ok(n) => {
+                    tracing::info!(
+                        deadlines = n,
+                        "indexed the pending deadlines of every entity"
+                    );
+                    let marked = self
+                        .inner
+                        .store
+                        .put(
+                            INDEXED_MARKER,
+                            Bytes::from_static(b"{}"),
+                            PutMode::Overwrite,
+                            &PutOptions::default(),
+                        )
+                        .await;
+                    if let Err(e) = marked {
+                        tracing::warn!(error = %e, "could not record that the deadlines are indexed (the next start scans again)");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "scanning state machine deadlines failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "could not read the deadline index marker"),
         }
         let mut next_poll = tokio::time::Instant::now();
         loop {

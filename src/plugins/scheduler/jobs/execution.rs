@@ -37,7 +37,7 @@ impl Scheduler {
                 })
             }
         };
-        self.execute(job, &id, None, context, lease).await
+        self.execute(job, &id, None, context, lease, None).await
     }
 
     fn lease_spec(&self, job: &str) -> crate::db::lease::LeaseSpec {
@@ -96,13 +96,15 @@ impl Scheduler {
         slot: DateTime<Utc>,
     ) -> Result<Option<Value>, JobError> {
         let id = format!("{job}:{}", text(slot));
+        let mut claimed = None;
         if let Some(history) = &self.inner.history {
             let claim = json!({ "job": job, "status": "running", "slot": text(slot), "date": text(slot), "startedAt": text(self.inner.clock.now()) });
+            // Claim first: a runner that loses stops at its refused put.
             match history
-                .insert(claim.as_object().cloned().unwrap_or_default(), Some(&id))
+                .claim(claim.as_object().cloned().unwrap_or_default(), &id)
                 .await
             {
-                Ok(_) => {}
+                Ok(record) => claimed = Some(record),
                 Err(DbError::AlreadyExists { .. }) => return Ok(None),
                 Err(e) => return Err(e.into()),
             }
@@ -128,7 +130,7 @@ impl Scheduler {
                 return Err(e);
             }
         };
-        self.execute(job, &id, Some(slot), json!({}), lease)
+        self.execute(job, &id, Some(slot), json!({}), lease, claimed)
             .await
             .map(Some)
     }
@@ -166,6 +168,7 @@ impl Scheduler {
         slot: Option<DateTime<Utc>>,
         context: Value,
         lease: Option<LeaseGuard>,
+        claimed: Option<Record>,
     ) -> Result<Value, JobError> {
         let replaced = lease
             .as_ref()
@@ -243,9 +246,14 @@ impl Scheduler {
         });
         if let Some(history) = &self.inner.history {
             let data = record.as_object().cloned().unwrap_or_default();
-            let written = match slot {
-                Some(_) => history.upsert(id, data).await,
-                None => history.insert(data, Some(id)).await,
+            // The claim is ours alone: one write replaces it, without reading it again.
+            let written = match (&claimed, slot) {
+                (Some(claim), _) => match history.replace(claim, data.clone()).await {
+                    Err(DbError::Conflict { .. }) => history.upsert(id, data).await,
+                    other => other,
+                },
+                (None, Some(_)) => history.upsert(id, data).await,
+                (None, None) => history.insert(data, Some(id)).await,
             };
             if let Err(e) = written {
                 tracing::warn!(job, error = %e, "could not record the run in the job history");
