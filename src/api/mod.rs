@@ -146,6 +146,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/jobs/{name}/enable", post(enable_job))
         .route("/api/v1/jobs/{name}/disable", post(disable_job))
         .route("/api/v1/jobs/{name}/history", get(job_history))
+        .route("/api/v1/jobs/{name}/stats", get(job_stats))
         .route("/api/v1/machines", get(list_machines))
         .route("/api/v1/machines/{machine}", get(machine_definition))
         .route("/api/v1/machines/{machine}/graph", get(machine_graph))
@@ -257,6 +258,12 @@ async fn run_job(
         .filter(|c| !c.is_null())
         .unwrap_or_else(|| json!({}));
     Ok(Json(s.runtime.scheduler.run_now(&name, context).await?))
+}
+
+/// getJobStatistics: runs, successes, errors, success rate, average duration, last success and
+/// error, from the shared history (the same on every runner).
+async fn job_stats(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+    Ok(Json(json!(s.runtime.scheduler.statistics(&name).await?)))
 }
 
 async fn enable_job(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {

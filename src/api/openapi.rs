@@ -65,6 +65,7 @@ pub fn document() -> Value {
             "/api/v1/jobs/{name}/enable": { "post": op("Enable a job", "jobs", &["name"], None) },
             "/api/v1/jobs/{name}/disable": { "post": op("Disable a job", "jobs", &["name"], None) },
             "/api/v1/jobs/{name}/history": { "get": op("A job's runs, newest first", "jobs", &["name", "?status", "?limit"], None) },
+            "/api/v1/jobs/{name}/stats": { "get": op("A job's statistics from the shared history", "jobs", &["name"], None) },
             "/api/v1/machines": { "get": op("Machine names", "machines", &[], None) },
             "/api/v1/machines/{machine}": { "get": op("A machine's definition", "machines", &["machine"], None) },
             "/api/v1/machines/{machine}/graph": { "get": op("A machine's diagram (dot or mermaid)", "machines", &["machine", "?format"], None) },

@@ -324,3 +324,33 @@ fn a_huge_value_gets_no_suggestion_search() {
         "{state:?}"
     );
 }
+
+/// Built-ins are typed at load wherever a hook is written: named, inline in a job, inline as a
+/// callback (each reaches the model through a different deserializer path).
+#[test]
+fn every_built_in_is_typed_at_load_wherever_it_is_written() {
+    use s3db_run::manifest::model::{BuiltinCall, HookRef};
+    let loaded = crate::support::load_text(
+        "version: 1\n\
+         database: { connection: \"memory://x/y\" }\n\
+         actions:\n  named: { builtin: log, with: { level: warn } }\n\
+         scheduler: { onJobStart: { builtin: log } }\n\
+         jobs:\n  j: { schedule: \"@daily\", action: { builtin: log, with: { level: debug } } }\n",
+        s3db_run::manifest::Format::Yaml,
+    );
+    let m = loaded.manifest.expect("valid").manifest;
+    let typed = |h: &HookRef| match h {
+        HookRef::Inline(def) => def.call.clone(),
+        HookRef::Named(_) => None,
+    };
+    assert!(matches!(
+        m.actions["named"].call,
+        Some(BuiltinCall::Log { .. })
+    ));
+    assert!(matches!(
+        typed(&m.jobs["j"].action),
+        Some(BuiltinCall::Log { .. })
+    ));
+    let on_start = m.scheduler.on_job_start.as_ref().expect("callback");
+    assert!(matches!(typed(on_start), Some(BuiltinCall::Log { .. })));
+}

@@ -1008,3 +1008,20 @@ fn sigterm_waits_for_running_jobs_within_the_grace_period() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_started_by_hand_has_a_scheduled_time() {
+    let s = setup(
+        Backend::memory().await,
+        "jobs:\n  manual: { schedule: \"@yearly\", action: { run: [\"sh\", \"-c\", \"echo \\\"\\\\\\\"$S3DB_SCHEDULED_TIME\\\\\\\"\\\"\"] } }\n",
+        Arc::new(SystemClock),
+    )
+    .await;
+    let before = Utc::now() - chrono::Duration::seconds(1);
+    let run = s.scheduler.run_now("manual", json!({})).await.unwrap();
+    let printed = run["result"].as_str().unwrap_or_default().to_string();
+    let at = DateTime::parse_from_rfc3339(&printed)
+        .unwrap_or_else(|e| panic!("`{printed}` ({run}): {e}"))
+        .with_timezone(&Utc);
+    assert!(at >= before && at <= Utc::now(), "{at}");
+}

@@ -281,8 +281,11 @@ impl<'de> Deserialize<'de> for HookRef {
                 Ok(HookRef::Named(v.to_string()))
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<HookRef, A::Error> {
-                HookDef::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(|h| HookRef::Inline(Box::new(h)))
+                // The trait impl, not the inherent `remote = "Self"` one: it types the built-in.
+                <HookDef as Deserialize>::deserialize(serde::de::value::MapAccessDeserializer::new(
+                    map,
+                ))
+                .map(|h| HookRef::Inline(Box::new(h)))
             }
         }
         d.deserialize_any(V)

@@ -212,7 +212,7 @@ impl Scheduler {
         let (status, result, error) = loop {
             attempt += 1;
             let outcome = tokio::select! {
-                r = tokio::time::timeout(timeout + ATTEMPT_GRACE, self.attempt(job, &def, slot, attempt, &context, timeout)) => r,
+                r = tokio::time::timeout(timeout + ATTEMPT_GRACE, self.attempt(job, &def, Some(slot.unwrap_or(started)), attempt, &context, timeout)) => r,
                 _ = stop.cancelled() => break ("interrupted", Value::Null, Some("the run was stopped".to_string())),
                 _ = replaced.cancelled() => break ("interrupted", Value::Null, Some("replaced by a newer run (overlap: replace)".to_string())),
             };
