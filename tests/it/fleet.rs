@@ -2,6 +2,8 @@
 //! across them and the CLI, through each job's run lease in the database.
 
 use std::path::Path;
+
+use futures::StreamExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -349,5 +351,69 @@ fn a_per_second_job_runs_every_slot_once_while_a_runner_restarts_twice() {
     assert!(
         slots.iter().all(|(_, status)| status == "success"),
         "{history}"
+    );
+}
+
+/// Requests an idle runner makes in `window`, counted by the proxy it reaches S3 through.
+fn idle_requests(dir: &Path, control: &crate::support::proxy::Control, window: Duration) -> usize {
+    let r = runner(dir);
+    // Past the start-up: connecting, the conditional-write probe, the first upkeep.
+    std::thread::sleep(Duration::from_secs(6));
+    let before = control.requests.load(std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(window);
+    let made = control.requests.load(std::sync::atomic::Ordering::SeqCst) - before;
+    stop(vec![r]);
+    made
+}
+
+#[test]
+fn finished_entities_add_no_idle_requests() {
+    use crate::support::proxy::{self, Fault};
+    let (endpoint, control) = proxy::start_in_background(s3::endpoint(), Fault::None);
+    let dir = machine_project();
+    // The same database, reached through the counting proxy.
+    let manifest = std::fs::read_to_string(dir.path().join("s3db.yaml")).unwrap();
+    let direct = s3::endpoint();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        manifest.replace(
+            &format!("endpoint={direct}"),
+            &format!("endpoint={endpoint}"),
+        ),
+    )
+    .unwrap();
+    let window = Duration::from_secs(8);
+    let empty = idle_requests(dir.path(), &control, window);
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let loaded =
+            s3db_run::manifest::load_path(&dir.path().join("s3db.yaml"), None, &|_: &str| None)
+                .unwrap();
+        let rt = s3db_run::runtime::Runtime::build(&loaded.manifest.unwrap(), None)
+            .await
+            .unwrap();
+        let machines = rt.machines.clone().unwrap();
+        futures::stream::iter(0..300)
+            .for_each_concurrent(16, |i| {
+                let machines = machines.clone();
+                async move {
+                    let id = format!("o{i}");
+                    machines
+                        .initialize("order", &id, serde_json::Value::Null)
+                        .await
+                        .unwrap();
+                    machines
+                        .send("order", &id, "FINISH", serde_json::Value::Null, None)
+                        .await
+                        .unwrap();
+                }
+            })
+            .await;
+    });
+    let with_300 = idle_requests(dir.path(), &control, window);
+    // The same few requests a second (the store probe, the deadline index's head), with or
+    // without them; a scan would add hundreds.
+    assert!(
+        with_300 <= empty + 3,
+        "idle requests in {window:?}: {empty} with no entities, {with_300} with 300 finished ones"
     );
 }

@@ -117,6 +117,31 @@ impl StateMachines {
         }
     }
 
+    /// Removes the index entry of the deadline an entity had in the state it just left, so
+    /// that no runner reads it later to find it stale (one delete now instead of a read and a
+    /// delete by every runner then).
+    pub(super) async fn left_deadline(&self, rec: &EntityRecord) {
+        let Some(d) = rec.deadline.as_ref().filter(|d| d.seq == rec.seq) else {
+            return;
+        };
+        let entity = rec
+            .record
+            .data
+            .get("entity")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let machine = rec
+            .record
+            .data
+            .get("machine")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let key = index_key(&d.at, machine, entity, d.seq);
+        if let Err(e) = self.inner.store.delete(&key, None).await {
+            tracing::debug!(machine, entity, error = %e, "could not remove a deadline's index entry (the next poll finds it stale)");
+        }
+    }
+
     /// Tracks the index entries due by `now + LOOKAHEAD`. Reads only the head of the index:
     /// entries are listed in due order, so the first one past the horizon ends the read.
     pub async fn poll_deadline_index(&self) -> Result<usize, MachineError> {

@@ -194,6 +194,7 @@ impl StateMachines {
             Err(e) => return Err(e.into()),
         }
         self.trim_log(&machine, &entity, seq).await;
+        self.left_deadline(rec).await;
         let errors = self.after_commit(def, &result, &merged).await;
         if !errors.is_empty() {
             if let Some(log) = &self.inner.log {
@@ -300,6 +301,7 @@ impl StateMachines {
                     &rec.context,
                     entry.data.get("context").unwrap_or(&Value::Null),
                 );
+                self.left_deadline(rec).await;
                 self.after_commit(def, &result, &context).await;
                 Ok(())
             }
@@ -334,7 +336,12 @@ impl StateMachines {
             .unwrap_or_default();
         let mut errors = self.run_actions(&exit, &t, context).await;
         errors.extend(self.run_actions(&entry, &t, context).await);
-        if let Some(d) = deadline_for(def, &result.to, Utc::now(), result.seq) {
+        // The instant the commit stored the deadline from, so that the index entry has the
+        // stored due time (and is found again by it).
+        let entered = DateTime::parse_from_rfc3339(&result.timestamp)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|_| Utc::now());
+        if let Some(d) = deadline_for(def, &result.to, entered, result.seq) {
             self.set_deadline(&result.machine, &result.entity, &d).await;
         }
         self.emit(MachineEvent::Transition {
