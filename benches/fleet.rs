@@ -213,9 +213,108 @@ async fn main() {
             made as f64 * 60.0 / window.as_secs_f64() / n as f64
         );
     }
+    lateness(&proxied, &connection).await;
+    startup_to_first_slot(&proxied, &connection).await;
     if let Some(c) = moto_child.as_mut() {
         let _ = c.kill();
     }
+}
+
+/// The runs of every job of the manifest in `dir`, from the shared history.
+async fn history(dir: &Path) -> Vec<serde_json::Value> {
+    let loaded = s3db_run::manifest::load_path(&dir.join("s3db.yaml"), None, &|_: &str| None)
+        .expect("manifest");
+    let checked = loaded.manifest.expect("valid");
+    let rt = s3db_run::runtime::Runtime::build(&checked, None)
+        .await
+        .expect("runtime");
+    let mut runs = Vec::new();
+    for name in checked.manifest.jobs.keys() {
+        runs.extend(
+            rt.scheduler
+                .history(name, None, Some(1000))
+                .await
+                .expect("history"),
+        );
+    }
+    runs
+}
+
+fn millis(text: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0)
+}
+
+/// Fire lateness (start of the run minus its slot) of 100 jobs due in one minute, 3 runners.
+async fn lateness(proxied: &str, connection: &dyn Fn(&str) -> String) {
+    use chrono::Timelike;
+    let dir = tempfile::tempdir().expect("dir");
+    let b = bucket(proxied).await;
+    // The minute after the runners have started.
+    let minute = (chrono::Utc::now() + chrono::Duration::seconds(75))
+        .with_second(0)
+        .expect("a minute");
+    let mut body = String::from("jobs:\n");
+    for i in 0..100 {
+        body.push_str(&format!(
+            "  job{i}: {{ schedule: \"{} {} {} * * *\", action: {{ builtin: log, with: {{ level: debug }} }} }}\n",
+            (i * 7) % 60,
+            minute.minute(),
+            minute.hour()
+        ));
+    }
+    write_manifest(dir.path(), &connection(&b), &body);
+    let children = runners(dir.path(), 3);
+    let until = minute + chrono::Duration::seconds(65);
+    let wait = (until - chrono::Utc::now()).to_std().unwrap_or_default();
+    tokio::time::sleep(wait).await;
+    stop(children);
+    let mut late: Vec<i64> = history(dir.path())
+        .await
+        .iter()
+        .filter_map(|r| Some(millis(r["startedAt"].as_str()?) - millis(r["slot"].as_str()?)))
+        .collect();
+    late.sort_unstable();
+    let pct = |p: f64| {
+        late.get(((late.len() as f64 - 1.0) * p) as usize)
+            .copied()
+            .unwrap_or(-1)
+    };
+    println!(
+        "fire lateness, 3 runners, 100 jobs in one minute: {} runs, p50 {} ms, p99 {} ms, max {} ms",
+        late.len(),
+        pct(0.5),
+        pct(0.99),
+        late.last().copied().unwrap_or(-1)
+    );
+}
+
+/// Time from starting a runner to the first run, with 100 per-second jobs.
+async fn startup_to_first_slot(proxied: &str, connection: &dyn Fn(&str) -> String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let b = bucket(proxied).await;
+    let mut body = String::from("jobs:\n");
+    for i in 0..100 {
+        body.push_str(&format!(
+            "  job{i}: {{ schedule: \"* * * * * *\", overlap: allow, action: {{ builtin: log, with: {{ level: debug }} }} }}\n"
+        ));
+    }
+    write_manifest(dir.path(), &connection(&b), &body);
+    let started = chrono::Utc::now().timestamp_millis();
+    let children = runners(dir.path(), 1);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    stop(children);
+    let first = history(dir.path())
+        .await
+        .iter()
+        .filter_map(|r| r["startedAt"].as_str().map(millis))
+        .min()
+        .unwrap_or(-1);
+    println!(
+        "start-up to the first run, 100 per-second jobs: {} ms",
+        first - started
+    );
 }
 
 /// Puts `n` entities of `order` in the final state, through the library.
