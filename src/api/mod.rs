@@ -238,8 +238,15 @@ async fn list_jobs(State(s): State<Shared>) -> ApiResult {
     Ok(Json(json!(s.runtime.scheduler.all_status())))
 }
 
+/// A job's status; `run` says who holds its run lease when a run is going on any runner (a
+/// job with `overlap: allow` takes no lease, so it shows only this runner's runs).
 async fn job_status(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(Json(json!(s.runtime.scheduler.status(&name)?)))
+    let mut status = json!(s.runtime.scheduler.status(&name)?);
+    if let Some(holder) = s.runtime.scheduler.run_holder(&name).await? {
+        status["running"] = json!(true);
+        status["run"] = json!({ "holder": holder.holder, "until": holder.until });
+    }
+    Ok(Json(status))
 }
 
 #[derive(Deserialize, Default)]

@@ -417,3 +417,72 @@ fn finished_entities_add_no_idle_requests() {
         "idle requests in {window:?}: {empty} with no entities, {with_300} with 300 finished ones"
     );
 }
+
+#[test]
+fn the_api_of_any_runner_shows_a_run_going_on_another() {
+    let dir = project("skip", "*/2 * * * * *");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    // Runner B serves the API and has the job disabled in its manifest: only A runs it.
+    let manifest = std::fs::read_to_string(dir.path().join("s3db.yaml")).unwrap();
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        manifest
+            .replace(
+                "    overlap: skip\n",
+                "    overlap: skip\n    enabled: false\n",
+            )
+            .replace(
+                "server: { enabled: false }",
+                &format!("server: {{ listen: \"127.0.0.1:{port}\" }}"),
+            ),
+    )
+    .unwrap();
+    let b = Process(
+        Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+            .args(["run", "b.yaml", "--grace", "10s"])
+            .current_dir(dir.path())
+            .env_remove("S3DB_CONNECTION")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let a = runner(dir.path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(dir.path().join("runs.log"))
+        .unwrap_or_default()
+        .contains("start")
+    {
+        assert!(Instant::now() < deadline, "the job never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = http_get_json(port, "/api/v1/jobs/slow");
+    stop(vec![a, b]);
+    assert_eq!(status["running"], true, "{status}");
+    assert!(
+        status["run"]["holder"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("run slow:")),
+        "{status}"
+    );
+}
+
+/// A GET on the local API, its body as JSON (a plain socket: the test runs outside a runtime).
+fn http_get_json(port: u16, path: &str) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let mut socket = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .unwrap();
+    let mut answer = String::new();
+    socket.read_to_string(&mut answer).unwrap();
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{answer}: {e}"))
+}

@@ -40,6 +40,21 @@ impl Scheduler {
         self.execute(job, &id, None, context, lease, None).await
     }
 
+    /// Who holds the job's run lease, on any runner or the CLI, if anyone does.
+    pub async fn run_holder(
+        &self,
+        job: &str,
+    ) -> Result<Option<crate::db::lease::Holder>, JobError> {
+        self.status(job)?;
+        self.lease_spec(job)
+            .holder()
+            .await
+            .map_err(|source| JobError::Lease {
+                job: job.into(),
+                source,
+            })
+    }
+
     fn lease_spec(&self, job: &str) -> crate::db::lease::LeaseSpec {
         crate::db::lease::LeaseSpec {
             store: self.inner.store.clone(),
