@@ -371,6 +371,7 @@ impl HookRunner {
             now: Utc::now(),
         };
         let db_error = |e: crate::db::DbError| fail(e.to_string());
+        let not_running = |plugin: &str| fail(format!("the {plugin} plugin is not running"));
         let resource = |name: &Text| -> Result<crate::db::Resource, HookError> {
             self.db.resource(&r.text(name)?).map_err(db_error)
         };
@@ -509,7 +510,7 @@ impl HookRunner {
                 let ops = self
                     .plugins
                     .machines()
-                    .ok_or_else(|| fail("the state machine plugin is not running".into()))?;
+                    .ok_or_else(|| not_running("state machine"))?;
                 let context = r.opt_object(context)?;
                 ops.send(
                     &r.text(machine)?,
@@ -531,7 +532,7 @@ impl HookRunner {
                 let ops = self
                     .plugins
                     .machines()
-                    .ok_or_else(|| fail("the state machine plugin is not running".into()))?;
+                    .ok_or_else(|| not_running("state machine"))?;
                 let context = r.opt_object(context)?;
                 ops.send_all(
                     &r.text(machine)?,
@@ -545,10 +546,7 @@ impl HookRunner {
                 .map_err(|e| fail(e.to_string()))
             }
             BuiltinCall::BackupRun { kind, resources } => {
-                let ops = self
-                    .plugins
-                    .backup()
-                    .ok_or_else(|| fail("the backup plugin is not running".into()))?;
+                let ops = self.plugins.backup().ok_or_else(|| not_running("backup"))?;
                 let kind = r.opt_text(kind)?.unwrap_or_else(|| "full".into());
                 let resources = match resources {
                     Some(items) => Some(
@@ -565,10 +563,7 @@ impl HookRunner {
                     .map_err(|e| fail(e.to_string()))
             }
             BuiltinCall::BackupPrune { dry_run } => {
-                let ops = self
-                    .plugins
-                    .backup()
-                    .ok_or_else(|| fail("the backup plugin is not running".into()))?;
+                let ops = self.plugins.backup().ok_or_else(|| not_running("backup"))?;
                 ops.prune(r.param(dry_run)?)
                     .await
                     .map(Outcome::Value)

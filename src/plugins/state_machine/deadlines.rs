@@ -81,15 +81,8 @@ impl StateMachines {
                 let Ok(rec) = EntityRecord::parse(rec) else {
                     continue;
                 };
-                if let Some(d) = rec.deadline.filter(|d| d.seq == rec.seq) {
-                    let entity = rec
-                        .record
-                        .data
-                        .get("entity")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string();
-                    self.set_deadline(&machine, &entity, &d).await;
+                if let Some(d) = rec.deadline.as_ref().filter(|d| d.seq == rec.seq) {
+                    self.set_deadline(&machine, rec.text("entity"), d).await;
                     n += 1;
                 }
             }
@@ -124,18 +117,8 @@ impl StateMachines {
         let Some(d) = rec.deadline.as_ref().filter(|d| d.seq == rec.seq) else {
             return;
         };
-        let entity = rec
-            .record
-            .data
-            .get("entity")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let machine = rec
-            .record
-            .data
-            .get("machine")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let entity = rec.text("entity");
+        let machine = rec.text("machine");
         let key = index_key(&d.at, machine, entity, d.seq);
         if let Err(e) = self.inner.store.delete(&key, None).await {
             tracing::debug!(machine, entity, error = %e, "could not remove a deadline's index entry (the next poll finds it stale)");

@@ -131,20 +131,8 @@ impl StateMachines {
         context: &Value,
         event_id: Option<&str>,
     ) -> Result<Commit, MachineError> {
-        let machine = rec
-            .record
-            .data
-            .get("machine")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let entity = rec
-            .record
-            .data
-            .get("entity")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
+        let machine = rec.text("machine").to_string();
+        let entity = rec.text("entity").to_string();
         let seq = rec.seq + 1;
         let now = Utc::now();
         let timestamp = crate::types::time::rfc3339(now);
@@ -257,18 +245,8 @@ impl StateMachines {
         let Some(log) = &self.inner.log else {
             return Ok(());
         };
-        let machine = rec
-            .record
-            .data
-            .get("machine")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let entity = rec
-            .record
-            .data
-            .get("entity")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let machine = rec.text("machine");
+        let entity = rec.text("entity");
         let Some(entry) = log.get(&log_id(machine, entity, rec.seq + 1)).await? else {
             return Ok(());
         };

@@ -197,6 +197,15 @@ struct EntityRecord {
 }
 
 impl EntityRecord {
+    /// A text field of the stored entity (`machine`, `entity`); empty when absent.
+    fn text(&self, field: &str) -> &str {
+        self.record
+            .data
+            .get(field)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+    }
+
     fn parse(record: crate::db::Record) -> Result<Self, MachineError> {
         let d = &record.data;
         let corrupt = |what: &str| MachineError::Corrupt(record.id.clone(), what.to_string());
