@@ -320,8 +320,8 @@ fn node_mut<'a>(root: &'a mut Node, path: &[&str]) -> Option<&'a mut Node> {
     Some(node)
 }
 
-/// Turns the legacy backup `destinations: [{type: …}]` form into the `multi` driver, and an
-/// empty API token into none.
+/// Turns the legacy backup `destinations: [{type: …}]` form into the `multi` driver, fills the
+/// typed backup, key and cache targets, and turns an empty API token into none.
 fn normalize(m: &mut Manifest) {
     if let Some(backup) = &mut m.backup {
         if let Some(legacy) = backup.destinations.take() {
@@ -355,6 +355,13 @@ fn normalize(m: &mut Manifest) {
                 .strategy
                 .get_or_insert(model::MultiStrategy::All);
         }
+        backup.target = model::BackupTarget::from_config(backup.driver, &backup.config);
+        if let Some(enc) = &mut backup.encryption {
+            enc.source = model::KeySource::from_config(enc);
+        }
+    }
+    if let Some(cache) = &mut m.cache {
+        cache.target = model::CacheTarget::from_config(cache);
     }
     if m.server
         .token

@@ -72,7 +72,7 @@ pub enum BuildError {
     #[error("database: {0}")]
     Database(#[from] crate::db::DbError),
     #[error("cache: {0}")]
-    Cache(String),
+    Cache(crate::plugins::cache::CacheError),
     #[error("backup: {0}")]
     Backup(#[from] crate::plugins::backup::BackupError),
     #[error("state machines: {0}")]

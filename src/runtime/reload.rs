@@ -53,7 +53,7 @@ pub enum ReloadError {
     #[error("backup: {0}")]
     Backup(crate::plugins::backup::BackupError),
     #[error("cache: {0}")]
-    Cache(String),
+    Cache(crate::plugins::cache::CacheError),
     #[error("cannot watch {folder}: {reason}")]
     Watch { folder: String, reason: String },
 }

@@ -468,7 +468,8 @@ async fn the_s3_driver_can_keep_entries_in_another_bucket() {
     let memory = Arc::new(s3db_run::store::memory::MemoryStore::isolated()) as DynStore;
     let err = Cache::build(&config, &memory, std::path::Path::new("."))
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("needs an s3:// database"), "{err}");
 }
 

@@ -1,7 +1,10 @@
 //! Loading: the YAML and TOML twins agree, interpolation never adds structure, the legacy backup
 //! form becomes `multi`, and secrets never print.
 
-use s3db_run::manifest::model::{BackupDriver, MultiStrategy};
+use s3db_run::manifest::model::{
+    BackupDriver, CacheBackend, Destination, FilesystemDestination, KeySource, MultiStrategy,
+    PartitionStrategy, S3Destination, ServerSide, StorageClass,
+};
 use s3db_run::manifest::Format;
 
 use crate::support::{example_manifests, load, load_text, repo};
@@ -85,6 +88,62 @@ fn legacy_destinations_become_the_multi_driver() {
     assert_eq!(dests[0].driver, BackupDriver::Filesystem);
     assert_eq!(dests[0].config.path.as_deref(), Some("/backups/"));
     assert_eq!(dests[1].config.bucket.as_deref(), Some("b"));
+    let target = backup.target.expect("typed target");
+    assert_eq!(
+        target.destinations,
+        vec![
+            Destination::Filesystem(FilesystemDestination {
+                path: "/backups/".into(),
+                file_mode: None,
+                dir_mode: None,
+            }),
+            Destination::S3(S3Destination {
+                path: None,
+                bucket: Some("b".into()),
+                storage_class: Some(StorageClass::GLACIER),
+                server_side: None,
+            }),
+        ]
+    );
+}
+
+#[test]
+fn drivers_and_key_sources_are_typed_at_load() {
+    let text = "version: 1\ndatabase:\n  connection: file://./data\nbackup:\n  driver: s3\n  config: { bucket: b, serverSideEncryption: \"aws:kms\", kmsKeyId: k1, permissions: \"600\" }\n  encryption: { algorithm: AES-256-GCM, keyFile: ./key }\ncache:\n  driver: filesystem\n  ttl: 10s\n  partitionStrategy: flat\n  config: { path: ./c, maxSize: 7, partitionStrategy: temporal, enableCompression: false }\n";
+    let m = load_text(text, Format::Yaml)
+        .manifest
+        .expect("valid")
+        .manifest;
+    let backup = m.backup.expect("backup");
+    // `permissions` belongs to the filesystem driver: the checks flag it, and the typed s3
+    // destination has no place for it.
+    let target = backup.target.expect("typed target");
+    assert_eq!(target.strategy, MultiStrategy::All);
+    assert_eq!(
+        target.destinations,
+        vec![Destination::S3(S3Destination {
+            path: None,
+            bucket: Some("b".into()),
+            storage_class: None,
+            server_side: Some(ServerSide::Kms {
+                key_id: Some("k1".into())
+            }),
+        })]
+    );
+    let enc = backup.encryption.expect("encryption");
+    assert_eq!(enc.source, Some(KeySource::File("./key".into())));
+    let cache = m.cache.expect("cache").target.expect("typed cache");
+    assert_eq!(cache.max_size, 7);
+    assert_eq!(cache.ttl.as_std(), std::time::Duration::from_secs(10));
+    assert_eq!(
+        cache.backend,
+        CacheBackend::Filesystem {
+            directory: "./c".into(),
+            prefix: None,
+            compress_from: None,
+            layout: PartitionStrategy::Temporal,
+        }
+    );
 }
 
 #[test]

@@ -64,6 +64,113 @@ pub struct BackupConfig {
     /// Hook called when a restore fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_restore_error: Option<HookRef>,
+    /// The destinations, typed per driver; filled by the loader from `driver` + `config` (or
+    /// the legacy `destinations`). None only when the checks report why.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub target: Option<BackupTarget>,
+}
+
+/// Where backups go, typed: every destination carries exactly its own driver's options, so
+/// nothing below the manifest looks at an option another driver takes. A single driver is one
+/// destination with the `all` strategy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackupTarget {
+    pub strategy: MultiStrategy,
+    /// How many destinations are written at once (at least 1).
+    pub concurrency: usize,
+    pub destinations: Vec<Destination>,
+}
+
+/// One backup destination.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    Filesystem(FilesystemDestination),
+    S3(S3Destination),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesystemDestination {
+    /// Folder template, relative to the manifest's folder.
+    pub path: String,
+    pub file_mode: Option<u32>,
+    pub dir_mode: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Destination {
+    /// Key prefix template; None: `backups/DATABASE-PREFIX/`.
+    pub path: Option<String>,
+    /// None: the database's bucket.
+    pub bucket: Option<String>,
+    pub storage_class: Option<StorageClass>,
+    pub server_side: Option<ServerSide>,
+}
+
+/// Server-side encryption of an S3 destination; a KMS key id only exists with KMS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerSide {
+    Aes256,
+    Kms { key_id: Option<String> },
+}
+
+impl Destination {
+    /// The typed destination of a single driver's options; None for `multi` or a filesystem
+    /// destination without its required `path` (both reported by the checks).
+    pub fn from_options(driver: BackupDriver, c: &BackupDriverConfig) -> Option<Self> {
+        match driver {
+            BackupDriver::Filesystem => Some(Destination::Filesystem(FilesystemDestination {
+                path: c.path.clone()?,
+                file_mode: c.permissions.as_ref().and_then(FileMode::bits),
+                dir_mode: c.directory_permissions.as_ref().and_then(FileMode::bits),
+            })),
+            BackupDriver::S3 => Some(Destination::S3(S3Destination {
+                path: c.path.clone(),
+                bucket: c.bucket.clone(),
+                storage_class: c.storage_class,
+                server_side: c.server_side_encryption.map(|s| match s {
+                    ServerSideEncryption::AES256 => ServerSide::Aes256,
+                    ServerSideEncryption::AwsKms => ServerSide::Kms {
+                        key_id: c.kms_key_id.clone(),
+                    },
+                }),
+            })),
+            BackupDriver::Multi => None,
+        }
+    }
+
+    pub fn driver(&self) -> BackupDriver {
+        match self {
+            Destination::Filesystem(_) => BackupDriver::Filesystem,
+            Destination::S3(_) => BackupDriver::S3,
+        }
+    }
+}
+
+impl BackupTarget {
+    /// The typed target of a (normalized) backup section.
+    pub fn from_config(driver: BackupDriver, c: &BackupDriverConfig) -> Option<Self> {
+        match driver {
+            BackupDriver::Multi => {
+                let destinations = c
+                    .destinations
+                    .iter()
+                    .flatten()
+                    .map(|d| Destination::from_options(d.driver, &d.config))
+                    .collect::<Option<Vec<_>>>()?;
+                (!destinations.is_empty()).then(|| BackupTarget {
+                    strategy: c.strategy.unwrap_or(MultiStrategy::All),
+                    concurrency: c.concurrency.unwrap_or(3).max(1) as usize,
+                    destinations,
+                })
+            }
+            single => Some(BackupTarget {
+                strategy: MultiStrategy::All,
+                concurrency: 1,
+                destinations: vec![Destination::from_options(single, c)?],
+            }),
+        }
+    }
 }
 
 fn default_temp_dir() -> String {
@@ -301,6 +408,31 @@ pub struct EncryptionConfig {
     /// How the key-encryption key is derived from the passphrase. Default: Argon2id.
     #[serde(default)]
     pub key_derivation: KeyDerivation,
+    /// Where the passphrase comes from, typed; filled by the loader. None only when the checks
+    /// report that not exactly one source is given.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub source: Option<KeySource>,
+}
+
+/// Where the backup passphrase comes from: exactly one of `key`, `keyFile`, `keyCommand`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    Key(Secret),
+    File(String),
+    Command(Command),
+}
+
+impl KeySource {
+    /// The one source given, or None when there are none or several.
+    pub fn from_config(c: &EncryptionConfig) -> Option<Self> {
+        match (&c.key, &c.key_file, &c.key_command) {
+            (Some(k), None, None) => Some(KeySource::Key(k.clone())),
+            (None, Some(f), None) => Some(KeySource::File(f.clone())),
+            (None, None, Some(cmd)) => Some(KeySource::Command(cmd.clone())),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

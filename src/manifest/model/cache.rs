@@ -40,6 +40,80 @@ pub struct CacheConfig {
     /// Log cache activity.
     #[serde(default)]
     pub verbose: bool,
+    /// The driver with exactly its own options, typed; filled by the loader. None only when the
+    /// checks report why (a filesystem cache without a folder).
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub target: Option<CacheTarget>,
+}
+
+/// The cache as it runs: the driver's overrides applied to the plugin's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheTarget {
+    pub ttl: Duration,
+    /// At least 1.
+    pub max_size: u64,
+    pub include_partitions: bool,
+    pub backend: CacheBackend,
+}
+
+/// A cache driver and exactly its options.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CacheBackend {
+    Memory {
+        /// Smallest value compressed; None: no compression.
+        compress_from: Option<u64>,
+        eviction: EvictionPolicy,
+        log_evictions: bool,
+    },
+    Filesystem {
+        /// Relative to the manifest's folder.
+        directory: String,
+        prefix: Option<String>,
+        compress_from: Option<u64>,
+        layout: PartitionStrategy,
+    },
+    S3 {
+        /// None: the database's store.
+        bucket: Option<String>,
+        key_prefix: String,
+        storage_class: Option<StorageClass>,
+    },
+}
+
+impl CacheTarget {
+    pub fn from_config(config: &CacheConfig) -> Option<Self> {
+        let c = &config.config;
+        let compress_from = |default: bool| {
+            c.enable_compression
+                .unwrap_or(default)
+                .then(|| c.compression_threshold.unwrap_or(1024))
+        };
+        let backend = match config.driver {
+            CacheDriver::Memory => CacheBackend::Memory {
+                compress_from: compress_from(false),
+                eviction: c.eviction_policy.unwrap_or_default(),
+                log_evictions: c.log_evictions.unwrap_or(false),
+            },
+            CacheDriver::Filesystem => CacheBackend::Filesystem {
+                directory: c.directory.clone().or_else(|| c.path.clone())?,
+                prefix: c.prefix.clone(),
+                compress_from: compress_from(true),
+                layout: c.partition_strategy.unwrap_or(config.partition_strategy),
+            },
+            CacheDriver::S3 => CacheBackend::S3 {
+                bucket: c.bucket.clone(),
+                key_prefix: c.key_prefix.clone().unwrap_or_else(|| "cache".into()),
+                storage_class: c.storage_class,
+            },
+        };
+        Some(CacheTarget {
+            ttl: c.ttl.unwrap_or(config.ttl),
+            max_size: c.max_size.unwrap_or(config.max_size).max(1),
+            include_partitions: config.include_partitions,
+            backend,
+        })
+    }
 }
 
 fn default_cache_ttl() -> Duration {

@@ -639,6 +639,7 @@ mod tests {
                     iterations: Some(1000),
                     salt: None,
                 },
+                source: None,
             }),
         )
     }

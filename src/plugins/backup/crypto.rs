@@ -19,7 +19,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::manifest::model::{EncryptionConfig, KdfAlgorithm};
+use crate::manifest::model::{EncryptionConfig, KdfAlgorithm, KeySource};
 
 /// Plaintext bytes per encrypted segment.
 pub const SEGMENT: usize = 64 * 1024;
@@ -45,41 +45,41 @@ impl Passphrase {
     /// Reads the passphrase the manifest points at: the value, a file, or a command's output
     /// (a trailing newline is not part of it).
     pub async fn load(config: &EncryptionConfig, base_dir: &Path) -> Result<Self, KeyError> {
-        let raw = if let Some(key) = &config.key {
-            key.expose().as_bytes().to_vec()
-        } else if let Some(file) = &config.key_file {
-            let path = crate::types::fs::tidy(&base_dir.join(file));
-            tokio::fs::read(&path)
-                .await
-                .map_err(|e| KeyError::FileUnreadable {
-                    path: path.display().to_string(),
-                    reason: crate::types::fs::io_reason(&e),
-                })?
-        } else if let Some(command) = &config.key_command {
-            let argv = command.argv();
-            let (program, args) = argv.split_first().ok_or(KeyError::CommandEmpty)?;
-            let out = tokio::process::Command::new(program)
-                .args(args)
-                .current_dir(base_dir)
-                .stdin(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|e| KeyError::CommandUnavailable {
-                    program: program.clone(),
-                    reason: crate::types::fs::io_reason(&e),
-                })?;
-            if !out.status.success() {
-                // Its output may be (part of) the key, so it is not shown.
-                return Err(KeyError::CommandFailed {
-                    program: program.clone(),
-                    status: out.status.to_string(),
-                });
+        let raw = match config.source.as_ref().ok_or(KeyError::Missing)? {
+            KeySource::Key(key) => key.expose().as_bytes().to_vec(),
+            KeySource::File(file) => {
+                let path = crate::types::fs::tidy(&base_dir.join(file));
+                tokio::fs::read(&path)
+                    .await
+                    .map_err(|e| KeyError::FileUnreadable {
+                        path: path.display().to_string(),
+                        reason: crate::types::fs::io_reason(&e),
+                    })?
             }
-            out.stdout
-        } else {
-            return Err(KeyError::Missing);
+            KeySource::Command(command) => {
+                let argv = command.argv();
+                let (program, args) = argv.split_first().ok_or(KeyError::CommandEmpty)?;
+                let out = tokio::process::Command::new(program)
+                    .args(args)
+                    .current_dir(base_dir)
+                    .stdin(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .map_err(|e| KeyError::CommandUnavailable {
+                        program: program.clone(),
+                        reason: crate::types::fs::io_reason(&e),
+                    })?;
+                if !out.status.success() {
+                    // Its output may be (part of) the key, so it is not shown.
+                    return Err(KeyError::CommandFailed {
+                        program: program.clone(),
+                        status: out.status.to_string(),
+                    });
+                }
+                out.stdout
+            }
         };
         let mut raw = Zeroizing::new(raw);
         while raw.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {

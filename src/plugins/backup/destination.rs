@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use crate::manifest::hex;
-use crate::manifest::model::{BackupDriver, BackupDriverConfig, ServerSideEncryption};
+use crate::manifest::model;
 use crate::store::connection::S3Location;
 use crate::store::s3::S3Store;
 use crate::store::{ObjectStore, PutMode, PutOptions, StoreError};
@@ -70,26 +70,20 @@ impl DestinationError {
     }
 }
 
-/// Builds one destination of a (non-multi) driver.
+/// Builds one destination.
 pub async fn build(
-    driver: BackupDriver,
-    config: &BackupDriverConfig,
+    target: &model::Destination,
     base_dir: &Path,
     db_location: Option<S3Location>,
 ) -> Result<Box<dyn Destination>, DestinationError> {
-    match driver {
-        BackupDriver::Filesystem => {
-            let path = config.path.clone().ok_or(DestinationError::Config(
-                "the filesystem backup driver needs a `path`",
-            ))?;
-            Ok(Box::new(FsDestination {
-                base_dir: base_dir.to_path_buf(),
-                template: path,
-                file_mode: config.permissions.as_ref().and_then(|m| m.bits()),
-                dir_mode: config.directory_permissions.as_ref().and_then(|m| m.bits()),
-            }))
-        }
-        BackupDriver::S3 => {
+    match target {
+        model::Destination::Filesystem(fs) => Ok(Box::new(FsDestination {
+            base_dir: base_dir.to_path_buf(),
+            template: fs.path.clone(),
+            file_mode: fs.file_mode,
+            dir_mode: fs.dir_mode,
+        })),
+        model::Destination::S3(s3) => {
             // Without a path, backups of a database go under its own prefix below `backups/`,
             // so databases sharing a bucket never list each other's backups, and a deleted
             // database prefix does not take its backups with it.
@@ -99,7 +93,7 @@ pub async fn build(
                 }
                 _ => "backups/".to_string(),
             };
-            let location = match (db_location, &config.bucket) {
+            let location = match (db_location, &s3.bucket) {
                 (Some(db), bucket) => S3Location {
                     bucket: bucket.clone().unwrap_or(db.bucket.clone()),
                     prefix: String::new(),
@@ -120,7 +114,7 @@ pub async fn build(
                     ))
                 }
             };
-            let template = config
+            let template = s3
                 .path
                 .clone()
                 .unwrap_or(default_path)
@@ -131,23 +125,22 @@ pub async fn build(
                 store: S3Store::connect(location).await,
                 template,
                 options: PutOptions {
-                    storage_class: config
+                    storage_class: s3
                         .storage_class
-                        .map(|c| serde_json::to_value(c).ok())
-                        .and_then(|v| v.and_then(|v| v.as_str().map(str::to_string))),
-                    server_side_encryption: config.server_side_encryption.map(|s| match s {
-                        ServerSideEncryption::AES256 => crate::store::ServerSideEncryption::Aes256,
-                        ServerSideEncryption::AwsKms => crate::store::ServerSideEncryption::Kms {
-                            key_id: config.kms_key_id.clone(),
-                        },
+                        .and_then(|c| serde_json::to_value(c).ok())
+                        .and_then(|v| v.as_str().map(str::to_string)),
+                    server_side_encryption: s3.server_side.as_ref().map(|s| match s {
+                        model::ServerSide::Aes256 => crate::store::ServerSideEncryption::Aes256,
+                        model::ServerSide::Kms { key_id } => {
+                            crate::store::ServerSideEncryption::Kms {
+                                key_id: key_id.clone(),
+                            }
+                        }
                     }),
                     content_type: None,
                 },
             }))
         }
-        BackupDriver::Multi => Err(DestinationError::Config(
-            "a multi destination cannot contain another multi",
-        )),
     }
 }
 

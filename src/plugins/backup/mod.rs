@@ -45,7 +45,7 @@ use crate::db::schema::{Metadata, StoredResource};
 use crate::db::Database;
 use crate::hooks::builtins::BuiltinKind;
 use crate::hooks::{BackupOps, HookInput, HookKind, HookRunner, OpsError};
-use crate::manifest::model::{BackupConfig, BackupDriver, Compression, HookRef, MultiStrategy};
+use crate::manifest::model::{BackupConfig, Compression, HookRef, MultiStrategy};
 use crate::store::StoreError;
 
 const LOCK_KEY: &str = "plugin=backup/lock.json";
@@ -409,32 +409,14 @@ impl Backup {
         shared: Arc<Shared>,
     ) -> Result<Self, BackupError> {
         let db_location = db.store().s3_location();
-        let (strategy, concurrency, specs) = match config.driver {
-            BackupDriver::Multi => {
-                let c = &config.config;
-                let specs: Vec<_> = c
-                    .destinations
-                    .iter()
-                    .flatten()
-                    .map(|d| (d.driver, d.config.clone()))
-                    .collect();
-                (
-                    c.strategy.unwrap_or(MultiStrategy::All),
-                    c.concurrency.unwrap_or(3).max(1) as usize,
-                    specs,
-                )
-            }
-            driver => (MultiStrategy::All, 1, vec![(driver, config.config.clone())]),
-        };
-        if specs.is_empty() {
-            return Err(BackupError::Config(
-                "the multi backup driver needs at least one destination".into(),
-            ));
-        }
+        let target = config.target.as_ref().ok_or_else(|| {
+            BackupError::Config("the backup section was not checked (no destination)".into())
+        })?;
+        let (strategy, concurrency) = (target.strategy, target.concurrency);
         let mut destinations = Vec::new();
-        for (driver, c) in specs {
+        for d in &target.destinations {
             destinations.push(Arc::from(
-                destination::build(driver, &c, base_dir, db_location.clone())
+                destination::build(d, base_dir, db_location.clone())
                     .await
                     .map_err(|e| BackupError::Config(e.to_string()))?,
             ));

@@ -33,9 +33,11 @@ impl FsCache {
         settings: &Settings,
         layout: PartitionStrategy,
         stats: Arc<CacheStats>,
-    ) -> Result<Self, String> {
-        std::fs::create_dir_all(&root)
-            .map_err(|e| format!("cannot create the cache folder {}: {e}", root.display()))?;
+    ) -> Result<Self, super::CacheError> {
+        std::fs::create_dir_all(&root).map_err(|e| super::CacheError::Folder {
+            path: root.display().to_string(),
+            reason: crate::types::fs::io_reason(&e),
+        })?;
         Ok(Self {
             root,
             settings: settings.clone(),

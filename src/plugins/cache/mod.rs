@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::model::{CacheConfig, CacheDriver as DriverKind, EvictionPolicy};
+use crate::manifest::model::{CacheBackend, CacheConfig, EvictionPolicy};
 use crate::store::DynStore;
 
 /// Where entries are kept. Keys are `/`-separated paths; values are opaque bytes. A driver
@@ -35,6 +35,17 @@ pub trait CacheDriver: Send + Sync {
     async fn clear(&self);
     /// Entries and bytes held.
     async fn usage(&self) -> (u64, u64);
+}
+
+/// Why a cache driver could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot create the cache folder {path}: {reason}")]
+    Folder { path: String, reason: String },
+    #[error("`cache.config.bucket` needs an s3:// database (this one is {database}); leave it out to cache in the database's store")]
+    BucketNeedsS3 { database: String },
+    #[error("the cache section was not checked (its driver options are incomplete)")]
+    Unchecked,
 }
 
 /// Counters of this process.
@@ -156,7 +167,7 @@ impl Cache {
         config: &CacheConfig,
         store: &DynStore,
         base_dir: &Path,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, CacheError> {
         let stats = Arc::new(CacheStats::default());
         let active = Self::build_active(config, store, base_dir, stats.clone()).await?;
         Ok(Self {
@@ -172,7 +183,7 @@ impl Cache {
         config: &CacheConfig,
         store: &DynStore,
         base_dir: &Path,
-    ) -> Result<PreparedCache, String> {
+    ) -> Result<PreparedCache, CacheError> {
         Self::build_active(config, store, base_dir, self.stats.clone())
             .await
             .map(PreparedCache)
@@ -200,58 +211,62 @@ impl Cache {
         store: &DynStore,
         base_dir: &Path,
         stats: Arc<CacheStats>,
-    ) -> Result<Active, String> {
-        let c = &config.config;
+    ) -> Result<Active, CacheError> {
+        let target = config.target.as_ref().ok_or(CacheError::Unchecked)?;
+        let threshold = |from: &Option<u64>| from.map(|t| usize::try_from(t).unwrap_or(usize::MAX));
         let settings = Settings {
-            ttl: c.ttl.unwrap_or(config.ttl).as_std(),
-            max_size: c.max_size.unwrap_or(config.max_size).max(1),
-            compression: match config.driver {
-                DriverKind::Memory => c.enable_compression.unwrap_or(false),
-                DriverKind::Filesystem => c.enable_compression.unwrap_or(true),
-                DriverKind::S3 => true,
-            }
-            .then(|| match config.driver {
-                DriverKind::S3 => 0,
-                _ => usize::try_from(c.compression_threshold.unwrap_or(1024)).unwrap_or(1024),
-            }),
-            eviction: c.eviction_policy.unwrap_or_default(),
-            include_partitions: config.include_partitions,
+            ttl: target.ttl.as_std(),
+            max_size: target.max_size,
+            compression: match &target.backend {
+                CacheBackend::Memory { compress_from, .. }
+                | CacheBackend::Filesystem { compress_from, .. } => threshold(compress_from),
+                // Cache objects are always gzipped: they cross the network.
+                CacheBackend::S3 { .. } => Some(0),
+            },
+            eviction: match &target.backend {
+                CacheBackend::Memory { eviction, .. } => *eviction,
+                _ => EvictionPolicy::default(),
+            },
+            include_partitions: target.include_partitions,
         };
-        let driver: Box<dyn CacheDriver> = match config.driver {
-            DriverKind::Memory => Box::new(memory::MemoryCache::new(
+        let driver: Box<dyn CacheDriver> = match &target.backend {
+            CacheBackend::Memory { log_evictions, .. } => Box::new(memory::MemoryCache::new(
                 &settings,
                 stats.clone(),
-                c.log_evictions.unwrap_or(false),
+                *log_evictions,
             )),
-            DriverKind::Filesystem => {
-                let dir = c
-                    .directory
-                    .as_deref()
-                    .or(c.path.as_deref())
-                    .ok_or("the filesystem cache needs `config.directory`")?;
-                let dir = base_dir.join(dir);
-                let root = match &c.prefix {
+            CacheBackend::Filesystem {
+                directory,
+                prefix,
+                layout,
+                ..
+            } => {
+                let dir = base_dir.join(directory);
+                let root = match prefix {
                     Some(p) => dir.join(p),
                     None => dir,
                 };
                 Box::new(filesystem::FsCache::new(
                     root,
                     &settings,
-                    config.partition_strategy,
+                    *layout,
                     stats.clone(),
                 )?)
             }
-            DriverKind::S3 => {
-                let prefix = c.key_prefix.clone().unwrap_or_else(|| "cache".to_string());
-                let target = match &c.bucket {
+            CacheBackend::S3 {
+                bucket,
+                key_prefix,
+                storage_class,
+            } => {
+                let target = match bucket {
                     None => store.clone(),
                     Some(bucket) => s3::store_for_bucket(store, bucket).await?,
                 };
                 Box::new(s3::S3Cache::new(
                     target,
-                    &prefix,
+                    key_prefix,
                     &settings,
-                    c.storage_class,
+                    *storage_class,
                     stats.clone(),
                 ))
             }

@@ -22,12 +22,14 @@ pub struct S3Cache {
 }
 
 /// A store for another bucket, reached like the database's (same endpoint and credentials).
-pub async fn store_for_bucket(store: &DynStore, bucket: &str) -> Result<DynStore, String> {
+pub async fn store_for_bucket(
+    store: &DynStore,
+    bucket: &str,
+) -> Result<DynStore, super::CacheError> {
     let Some(mut location) = store.s3_location() else {
-        return Err(format!(
-            "`cache.config.bucket` needs an s3:// database (this one is {}); leave it out to cache in the database's store",
-            store.describe()
-        ));
+        return Err(super::CacheError::BucketNeedsS3 {
+            database: store.describe(),
+        });
     };
     location.bucket = bucket.to_string();
     location.prefix = String::new();
