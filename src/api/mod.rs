@@ -195,7 +195,7 @@ async fn readiness(State(state): State<Shared>) -> Response {
         Ok(()) => Json(json!({ "status": "ready" })).into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "reason": reason })),
+            Json(json!({ "status": "unavailable", "reason": reason.to_string() })),
         )
             .into_response(),
     }

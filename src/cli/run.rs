@@ -34,7 +34,7 @@ pub enum LogFormat {
     Json,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_duration(s: &str) -> Result<Duration, crate::types::DurationError> {
     s.parse::<crate::types::Duration>().map(|d| d.as_std())
 }
 

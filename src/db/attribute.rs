@@ -193,14 +193,33 @@ fn default_value(kind: AttributeType, raw: &str) -> Option<serde_json::Value> {
     }
 }
 
+/// How a value breaks its attribute's definition.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Violation {
+    #[error("is required")]
+    Required,
+    #[error("expected {expected}, got {got}")]
+    Type { expected: &'static str, got: String },
+    #[error("expected a whole number, got {0}")]
+    NotWhole(f64),
+    #[error("must be at least {min}, got {got}")]
+    Below { min: f64, got: f64 },
+    #[error("must be at most {max}, got {got}")]
+    Above { max: f64, got: f64 },
+    #[error("must have at least {min} characters, has {len}")]
+    TooShort { min: usize, len: usize },
+    #[error("must have at most {max} characters, has {len}")]
+    TooLong { max: usize, len: usize },
+}
+
 impl AttributeSpec {
     /// Checks one value against the definition; the error says what was expected.
-    pub fn check(&self, value: Option<&serde_json::Value>) -> Result<(), String> {
+    pub fn check(&self, value: Option<&serde_json::Value>) -> Result<(), Violation> {
         use serde_json::Value;
         let value = match value {
             None | Some(Value::Null) => {
                 return if self.required {
-                    Err("is required".into())
+                    Err(Violation::Required)
                 } else {
                     Ok(())
                 };
@@ -226,17 +245,20 @@ impl AttributeSpec {
                 AttributeType::Array => "an array",
                 AttributeType::Json | AttributeType::Any => "a value",
             };
-            return Err(format!("expected {expected}, got {value}"));
+            return Err(Violation::Type {
+                expected,
+                got: value.to_string(),
+            });
         }
         if let Some(n) = value.as_f64() {
             if self.integer && n.fract() != 0.0 {
-                return Err(format!("expected a whole number, got {n}"));
+                return Err(Violation::NotWhole(n));
             }
             if let Some(min) = self.min.filter(|m| n < *m) {
-                return Err(format!("must be at least {min}, got {n}"));
+                return Err(Violation::Below { min, got: n });
             }
             if let Some(max) = self.max.filter(|m| n > *m) {
-                return Err(format!("must be at most {max}, got {n}"));
+                return Err(Violation::Above { max, got: n });
             }
         }
         let len = match value {
@@ -246,10 +268,10 @@ impl AttributeSpec {
         };
         if let Some(len) = len {
             if let Some(min) = self.min_length.filter(|m| len < *m) {
-                return Err(format!("must have at least {min} characters, has {len}"));
+                return Err(Violation::TooShort { min, len });
             }
             if let Some(max) = self.max_length.filter(|m| len > *m) {
-                return Err(format!("must have at most {max} characters, has {len}"));
+                return Err(Violation::TooLong { max, len });
             }
         }
         Ok(())

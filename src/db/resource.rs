@@ -89,10 +89,10 @@ impl Resource {
     fn validate(&self, data: &Map<String, Value>) -> DbResult<()> {
         self.schema
             .validate(data)
-            .map_err(|(field, message)| DbError::Validation {
+            .map_err(|(field, problem)| DbError::Validation {
                 resource: self.schema.name.clone(),
                 field,
-                message,
+                message: problem.to_string(),
             })
     }
 

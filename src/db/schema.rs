@@ -166,7 +166,10 @@ impl ResourceSchema {
     }
 
     /// Checks every declared attribute; the first problem is returned with its field's name.
-    pub fn validate(&self, data: &Map<String, Value>) -> Result<(), (String, String)> {
+    pub fn validate(
+        &self,
+        data: &Map<String, Value>,
+    ) -> Result<(), (String, super::attribute::Violation)> {
         for (field, spec) in &self.attributes {
             spec.check(data.get(field))
                 .map_err(|m| (field.clone(), m))?;

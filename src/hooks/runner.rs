@@ -588,7 +588,7 @@ impl HookRunner {
                 self.webhook(hook, &url, &headers, timeout, retries, input)
                     .await
                     .map(Outcome::Value)
-                    .map_err(fail)
+                    .map_err(|e| fail(e.to_string()))
             }
         }
     }
@@ -601,9 +601,9 @@ impl HookRunner {
         timeout: Duration,
         retries: u32,
         input: &HookInput,
-    ) -> Result<Value, String> {
+    ) -> Result<Value, WebhookError> {
         let policy = RetryPolicy::new(retries);
-        let mut last = String::new();
+        let mut last = WebhookError::NotTried;
         for attempt in 1..=policy.attempts() {
             let mut req = self.http.post(url).timeout(timeout).json(input);
             for (k, v) in headers {
@@ -617,10 +617,23 @@ impl HookRunner {
                         .unwrap_or_else(|_| json!({ "status": status, "body": body })));
                 }
                 Ok(resp) if resp.status().is_client_error() => {
-                    return Err(format!("{url} answered {}", resp.status()));
+                    return Err(WebhookError::Answered {
+                        url: url.to_string(),
+                        status: resp.status().to_string(),
+                    });
                 }
-                Ok(resp) => last = format!("{url} answered {}", resp.status()),
-                Err(e) => last = format!("POST {url} failed: {}", e.without_url()),
+                Ok(resp) => {
+                    last = WebhookError::Answered {
+                        url: url.to_string(),
+                        status: resp.status().to_string(),
+                    }
+                }
+                Err(e) => {
+                    last = WebhookError::Unreachable {
+                        url: url.to_string(),
+                        reason: e.without_url().to_string(),
+                    }
+                }
             }
             if attempt < policy.attempts() {
                 tracing::warn!(hook, attempt, error = %last, "webhook failed; retrying");
@@ -629,6 +642,17 @@ impl HookRunner {
         }
         Err(last)
     }
+}
+
+/// Why a webhook call failed, after its retries.
+#[derive(Debug, thiserror::Error)]
+enum WebhookError {
+    #[error("{url} answered {status}")]
+    Answered { url: String, status: String },
+    #[error("POST {url} failed: {reason}")]
+    Unreachable { url: String, reason: String },
+    #[error("the webhook was not called (no attempts)")]
+    NotTried,
 }
 
 /// The kind of failure worth trying again: a process that failed or timed out. A template or

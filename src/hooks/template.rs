@@ -10,10 +10,25 @@ use serde_json::Value;
 use super::input::HookInput;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("template `{template}`: {message}")]
+#[error("template `{template}`: {problem}")]
 pub struct TemplateError {
     pub template: String,
-    pub message: String,
+    pub problem: TemplateProblem,
+}
+
+/// What is wrong with a template, or with rendering it for one input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateProblem {
+    #[error("`{{{{` without a closing `}}}}`")]
+    Unclosed,
+    #[error("unknown variable `{expr}` ({hint})")]
+    Unknown { expr: String, hint: String },
+    #[error("`now{spec}`: {reason}")]
+    Offset { spec: String, reason: String },
+    #[error("`{{{{{name}}}}}` has no value in a {kind} hook")]
+    NoValue { name: String, kind: &'static str },
+    #[error("{root} has no `{path}`")]
+    NoPath { root: String, path: String },
 }
 
 /// The variables a template may name (besides `context.PATH` and `stats.PATH`).
@@ -34,12 +49,12 @@ pub const VARIABLES: &[&str] = &[
 ];
 
 /// The `{{…}}` expressions of a template, or why it is malformed.
-fn expressions(template: &str) -> Result<Vec<(usize, usize, &str)>, String> {
+fn expressions(template: &str) -> Result<Vec<(usize, usize, &str)>, TemplateProblem> {
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(open) = template[from..].find("{{").map(|i| i + from) {
         let Some(close) = template[open + 2..].find("}}").map(|i| i + open + 2) else {
-            return Err("`{{` without a closing `}}`".into());
+            return Err(TemplateProblem::Unclosed);
         };
         out.push((open, close + 2, template[open + 2..close].trim()));
         from = close + 2;
@@ -48,7 +63,7 @@ fn expressions(template: &str) -> Result<Vec<(usize, usize, &str)>, String> {
 }
 
 /// Checks a template's syntax and variable names without an input (for `validate`).
-pub fn check(template: &str) -> Result<(), String> {
+pub fn check(template: &str) -> Result<(), TemplateProblem> {
     for (_, _, expr) in expressions(template)? {
         let root = expr.split(['.', '+', '-']).next().unwrap_or_default();
         if expr.is_empty() || !VARIABLES.contains(&root) {
@@ -61,7 +76,7 @@ pub fn check(template: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn unknown(expr: &str) -> String {
+fn unknown(expr: &str) -> TemplateProblem {
     let (root, rest) = expr.split_once('.').map_or((expr, ""), |(r, p)| (r, p));
     let hint = crate::types::suggest::closest(root, VARIABLES.iter().copied())
         .map(|r| {
@@ -77,29 +92,34 @@ fn unknown(expr: &str) -> String {
                 VARIABLES.join(", ")
             )
         });
-    format!("unknown variable `{expr}` ({hint})")
+    TemplateProblem::Unknown {
+        expr: expr.to_string(),
+        hint,
+    }
 }
 
-fn offset(spec: &str) -> Result<chrono::Duration, String> {
+fn offset(spec: &str) -> Result<chrono::Duration, TemplateProblem> {
+    let bad = |reason: String| TemplateProblem::Offset {
+        spec: spec.to_string(),
+        reason,
+    };
     let (sign, amount) = match spec.chars().next() {
         Some('-') => (-1, &spec[1..]),
         Some('+') => (1, &spec[1..]),
-        _ => return Err(format!("`now{spec}`: write now-24h or now+30m")),
+        _ => return Err(bad("write now-24h or now+30m".into())),
     };
     let d: crate::types::Duration = amount
         .trim()
         .parse()
-        .map_err(|e: String| format!("`now{spec}`: {e}"))?;
-    let d = chrono::Duration::from_std(d.as_std()).map_err(|e| e.to_string())?;
+        .map_err(|e: crate::types::DurationError| bad(e.reason))?;
+    let d = chrono::Duration::from_std(d.as_std()).map_err(|e| bad(e.to_string()))?;
     Ok(d * sign)
 }
 
-fn lookup(input: &HookInput, expr: &str, now: DateTime<Utc>) -> Result<Value, String> {
-    let absent = |name: &str| {
-        format!(
-            "`{{{{{name}}}}}` has no value in a {} hook",
-            input.kind.as_str()
-        )
+fn lookup(input: &HookInput, expr: &str, now: DateTime<Utc>) -> Result<Value, TemplateProblem> {
+    let absent = |name: &str| TemplateProblem::NoValue {
+        name: name.to_string(),
+        kind: input.kind.as_str(),
     };
     let text =
         |v: &Option<String>, name: &str| v.clone().map(Value::String).ok_or_else(|| absent(name));
@@ -127,7 +147,10 @@ fn lookup(input: &HookInput, expr: &str, now: DateTime<Utc>) -> Result<Value, St
                         Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
                         _ => None,
                     }
-                    .ok_or_else(|| format!("{root} has no `{path}`"))?;
+                    .ok_or_else(|| TemplateProblem::NoPath {
+                        root: root.to_string(),
+                        path: path.to_string(),
+                    })?;
                 }
             }
             Ok(v.clone())
@@ -153,9 +176,9 @@ pub fn render(
     input: &HookInput,
     now: DateTime<Utc>,
 ) -> Result<Value, TemplateError> {
-    let fail = |message: String| TemplateError {
+    let fail = |problem: TemplateProblem| TemplateError {
         template: template.to_string(),
-        message,
+        problem,
     };
     let exprs = expressions(template).map_err(fail)?;
     if exprs.is_empty() {
@@ -292,6 +315,7 @@ mod tests {
         }
         assert!(check("{{entiy}}")
             .unwrap_err()
+            .to_string()
             .contains("did you mean `entity`?"));
         assert!(check("{{context.anything.at.all}} {{now-7d}}").is_ok());
     }

@@ -29,6 +29,15 @@ const HISTORY_UPKEEP_EVERY: Duration = Duration::from_secs(300);
 const STORE_PROBE_EVERY: Duration = Duration::from_secs(2);
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Why a runner is not ready.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    #[error("the scheduler is not running yet (or is stopping)")]
+    NotRunning,
+    #[error("the store does not answer: {0}")]
+    Store(String),
+}
+
 /// Whether this runner can do its work: its loops run and its store answers.
 #[derive(Debug, Default)]
 pub struct Readiness {
@@ -39,12 +48,12 @@ pub struct Readiness {
 
 impl Readiness {
     /// `Ok` when ready, otherwise why not.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), NotReady> {
         if !self.running.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err("the scheduler is not running yet (or is stopping)".into());
+            return Err(NotReady::NotRunning);
         }
         match &*self.store_problem.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some(problem) => Err(format!("the store does not answer: {problem}")),
+            Some(problem) => Err(NotReady::Store(problem.clone())),
             None => Ok(()),
         }
     }

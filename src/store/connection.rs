@@ -73,13 +73,13 @@ impl RequestPolicy {
         }
     }
 
-    /// Sets a parameter from the connection string.
-    fn set(&mut self, name: &str, value: &str) -> Result<bool, String> {
+    /// Sets a parameter from the connection string `whole`.
+    fn set(&mut self, name: &str, value: &str, whole: &str) -> Result<bool, ConnectionError> {
         let duration = || {
             value
                 .parse::<crate::types::Duration>()
                 .map(|d| d.as_std())
-                .map_err(|e| format!("{name}: {e}"))
+                .map_err(|e| ConnectionError::new(whole, format!("{name}: {e}")))
         };
         match name {
             "connectTimeout" => self.connect_timeout = Some(duration()?),
@@ -88,7 +88,12 @@ impl RequestPolicy {
             "timeout" => self.timeout = Some(duration()?),
             "maxAttempts" => {
                 self.max_attempts = Some(value.parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(
-                    || format!("maxAttempts is a whole number of at least 1, not `{value}`"),
+                    || {
+                        ConnectionError::new(
+                            whole,
+                            format!("maxAttempts is a whole number of at least 1, not `{value}`"),
+                        )
+                    },
                 )?)
             }
             _ => return Ok(false),
@@ -111,14 +116,21 @@ pub struct ConnectionError {
     pub reason: String,
 }
 
+impl ConnectionError {
+    /// An error about the connection string `whole`, shown without its credentials.
+    fn new(whole: &str, reason: impl Into<String>) -> Self {
+        ConnectionError {
+            redacted: crate::types::redact_userinfo(whole),
+            reason: reason.into(),
+        }
+    }
+}
+
 impl FromStr for Connection {
     type Err = ConnectionError;
 
     fn from_str(s: &str) -> Result<Self, ConnectionError> {
-        let fail = |reason: &str| ConnectionError {
-            redacted: crate::types::redact_userinfo(s),
-            reason: reason.to_string(),
-        };
+        let fail = |reason: &str| ConnectionError::new(s, reason);
         if let Some(rest) = s.strip_prefix("file://") {
             if rest.is_empty() {
                 return Err(fail(
@@ -183,7 +195,7 @@ impl FromStr for Connection {
             match k {
                 "region" => location.region = Some(v),
                 "endpoint" => {
-                    check_endpoint(&v).map_err(|reason| fail(&reason))?;
+                    check_endpoint(&v, s)?;
                     location.endpoint = Some(v);
                 }
                 "forcePathStyle" => {
@@ -193,7 +205,7 @@ impl FromStr for Connection {
                         _ => return Err(fail("forcePathStyle is true or false")),
                     }
                 }
-                other => match location.requests.set(other, &v) {
+                other => match location.requests.set(other, &v, s) {
                     Ok(true) => {}
                     Ok(false) => {
                         return Err(fail(&format!(
@@ -201,7 +213,7 @@ impl FromStr for Connection {
                         RequestPolicy::PARAMETERS.join(", ")
                     )))
                     }
-                    Err(reason) => return Err(fail(&reason)),
+                    Err(e) => return Err(e),
                 },
             }
         }
@@ -220,13 +232,14 @@ fn valid_bucket_name(name: &str) -> bool {
 
 /// An endpoint is an absolute http(s) URL with a host; anything else fails at the first request
 /// with an SDK error far from the manifest, so it is refused here.
-fn check_endpoint(endpoint: &str) -> Result<(), String> {
+fn check_endpoint(endpoint: &str, whole: &str) -> Result<(), ConnectionError> {
     let parsed = url::Url::parse(endpoint).map_err(|e| {
-        format!("endpoint `{endpoint}` is not a URL ({e}); write it as http://HOST:PORT or https://HOST")
+        ConnectionError::new(whole, format!("endpoint `{endpoint}` is not a URL ({e}); write it as http://HOST:PORT or https://HOST"))
     })?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!(
-            "endpoint `{endpoint}` is not an http:// or https:// URL with a host"
+        return Err(ConnectionError::new(
+            whole,
+            format!("endpoint `{endpoint}` is not an http:// or https:// URL with a host"),
         ));
     }
     Ok(())

@@ -33,20 +33,32 @@ impl Duration {
     }
 }
 
+/// Why a text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}` is not a duration ({reason})")]
+pub struct DurationError {
+    pub text: String,
+    pub reason: String,
+}
+
 impl FromStr for Duration {
-    type Err = String;
+    type Err = DurationError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let fail = |reason: String| DurationError {
+            text: s.to_string(),
+            reason,
+        };
         let t = s.trim();
         if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
             return t
                 .parse::<u64>()
                 .map(Duration::from_millis)
-                .map_err(|e| e.to_string());
+                .map_err(|e| fail(e.to_string()));
         }
         humantime::parse_duration(t)
             .map(Duration)
-            .map_err(|e| format!("`{s}` is not a duration ({e})"))
+            .map_err(|e| fail(e.to_string()))
     }
 }
 
@@ -83,10 +95,10 @@ impl<'de> Deserialize<'de> for Duration {
                 })
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                v.parse().map_err(|e: String| {
+                v.parse().map_err(|e: DurationError| {
                     coded_error(
                         "manifest::invalid_duration",
-                        &e,
+                        &e.to_string(),
                         Some("write milliseconds (`300000`) or a number with a unit: ms, s, m, h, d, w (`5m`, `1h 30m`)"),
                     )
                 })

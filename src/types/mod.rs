@@ -15,7 +15,7 @@ pub mod time;
 pub mod timezone;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use duration::Duration;
+pub use duration::{Duration, DurationError};
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
 pub use secret::{redact_userinfo, userinfo_range, Secret};

@@ -302,10 +302,10 @@ impl Checker<'_> {
     pub(super) fn templates_in(&mut self, value: &serde_json::Value, path: &[&str]) {
         match value {
             serde_json::Value::String(text) => {
-                if let Err(message) = crate::hooks::template::check(text) {
+                if let Err(problem) = crate::hooks::template::check(text) {
                     let span = self.span(path);
                     self.emit(
-                        Diagnostic::error("manifest::template", span, message)
+                        Diagnostic::error("manifest::template", span, problem.to_string())
                             .with_help("templates are lookups: {{context.x}}, {{entity}}, {{event}}, {{from}}, {{to}}, {{job}}, {{now}}, {{now-24h}}"),
                     );
                 }

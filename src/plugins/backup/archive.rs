@@ -501,7 +501,7 @@ impl ArchiveReader {
     /// buffered reader; returns every member's hash and line count, computed while reading.
     pub fn for_each_member(
         mut self,
-        mut each: impl FnMut(&str, &mut dyn BufRead) -> Result<(), String>,
+        mut each: impl FnMut(&str, &mut dyn BufRead) -> Result<(), MemberError>,
     ) -> Result<IndexMap<String, MemberInfo>, ArchiveError> {
         let mut seen = IndexMap::new();
         let entries = self.tar.entries().map_err(describe_io)?;
@@ -521,7 +521,7 @@ impl ArchiveReader {
                     lines: 0,
                 },
             );
-            each(&name, &mut reader).map_err(ArchiveError::Consumer)?;
+            each(&name, &mut reader).map_err(|e| ArchiveError::Consumer(e.to_string()))?;
             // Whatever the callback left unread still counts toward the hash.
             io::copy(&mut reader, &mut io::sink()).map_err(describe_io)?;
             let h = reader.into_inner();
@@ -547,6 +547,10 @@ fn describe_io(e: io::Error) -> ArchiveError {
     })
 }
 
+/// What a member's reader found wrong with it (any error: I/O, a damaged line, a stopped
+/// consumer).
+pub type MemberError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why an archive could not be written or read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ArchiveError {
@@ -571,13 +575,6 @@ pub enum ArchiveError {
     /// What the caller reading the members said was wrong with one.
     #[error("{0}")]
     Consumer(String),
-}
-
-/// The backup's own steps still report in sentences (`BackupError::Archive`).
-impl From<ArchiveError> for String {
-    fn from(e: ArchiveError) -> String {
-        e.to_string()
-    }
 }
 
 impl ArchiveError {

@@ -218,7 +218,7 @@ impl Backup {
                     })
                     .await
                     .map_err(|e| BackupError::Archive(e.to_string()))?
-                    .map_err(|e: String| BackupError::Unusable {
+                    .map_err(|e: ArchiveError| BackupError::Unusable {
                         id: info.id.clone(),
                         reason: format!("its index cannot be read: {e}"),
                     });

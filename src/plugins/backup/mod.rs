@@ -36,7 +36,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use archive::{ArchiveReader, ArchiveWriter, Keyring, MemberInfo};
+use archive::{ArchiveError, ArchiveReader, ArchiveWriter, Keyring, MemberInfo};
 use crypto::Passphrase;
 use destination::Destination;
 

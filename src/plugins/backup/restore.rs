@@ -4,7 +4,8 @@ use super::*;
 
 /// Reads a whole archive: every segment decrypts, every line parses, every member's SHA-256
 /// matches `manifest.json`. Returns the archive's `s3db.json`.
-fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Metadata, String> {
+fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Metadata, ArchiveError> {
+    let damaged = |reason: String| ArchiveError::Damaged(reason);
     let mut schema = None;
     let mut manifest: Option<Value> = None;
     let seen = ArchiveReader::open(path, id, keys)?.for_each_member(|name, r| {
@@ -34,21 +35,28 @@ fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Metadata, String> {
         }
         Ok(())
     })?;
-    let manifest = manifest.ok_or("the archive has no manifest.json (truncated?)")?;
+    let manifest =
+        manifest.ok_or_else(|| damaged("the archive has no manifest.json (truncated?)".into()))?;
     let recorded: IndexMap<String, MemberInfo> =
         serde_json::from_value(manifest["members"].clone())
-            .map_err(|e| format!("damaged manifest: {e}"))?;
+            .map_err(|e| damaged(format!("damaged manifest: {e}")))?;
     for (name, info) in &recorded {
         match seen.get(name) {
             Some(got) if got.sha256 == info.sha256 && got.bytes == info.bytes => {}
-            Some(_) => return Err(format!("member `{name}` does not match its SHA-256")),
-            None => return Err(format!("member `{name}` is missing")),
+            Some(_) => {
+                return Err(damaged(format!(
+                    "member `{name}` does not match its SHA-256"
+                )))
+            }
+            None => return Err(damaged(format!("member `{name}` is missing"))),
         }
     }
     if manifest["backupId"].as_str() != Some(id) {
-        return Err("the archive's manifest names another backup".into());
+        return Err(damaged(
+            "the archive's manifest names another backup".into(),
+        ));
     }
-    schema.ok_or_else(|| "the archive has no s3db.json".to_string())
+    schema.ok_or_else(|| damaged("the archive has no s3db.json".into()))
 }
 
 impl Backup {
@@ -155,7 +163,7 @@ impl Backup {
                 .map_err(|e| BackupError::Archive(e.to_string()))?
                 .map_err(|reason| BackupError::Unusable {
                     id: info.id.clone(),
-                    reason,
+                    reason: reason.to_string(),
                 })?;
             if schema.is_none() {
                 schema = Some(verified);
@@ -217,7 +225,7 @@ impl Backup {
         let reader = {
             let (keys, path, id) = (self.keyring(), path.to_path_buf(), id.to_string());
             let wanted = wanted.to_vec();
-            tokio::task::spawn_blocking(move || -> Result<(), String> {
+            tokio::task::spawn_blocking(move || -> Result<(), ArchiveError> {
                 ArchiveReader::open(&path, &id, &keys)?.for_each_member(|name, r| {
                     let Some(resource) = name
                         .strip_prefix("resources/")
@@ -305,6 +313,6 @@ impl Backup {
         if let Some(e) = failure {
             return Err(e);
         }
-        read.map_err(BackupError::Archive)
+        read.map_err(|e| BackupError::Archive(e.to_string()))
     }
 }

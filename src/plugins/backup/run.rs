@@ -298,7 +298,7 @@ impl Backup {
             let temp = self.inner.temp_dir.clone();
             let compression = info.compression;
             let id = id.clone();
-            tokio::task::spawn_blocking(move || -> Result<Built, String> {
+            tokio::task::spawn_blocking(move || -> Result<Built, ArchiveError> {
                 let mut archive =
                     ArchiveWriter::create(&a, &temp, &id, "archive", compression, &keys)?;
                 let mut index = ArchiveWriter::create(&i, &temp, &id, "index", compression, &keys)?;
@@ -318,7 +318,7 @@ impl Backup {
                     "backupId": id,
                     "members": archive.members(),
                 }))
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ArchiveError::Finish(e.to_string()))?;
                 archive.add_bytes("manifest.json", &manifest)?;
                 Ok(Built {
                     archive: archive.finish()?,
@@ -332,7 +332,7 @@ impl Backup {
         let built = writer
             .await
             .map_err(|e| BackupError::Archive(format!("the archive writer failed: {e}")))?
-            .map_err(BackupError::Archive);
+            .map_err(|e| BackupError::Archive(e.to_string()));
         produced?;
         let built = built?;
         if stop.is_cancelled() {
