@@ -42,11 +42,7 @@ impl Restores {
     /// Records a restore of `backup_id` as running and returns it.
     pub fn start(&self, backup_id: &str) -> RestoreRun {
         let run = RestoreRun {
-            restore_id: format!(
-                "restore-{}-{:08x}",
-                Utc::now().format("%Y%m%dT%H%M%S"),
-                rand::random::<u32>()
-            ),
+            restore_id: crate::types::RestoreId::new(Utc::now()).into_string(),
             backup_id: backup_id.to_string(),
             status: "running",
             started_at: now(),

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use base64::Engine;
 use futures::{StreamExt, TryStreamExt};
 use serde_json::{Map, Value};
 
@@ -63,7 +62,7 @@ impl Resource {
 
     /// A new id: 22 URL-safe characters (128 random bits).
     pub fn generate_id() -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(rand::random::<[u8; 16]>())
+        crate::types::id::record_id()
     }
 
     fn check_id(id: &str) -> DbResult<()> {

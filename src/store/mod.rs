@@ -244,7 +244,7 @@ pub enum ConditionalWriteProblem {
 pub async fn verify_conditional_writes(
     store: &dyn ObjectStore,
 ) -> Result<(), ConditionalWriteProblem> {
-    let key = format!("plugin=runner/probes/{:016x}", rand::random::<u64>());
+    let key = format!("plugin=runner/probes/{}", crate::types::id::token(16));
     let fail = |e: StoreError| ConditionalWriteProblem::Store(e.to_string());
     let first = store
         .put(

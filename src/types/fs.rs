@@ -54,10 +54,10 @@ pub fn write_atomically(
 pub fn temp_name() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     format!(
-        "{}-{}-{:08x}",
+        "{}-{}-{}",
         std::process::id(),
         COUNTER.fetch_add(1, Ordering::Relaxed),
-        rand::random::<u32>()
+        super::id::token(8)
     )
 }
 

@@ -7,6 +7,7 @@ pub mod cas;
 pub mod clock;
 pub mod duration;
 pub mod fs;
+pub mod id;
 pub mod retry;
 pub mod schedule;
 pub mod secret;
@@ -16,6 +17,7 @@ pub mod timezone;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use duration::{Duration, DurationError};
+pub use id::{BackupId, EntityKey, RestoreId, RunId};
 pub use retry::RetryPolicy;
 pub use schedule::{Schedule, ScheduleError};
 pub use secret::{redact_userinfo, userinfo_range, Secret};

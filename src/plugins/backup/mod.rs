@@ -267,18 +267,11 @@ struct Shared {
 }
 
 pub(crate) fn random_suffix() -> String {
-    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..6)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect()
+    crate::types::id::token(6)
 }
 
 fn backup_id(label: &str, at: DateTime<Utc>) -> String {
-    format!(
-        "{label}-{}-{}",
-        at.format("%Y-%m-%dT%H-%M-%S"),
-        random_suffix()
-    )
+    crate::types::BackupId::new(label, at).into_string()
 }
 
 /// A record line of a resource member.
@@ -379,7 +372,7 @@ impl Backup {
             started: Mutex::new(HashSet::new()),
             refused: Mutex::new(std::collections::VecDeque::new()),
             progress: Mutex::new(None),
-            owner: format!("{host}/{}/{}", std::process::id(), random_suffix()),
+            owner: crate::types::id::holder(&host),
         });
         Self::build_with(config, db, base_dir, hooks, shared).await
     }

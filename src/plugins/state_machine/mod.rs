@@ -261,11 +261,11 @@ fn now_text() -> String {
 }
 
 pub fn state_id(machine: &str, entity: &str) -> String {
-    format!("{machine}:{entity}")
+    crate::types::EntityKey::new(machine, entity).into_string()
 }
 
 pub fn log_id(machine: &str, entity: &str, seq: u64) -> String {
-    format!("{machine}:{entity}:{seq:012}")
+    crate::types::EntityKey::new(machine, entity).log(seq)
 }
 
 fn merge_context(base: &Value, event: &Value) -> Value {

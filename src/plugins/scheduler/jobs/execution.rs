@@ -26,7 +26,7 @@ impl Scheduler {
             return Err(JobError::Running(job.into()));
         }
         let now = self.inner.clock.now();
-        let id = format!("{job}:manual-{}-{:08x}", text(now), rand::random::<u32>());
+        let id = crate::types::RunId::manual(job, now).into_string();
         let lease = match self.overlap_lease(job, policy, &id).await? {
             Start::Go(lease) => lease,
             Start::Held { holder, until } => {
@@ -110,7 +110,7 @@ impl Scheduler {
         job: &str,
         slot: DateTime<Utc>,
     ) -> Result<Option<Value>, JobError> {
-        let id = format!("{job}:{}", text(slot));
+        let id = crate::types::RunId::slot(job, slot).into_string();
         let mut claimed = None;
         if let Some(history) = &self.inner.history {
             let claim = json!({ "job": job, "status": "running", "slot": text(slot), "date": text(slot), "startedAt": text(self.inner.clock.now()) });

@@ -2,23 +2,7 @@
 
 use super::*;
 
-/// A run id's job and time. Job names may hold `:` and so may times: the job is the shortest
-/// prefix whose remainder is a run time.
-fn split_run_id(id: &str) -> Option<(&str, DateTime<Utc>)> {
-    id.match_indices(':')
-        .find_map(|(i, _)| run_time(&id[i + 1..]).map(|t| (&id[..i], t)))
-}
-
-/// The time in a run id after its `JOB:` prefix: the slot, or a manual run's start.
-fn run_time(rest: &str) -> Option<DateTime<Utc>> {
-    let time = match rest.strip_prefix("manual-") {
-        Some(manual) => manual.get(..24)?,
-        None => rest,
-    };
-    DateTime::parse_from_rfc3339(time)
-        .ok()
-        .map(|t| t.with_timezone(&Utc))
-}
+use crate::types::RunId;
 
 impl Scheduler {
     /// Runs of a job, newest first, optionally only those with a status.
@@ -55,7 +39,7 @@ impl Scheduler {
             .ids_with_prefix(&prefix)
             .await?
             .into_iter()
-            .filter_map(|id| run_time(id.get(prefix.len()..)?).map(|t| (t, id)))
+            .filter_map(|id| RunId::time_of(id.get(prefix.len()..)?).map(|t| (t, id)))
             .collect();
         ids.sort_by(|a, b| b.cmp(a));
         let limit = limit.unwrap_or(usize::MAX);
@@ -171,7 +155,7 @@ impl Scheduler {
         };
         let mut by_job: HashMap<&str, Vec<(DateTime<Utc>, &str)>> = HashMap::new();
         for id in &ids {
-            if let Some((job, time)) = split_run_id(id) {
+            if let Some((job, time)) = RunId::split(id) {
                 by_job.entry(job).or_default().push((time, id.as_str()));
             }
         }
