@@ -14,6 +14,7 @@ use indexmap::IndexMap;
 use s3db_run::db::schema::StoredResource;
 use s3db_run::db::Database;
 use s3db_run::plugins::backup::{Backup, RestoreOptions};
+use s3db_run::plugins::{BuildContext, Component};
 use s3db_run::store::connection::S3Location;
 use s3db_run::store::counting::CountingStore;
 use s3db_run::store::s3::{ensure_bucket, S3Store};
@@ -154,15 +155,14 @@ async fn main() {
         dir.path(),
         &|_: &str| None,
     );
-    let config = loaded
-        .manifest
-        .expect("manifest")
-        .manifest
-        .backup
-        .expect("backup");
-    let backup = Backup::build(&config, &db, dir.path(), None)
-        .await
-        .expect("plugin");
+    let manifest = loaded.manifest.expect("manifest").manifest;
+    let config = manifest.backup.as_ref().expect("backup");
+    let backup = Backup::build(
+        config,
+        &BuildContext::for_manifest(&manifest, db.clone(), dir.path()),
+    )
+    .await
+    .expect("plugin");
 
     reset_peak();
     let base_backup = rss_mib();
@@ -203,9 +203,12 @@ async fn main() {
         .await
         .expect("connect")
         .with_concurrency(concurrency);
-    let restorer = Backup::build(&config, &db2, dir.path(), None)
-        .await
-        .expect("plugin");
+    let restorer = Backup::build(
+        config,
+        &BuildContext::for_manifest(&manifest, db2.clone(), dir.path()),
+    )
+    .await
+    .expect("plugin");
     reset_peak();
     let base_restore = rss_mib();
     let t = Instant::now();

@@ -29,11 +29,8 @@ async fn main() {
         let mut db = Database::connect(counting, &declared).await.expect("db");
         if cached {
             db = db.with_cache(Arc::new(Cache::memory(Settings {
-                ttl: Duration::from_secs(300),
-                max_size: 2000,
-                compression: None,
                 eviction: EvictionPolicy::Lru,
-                include_partitions: true,
+                ..Settings::new(Duration::from_secs(300), 2000)
             })));
         }
         let hot = db.resource("hot").expect("resource");

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use s3db_run::db::Database;
-use s3db_run::hooks::HookRunner;
 use s3db_run::manifest::{load_str, Format};
 use s3db_run::plugins::state_machine::StateMachines;
+use s3db_run::plugins::{BuildContext, Component};
 use s3db_run::store::connection::S3Location;
 use s3db_run::store::counting::CountingStore;
 use s3db_run::store::s3::{ensure_bucket, S3Store};
@@ -52,8 +52,8 @@ async fn main() {
     let db = Database::connect(counting.clone(), &Default::default())
         .await
         .expect("db");
-    let hooks = Arc::new(HookRunner::new(&manifest, ".", db.clone()));
-    let sm = StateMachines::build(&manifest.machines, &manifest.state_machine, &db, hooks)
+    let ctx = BuildContext::for_manifest(&manifest, db.clone(), ".");
+    let sm = StateMachines::build((&manifest.machines, &manifest.state_machine), &ctx)
         .await
         .expect("plugin");
 

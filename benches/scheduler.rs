@@ -9,10 +9,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
 use s3db_run::db::Database;
-use s3db_run::hooks::HookRunner;
 use s3db_run::manifest::{load_str, Format};
 use s3db_run::plugins::scheduler::{JobEvent, Scheduler};
-use s3db_run::types::clock::SystemClock;
+use s3db_run::plugins::{BuildContext, Component};
 use tokio_util::sync::CancellationToken;
 
 fn arg(name: &str, default: u64) -> u64 {
@@ -73,16 +72,10 @@ async fn scheduler(yaml: &str) -> Scheduler {
     )
     .await
     .expect("db");
-    let hooks = Arc::new(HookRunner::new(&manifest, ".", db.clone()));
-    Scheduler::build(
-        &manifest.jobs,
-        &manifest.scheduler,
-        &db,
-        hooks,
-        Arc::new(SystemClock),
-    )
-    .await
-    .expect("scheduler")
+    let ctx = BuildContext::for_manifest(&manifest, db, ".");
+    Scheduler::build((&manifest.jobs, &manifest.scheduler), &ctx)
+        .await
+        .expect("scheduler")
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

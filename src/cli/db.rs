@@ -121,8 +121,15 @@ pub async fn open_database_and_cache(
         let db = crate::runtime::open_database(&checked, connection).await;
         match (db, &checked.manifest.cache) {
             (Ok(db), Some(config)) => {
-                match crate::plugins::cache::Cache::build(config, db.store(), &checked.base_dir)
-                    .await
+                let ctx = crate::plugins::BuildContext::for_manifest(
+                    &checked.manifest,
+                    db.clone(),
+                    &checked.base_dir,
+                );
+                match <crate::plugins::cache::Cache as crate::plugins::Component>::build(
+                    config, &ctx,
+                )
+                .await
                 {
                     Ok(cache) => {
                         // Read around, the cache still hears about writes, so other processes

@@ -18,7 +18,7 @@ use crate::plugins::backup::Backup;
 use crate::plugins::cache::Cache;
 use crate::plugins::scheduler::Scheduler;
 use crate::plugins::state_machine::StateMachines;
-use crate::types::clock::{Clock, SystemClock};
+use crate::plugins::{build_section, BuildContext, Component};
 
 /// How often a runner looks for runs that a stopped runner left at `running`, and prunes the
 /// job history.
@@ -73,6 +73,9 @@ pub struct Runtime {
     /// Swapped by a reload that changes `backup:`.
     backup: std::sync::RwLock<Option<Backup>>,
     pub readiness: Arc<Readiness>,
+    /// The plugins' build context's token: cancelled when the grace period is over, which
+    /// interrupts whatever they still run.
+    shutdown: CancellationToken,
 }
 
 /// Why the runtime could not be built from a checked manifest.
@@ -144,35 +147,28 @@ impl Runtime {
         connection: Option<&str>,
     ) -> Result<Self, BuildError> {
         let m = &checked.manifest;
-        let mut db = open_database(checked, connection).await?;
-        let cache = match &m.cache {
-            Some(config) => Some(Arc::new(
-                Cache::build(config, db.store(), &checked.base_dir)
-                    .await
-                    .map_err(BuildError::Cache)?,
-            )),
-            None => None,
-        };
-        if let Some(c) = &cache {
-            db = db.with_cache(c.clone());
-        }
+        let db = open_database(checked, connection).await?;
         let timeout = m.scheduler.default_timeout.as_std();
-        let hooks = Arc::new(
-            HookRunner::new(m, &checked.base_dir, db.clone()).with_default_timeout(timeout),
-        );
-        let backup = match &m.backup {
-            Some(config) => {
-                Some(Backup::build(config, &db, &checked.base_dir, Some(hooks.clone())).await?)
-            }
-            None => None,
+        let hooks_on = |db: &Database| {
+            Arc::new(
+                HookRunner::new(m, &checked.base_dir, db.clone()).with_default_timeout(timeout),
+            )
         };
-        let machines = if m.machines.is_empty() {
-            None
-        } else {
-            Some(StateMachines::build(&m.machines, &m.state_machine, &db, hooks.clone()).await?)
-        };
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        let scheduler = Scheduler::build(&m.jobs, &m.scheduler, &db, hooks.clone(), clock).await?;
+        let mut ctx = BuildContext::new(db.clone(), hooks_on(&db), &checked.base_dir);
+        // The cache goes in front of the database first, so that every other plugin and every
+        // hook reads through it and invalidates it.
+        let cache = build_section::<Cache>(m, &ctx)
+            .await
+            .map_err(BuildError::Cache)?
+            .map(Arc::new);
+        if let Some(c) = &cache {
+            let db = db.with_cache(c.clone());
+            ctx = ctx.with_db(db.clone(), hooks_on(&db));
+        }
+        let backup = build_section::<Backup>(m, &ctx).await?;
+        let machines = build_section::<StateMachines>(m, &ctx).await?;
+        let scheduler = Scheduler::build((&m.jobs, &m.scheduler), &ctx).await?;
+        let (db, hooks) = (ctx.db.clone(), ctx.hooks.clone());
         let plugins = hooks.plugins();
         plugins.set_backup(backup.clone().map(|b| Arc::new(b) as _));
         plugins.set_machines(machines.clone().map(|m| Arc::new(m) as _));
@@ -184,6 +180,7 @@ impl Runtime {
             cache,
             backup: std::sync::RwLock::new(backup),
             readiness: Arc::default(),
+            shutdown: ctx.shutdown.clone(),
         })
     }
 
@@ -321,7 +318,7 @@ impl Runtime {
         }
         if self.scheduler.busy() {
             tracing::warn!("grace period over: interrupting running jobs");
-            self.scheduler.interrupt_all();
+            self.shutdown.cancel();
             while self.scheduler.busy() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }

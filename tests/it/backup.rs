@@ -10,6 +10,7 @@ use s3db_run::hooks::builtins::BuiltinKind;
 use s3db_run::hooks::{HookInput, HookKind};
 use s3db_run::manifest::model::HookRef;
 use s3db_run::plugins::backup::{Backup, BackupError, RestoreOptions};
+use s3db_run::plugins::{BuildContext, Component};
 use s3db_run::runtime::Runtime;
 use s3db_run::store::{list_all, DynStore};
 
@@ -318,9 +319,7 @@ async fn an_incremental_with_no_changes_reads_no_record_bodies() {
         .unwrap();
     let b = Backup::build(
         m.manifest.backup.as_ref().unwrap(),
-        &db,
-        setup.dir.path(),
-        None,
+        &BuildContext::for_manifest(&m.manifest, db.clone(), setup.dir.path()),
     )
     .await
     .unwrap();

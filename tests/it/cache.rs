@@ -12,11 +12,13 @@ use s3db_run::db::{Database, ListOptions};
 use s3db_run::manifest::model::CacheConfig;
 use s3db_run::manifest::Format;
 use s3db_run::plugins::cache::Cache;
+use s3db_run::plugins::Component;
 use s3db_run::store::counting::{CountingStore, RequestCounts};
 use s3db_run::store::DynStore;
+use s3db_run::types::ManualClock;
 use serde_json::{json, Map, Value};
 
-use crate::support::{load_text, Backend};
+use crate::support::{context, load_text, Backend};
 
 #[derive(Clone, Copy, Debug)]
 enum Driver {
@@ -26,6 +28,8 @@ enum Driver {
 }
 
 struct Setup {
+    /// What entries expire by: moved by the tests, never waited for.
+    clock: Arc<ManualClock>,
     db: Database,
     cache: Arc<Cache>,
     counts: Arc<RequestCounts>,
@@ -65,11 +69,9 @@ async fn setup(driver: Driver, ttl: &str, max_size: u64) -> Setup {
         .manifest
         .cache
         .expect("cache");
-    let cache = Arc::new(
-        Cache::build(&config, &store, dir.path())
-            .await
-            .expect("cache"),
-    );
+    let clock = ManualClock::new(chrono::Utc::now());
+    let ctx = context(&store, dir.path()).await.with_clock(clock.clone());
+    let cache = Arc::new(Cache::build(&config, &ctx).await.expect("cache"));
     let mut declared = IndexMap::new();
     declared.insert(
         "items".to_string(),
@@ -93,6 +95,7 @@ async fn setup(driver: Driver, ttl: &str, max_size: u64) -> Setup {
         .unwrap()
         .with_cache(cache.clone());
     Setup {
+        clock,
         db,
         cache,
         counts,
@@ -141,14 +144,18 @@ async fn hits_read_nothing_from_the_store(driver: Driver) {
 }
 
 async fn entries_expire_after_the_ttl(driver: Driver) {
-    let s = setup(driver, "300ms", 100).await;
+    let s = setup(driver, "5m", 100).await;
     let items = s.db.resource("items").unwrap();
     items
         .insert(obj(json!({ "n": 1 })), Some("a"))
         .await
         .unwrap();
     items.get_cached("a").await.unwrap();
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    s.clock.advance(chrono::Duration::minutes(4));
+    let hits = s.cache.snapshot().hits;
+    items.get_cached("a").await.unwrap();
+    assert_eq!(s.cache.snapshot().hits, hits + 1, "within the TTL: a hit");
+    s.clock.advance(chrono::Duration::minutes(2));
     let misses = s.cache.snapshot().misses;
     items.get_cached("a").await.unwrap();
     assert_eq!(
@@ -427,7 +434,7 @@ async fn the_s3_driver_can_keep_entries_in_another_bucket() {
         .cache
         .expect("cache");
     let cache = Arc::new(
-        Cache::build(&config, &store, std::path::Path::new("."))
+        Cache::build(&config, &context(&store, std::path::Path::new(".")).await)
             .await
             .expect("cache"),
     );
@@ -466,7 +473,7 @@ async fn the_s3_driver_can_keep_entries_in_another_bucket() {
         Some("STANDARD_IA")
     );
     let memory = Arc::new(s3db_run::store::memory::MemoryStore::isolated()) as DynStore;
-    let err = Cache::build(&config, &memory, std::path::Path::new("."))
+    let err = Cache::build(&config, &context(&memory, std::path::Path::new(".")).await)
         .await
         .unwrap_err()
         .to_string();

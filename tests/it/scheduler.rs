@@ -9,11 +9,11 @@ use chrono::{DateTime, Utc};
 use indexmap::IndexMap;
 use s3db_run::db::schema::StoredResource;
 use s3db_run::db::Database;
-use s3db_run::hooks::HookRunner;
 use s3db_run::manifest::model::{JobDef, Manifest};
 use s3db_run::manifest::Format;
 use s3db_run::plugins::scheduler::jobs::JobError;
 use s3db_run::plugins::scheduler::{JobEvent, Scheduler};
+use s3db_run::plugins::{BuildContext, Component};
 use s3db_run::types::clock::{Clock, ManualClock, SystemClock};
 use serde_json::json;
 
@@ -50,8 +50,8 @@ async fn setup(backend: Backend, jobs_yaml: &str, clock: Arc<dyn Clock>) -> Setu
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let hooks = Arc::new(HookRunner::new(&manifest, dir.path(), db.clone()));
-    let scheduler = Scheduler::build(&manifest.jobs, &manifest.scheduler, &db, hooks, clock)
+    let ctx = BuildContext::for_manifest(&manifest, db.clone(), dir.path()).with_clock(clock);
+    let scheduler = Scheduler::build((&manifest.jobs, &manifest.scheduler), &ctx)
         .await
         .unwrap();
     Setup {
@@ -98,20 +98,10 @@ impl Setup {
 
     /// Another runner on the same database.
     async fn second_runner(&self) -> Scheduler {
-        let hooks = Arc::new(HookRunner::new(
-            &self.manifest,
-            self.dir.path(),
-            self.db.clone(),
-        ));
-        Scheduler::build(
-            &self.manifest.jobs,
-            &self.manifest.scheduler,
-            &self.db,
-            hooks,
-            Arc::new(SystemClock),
-        )
-        .await
-        .unwrap()
+        let ctx = BuildContext::for_manifest(&self.manifest, self.db.clone(), self.dir.path());
+        Scheduler::build((&self.manifest.jobs, &self.manifest.scheduler), &ctx)
+            .await
+            .unwrap()
     }
 }
 

@@ -12,6 +12,7 @@ use s3db_run::hooks::{HookInput, HookKind, HookRunner};
 use s3db_run::manifest::model::{HookRef, Manifest};
 use s3db_run::manifest::Format;
 use s3db_run::plugins::state_machine::{log_id, MachineError, MachineEvent, StateMachines};
+use s3db_run::plugins::{BuildContext, Component};
 use serde_json::{json, Value};
 
 use crate::support::{load_text, Backend};
@@ -82,15 +83,11 @@ async fn fixture(backend: Backend) -> Fixture {
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let hooks = Arc::new(HookRunner::new(&manifest, dir.path(), db.clone()));
-    let sm = StateMachines::build(
-        &manifest.machines,
-        &manifest.state_machine,
-        &db,
-        hooks.clone(),
-    )
-    .await
-    .unwrap();
+    let ctx = BuildContext::for_manifest(&manifest, db.clone(), dir.path());
+    let hooks = ctx.hooks.clone();
+    let sm = StateMachines::build((&manifest.machines, &manifest.state_machine), &ctx)
+        .await
+        .unwrap();
     // As the runtime does: `machine.*` built-ins act on this plugin.
     hooks.plugins().set_machines(Some(
         Arc::new(sm.clone()) as Arc<dyn s3db_run::hooks::MachineOps>
@@ -108,16 +105,10 @@ async fn fixture(backend: Backend) -> Fixture {
 impl Fixture {
     /// The same database and definitions in a new plugin instance: a restart.
     async fn restart(&self) -> StateMachines {
-        let hooks = Arc::new(HookRunner::new(
-            &self.manifest,
-            self.dir.path(),
-            self.db.clone(),
-        ));
+        let ctx = BuildContext::for_manifest(&self.manifest, self.db.clone(), self.dir.path());
         StateMachines::build(
-            &self.manifest.machines,
-            &self.manifest.state_machine,
-            &self.db,
-            hooks,
+            (&self.manifest.machines, &self.manifest.state_machine),
+            &ctx,
         )
         .await
         .unwrap()
@@ -497,7 +488,8 @@ async fn transition_retention_keeps_the_newest_entries(b: Backend) {
     let mut config = f.manifest.state_machine.clone();
     config.transition_retention =
         Some(s3db_run::manifest::model::TransitionRetention { max_per_entity: 3 });
-    let sm = StateMachines::build(&f.manifest.machines, &config, &f.db, f.hooks.clone())
+    let ctx = BuildContext::new(f.db.clone(), f.hooks.clone(), f.dir.path());
+    let sm = StateMachines::build((&f.manifest.machines, &config), &ctx)
         .await
         .unwrap();
     for entity in ["a", "b"] {
@@ -531,6 +523,49 @@ async fn transition_retention_keeps_the_newest_entries(b: Backend) {
     assert_eq!(sm.state("toggle", "a").await.unwrap().seq, 10);
 }
 
+/// Deadlines fall due by the plugin's clock, not the system's: on a clock stopped in 2020 an
+/// 800 ms deadline waits however long the test runs, and fires once the clock is moved past it.
+async fn deadlines_fall_due_by_the_plugin_s_clock(b: Backend) {
+    use chrono::TimeZone;
+    let f = fixture(b).await;
+    let clock = s3db_run::types::ManualClock::new(
+        chrono::Utc.with_ymd_and_hms(2020, 1, 1, 0, 0, 0).unwrap(),
+    );
+    let ctx =
+        BuildContext::new(f.db.clone(), f.hooks.clone(), f.dir.path()).with_clock(clock.clone());
+    let sm = StateMachines::build((&f.manifest.machines, &f.manifest.state_machine), &ctx)
+        .await
+        .unwrap();
+    sm.initialize("timer", "t", Value::Null).await.unwrap();
+    let due = sm
+        .state("timer", "t")
+        .await
+        .unwrap()
+        .deadline
+        .expect("deadline");
+    assert!(due.at.starts_with("2020-01-01T00:00:00.800"), "{}", due.at);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let watcher = tokio::spawn({
+        let (sm, stop) = (sm.clone(), stop.clone());
+        async move { sm.run_deadlines(stop, Duration::from_millis(100)).await }
+    });
+    // Several polls on a stopped clock: nothing is due.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sm.state("timer", "t").await.unwrap().state, "waiting");
+    clock.advance(chrono::Duration::seconds(1));
+    let mut state = String::new();
+    for _ in 0..50 {
+        state = sm.state("timer", "t").await.unwrap().state;
+        if state == "expired" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "expired");
+    stop.cancel();
+    watcher.await.unwrap();
+}
+
 macro_rules! fs_and_s3 {
     ($($name:ident),* $(,)?) => {
         mod fs {
@@ -554,6 +589,7 @@ fs_and_s3!(
     concurrent_senders_in_one_process_lose_nothing,
     machine_built_ins_send_events,
     transition_retention_keeps_the_newest_entries,
+    deadlines_fall_due_by_the_plugin_s_clock,
 );
 
 /// Two processes send 10 TOGGLE events each to one entity at the same time: all 20 succeed and

@@ -354,10 +354,26 @@ struct Built {
     index: archive::Written,
 }
 
+/// Loads the passphrase (from the value, a file or a command) and connects the destinations;
+/// the context's hooks run the onBackup*/onRestore* callbacks.
+impl crate::plugins::Component for Backup {
+    type Config<'a> = &'a BackupConfig;
+    type Error = BackupError;
+
+    fn section(m: &crate::manifest::model::Manifest) -> Option<&BackupConfig> {
+        m.backup.as_ref()
+    }
+
+    fn build<'a>(
+        config: &'a BackupConfig,
+        ctx: &'a crate::plugins::BuildContext,
+    ) -> impl std::future::Future<Output = Result<Self, BackupError>> + Send + 'a {
+        Self::build_new(config, &ctx.db, &ctx.base_dir, Some(ctx.hooks.clone()))
+    }
+}
+
 impl Backup {
-    /// Builds the plugin: loads the passphrase (from the value, a file or a command) and
-    /// connects the destinations. `hooks` runs the onBackup*/onRestore* callbacks.
-    pub async fn build(
+    async fn build_new(
         config: &BackupConfig,
         db: &Database,
         base_dir: &Path,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{open, seal, CacheDriver, CacheStats, Settings};
+use super::{CacheDriver, CacheStats, Settings};
 use crate::db::codec::{decode, encode};
 use crate::manifest::model::PartitionStrategy;
 
@@ -59,7 +59,7 @@ impl FsCache {
     }
 
     fn day_dir(&self, days_ago: i64) -> PathBuf {
-        let day = chrono::Utc::now() - chrono::Duration::days(days_ago);
+        let day = self.settings.clock.now() - chrono::Duration::days(days_ago);
         self.root.join(day.format("%Y-%m-%d").to_string())
     }
 
@@ -156,7 +156,7 @@ impl CacheDriver for FsCache {
             let Ok(entry) = std::fs::read(&path) else {
                 continue;
             };
-            match open(&entry) {
+            match self.settings.open(&entry) {
                 Ok(payload) => return Some(Bytes::from(payload)),
                 Err(()) => {
                     // Expired or corrupt: a miss, and the file goes.
@@ -168,7 +168,7 @@ impl CacheDriver for FsCache {
     }
 
     async fn set(&self, key: &str, value: Bytes) {
-        let (sealed, saved) = seal(&value, self.settings.ttl, self.settings.compression);
+        let (sealed, saved) = self.settings.seal(&value);
         self.stats
             .compression_saved
             .fetch_add(saved, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use moka::future::Cache as Moka;
 use moka::notification::RemovalCause;
 
-use super::{open, seal, CacheDriver, CacheStats, Settings};
+use super::{CacheDriver, CacheStats, Settings};
 
 pub struct MemoryCache {
     entries: Moka<String, Bytes>,
@@ -50,7 +50,7 @@ impl CacheDriver for MemoryCache {
 
     async fn get(&self, key: &str) -> Option<Bytes> {
         let entry = self.entries.get(key).await?;
-        match open(&entry) {
+        match self.settings.open(&entry) {
             Ok(payload) => Some(Bytes::from(payload)),
             Err(()) => {
                 self.entries.invalidate(key).await;
@@ -60,7 +60,7 @@ impl CacheDriver for MemoryCache {
     }
 
     async fn set(&self, key: &str, value: Bytes) {
-        let (sealed, saved) = seal(&value, self.settings.ttl, self.settings.compression);
+        let (sealed, saved) = self.settings.seal(&value);
         self.stats
             .compression_saved
             .fetch_add(saved, Ordering::Relaxed);

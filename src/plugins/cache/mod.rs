@@ -19,8 +19,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::model::{CacheBackend, CacheConfig, EvictionPolicy};
+use super::{BuildContext, Component};
+use crate::manifest::model::{CacheBackend, CacheConfig, EvictionPolicy, Manifest};
 use crate::store::DynStore;
+use crate::types::Clock;
 
 /// Where entries are kept. Keys are `/`-separated paths; values are opaque bytes. A driver
 /// treats an unreadable entry as absent and removes it.
@@ -74,13 +76,56 @@ pub struct StatsSnapshot {
 }
 
 /// The settings a driver runs with, after the driver's `config` overrode the plugin's.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Settings {
     pub ttl: Duration,
     pub max_size: u64,
     pub compression: Option<usize>,
     pub eviction: EvictionPolicy,
     pub include_partitions: bool,
+    /// What entries expire by.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("ttl", &self.ttl)
+            .field("max_size", &self.max_size)
+            .field("compression", &self.compression)
+            .field("eviction", &self.eviction)
+            .field("include_partitions", &self.include_partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    /// Settings on the system clock.
+    pub fn new(ttl: Duration, max_size: u64) -> Self {
+        Self {
+            ttl,
+            max_size,
+            compression: None,
+            eviction: EvictionPolicy::default(),
+            include_partitions: true,
+            clock: Arc::new(crate::types::SystemClock),
+        }
+    }
+
+    /// Milliseconds since the Unix epoch, by this cache's clock.
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0)
+    }
+
+    /// Wraps a payload in its envelope: expiry, and gzip when at least `compression` bytes.
+    pub(crate) fn seal(&self, payload: &[u8]) -> (Bytes, u64) {
+        seal(payload, self.ttl, self.compression, self.now_ms())
+    }
+
+    /// The payload of an unexpired entry.
+    pub(crate) fn open(&self, entry: &[u8]) -> Result<Vec<u8>, ()> {
+        open(entry, self.now_ms())
+    }
 }
 
 /// Entries are stored in an envelope: when they expire, and whether the payload is gzipped.
@@ -92,12 +137,8 @@ struct Envelope {
     gz: bool,
 }
 
-pub(crate) fn now_ms() -> u64 {
-    u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0)
-}
-
 /// `{"exp":…,"gz":…}\n` followed by the payload.
-pub(crate) fn seal(payload: &[u8], ttl: Duration, compress_from: Option<usize>) -> (Bytes, u64) {
+fn seal(payload: &[u8], ttl: Duration, compress_from: Option<usize>, now_ms: u64) -> (Bytes, u64) {
     let gz = compress_from.is_some_and(|t| payload.len() >= t);
     let body = if gz {
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -111,7 +152,7 @@ pub(crate) fn seal(payload: &[u8], ttl: Duration, compress_from: Option<usize>) 
     } else {
         0
     };
-    let exp = now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    let exp = now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
     let mut out = serde_json::to_vec(&Envelope { exp, gz }).unwrap_or_default();
     out.push(b'\n');
     out.extend_from_slice(&body);
@@ -119,10 +160,10 @@ pub(crate) fn seal(payload: &[u8], ttl: Duration, compress_from: Option<usize>) 
 }
 
 /// The payload of an entry; Err(()) when it is expired or unreadable.
-pub(crate) fn open(entry: &[u8]) -> Result<Vec<u8>, ()> {
+fn open(entry: &[u8], now_ms: u64) -> Result<Vec<u8>, ()> {
     let nl = entry.iter().position(|b| *b == b'\n').ok_or(())?;
     let env: Envelope = serde_json::from_slice(&entry[..nl]).map_err(|_| ())?;
-    if env.exp <= now_ms() {
+    if env.exp <= now_ms {
         return Err(());
     }
     let body = &entry[nl + 1..];
@@ -160,23 +201,35 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-impl Cache {
-    /// Builds the configured driver. `store` is the database's store (the `s3` driver's
-    /// default home); relative folders start at `base_dir`.
-    pub async fn build(
-        config: &CacheConfig,
-        store: &DynStore,
-        base_dir: &Path,
-    ) -> Result<Self, CacheError> {
+/// The configured driver. The database's store is the `s3` driver's default home; relative
+/// folders start at the manifest's folder; entries expire by the context's clock.
+impl Component for Cache {
+    type Config<'a> = &'a CacheConfig;
+    type Error = CacheError;
+
+    fn section(m: &Manifest) -> Option<&CacheConfig> {
+        m.cache.as_ref()
+    }
+
+    async fn build<'a>(config: &'a CacheConfig, ctx: &'a BuildContext) -> Result<Self, CacheError> {
         let stats = Arc::new(CacheStats::default());
-        let active = Self::build_active(config, store, base_dir, stats.clone()).await?;
+        let active = Self::build_active(
+            config,
+            ctx.db.store(),
+            &ctx.base_dir,
+            ctx.clock.clone(),
+            stats.clone(),
+        )
+        .await?;
         Ok(Self {
             active: std::sync::RwLock::new(Arc::new(active)),
             stats,
             write_only: false,
         })
     }
+}
 
+impl Cache {
     /// Builds the driver of a new configuration (a reload) without touching the running one.
     pub async fn prepare(
         &self,
@@ -184,7 +237,8 @@ impl Cache {
         store: &DynStore,
         base_dir: &Path,
     ) -> Result<PreparedCache, CacheError> {
-        Self::build_active(config, store, base_dir, self.stats.clone())
+        let clock = self.active().settings.clock.clone();
+        Self::build_active(config, store, base_dir, clock, self.stats.clone())
             .await
             .map(PreparedCache)
     }
@@ -210,6 +264,7 @@ impl Cache {
         config: &CacheConfig,
         store: &DynStore,
         base_dir: &Path,
+        clock: Arc<dyn Clock>,
         stats: Arc<CacheStats>,
     ) -> Result<Active, CacheError> {
         let target = config.target.as_ref().ok_or(CacheError::Unchecked)?;
@@ -228,6 +283,7 @@ impl Cache {
                 _ => EvictionPolicy::default(),
             },
             include_partitions: target.include_partitions,
+            clock,
         };
         let driver: Box<dyn CacheDriver> = match &target.backend {
             CacheBackend::Memory { log_evictions, .. } => Box::new(memory::MemoryCache::new(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{open, seal, CacheDriver, CacheStats, Settings};
+use super::{CacheDriver, CacheStats, Settings};
 use crate::db::codec::encode;
 use crate::manifest::model::StorageClass;
 use crate::store::{list_all, DynStore, PutMode, PutOptions};
@@ -113,7 +113,7 @@ impl CacheDriver for S3Cache {
     async fn get(&self, key: &str) -> Option<Bytes> {
         let object_key = self.object_key(key);
         let obj = self.store.get(&object_key).await.ok()??;
-        match open(&obj.body) {
+        match self.settings.open(&obj.body) {
             Ok(payload) => Some(Bytes::from(payload)),
             Err(()) => {
                 let _ = self.store.delete(&object_key, None).await;
@@ -123,7 +123,7 @@ impl CacheDriver for S3Cache {
     }
 
     async fn set(&self, key: &str, value: Bytes) {
-        let (sealed, saved) = seal(&value, self.settings.ttl, self.settings.compression);
+        let (sealed, saved) = self.settings.seal(&value);
         self.stats
             .compression_saved
             .fetch_add(saved, Ordering::Relaxed);

@@ -47,9 +47,9 @@ fn parse_index_key(key: &str) -> Option<(String, String, String, u64)> {
     Some((at, machine, entity, seq))
 }
 
-pub(super) fn deadline_due(d: &Deadline) -> bool {
+pub(super) fn deadline_due(d: &Deadline, now: DateTime<Utc>) -> bool {
     DateTime::parse_from_rfc3339(&d.at)
-        .map(|t| t.with_timezone(&Utc) <= Utc::now())
+        .map(|t| t.with_timezone(&Utc) <= now)
         .unwrap_or(false)
 }
 
@@ -129,7 +129,7 @@ impl StateMachines {
     /// entries are listed in due order, so the first one past the horizon ends the read.
     pub async fn poll_deadline_index(&self) -> Result<usize, MachineError> {
         let horizon = crate::types::time::rfc3339(
-            Utc::now() + chrono::Duration::from_std(LOOKAHEAD).unwrap_or_default(),
+            self.inner.clock.now() + chrono::Duration::from_std(LOOKAHEAD).unwrap_or_default(),
         );
         let mut token: Option<String> = None;
         let mut n = 0;
@@ -246,7 +246,7 @@ impl StateMachines {
     }
 
     pub(super) fn take_due(&self) -> Vec<(String, String, String, u64)> {
-        let now = now_text();
+        let now = crate::types::time::rfc3339(self.inner.clock.now());
         let mut deadlines = self
             .inner
             .deadlines
@@ -272,7 +272,11 @@ impl StateMachines {
             .unwrap_or_else(|e| e.into_inner());
         let (at, _, _) = deadlines.keys().next()?;
         let at = DateTime::parse_from_rfc3339(at).ok()?.with_timezone(&Utc);
-        Some((at - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+        Some(
+            (at - self.inner.clock.now())
+                .to_std()
+                .unwrap_or(Duration::ZERO),
+        )
     }
 
     /// Applies a due `after` transition, unless the entity has left the state since.
@@ -286,11 +290,9 @@ impl StateMachines {
         while attempts.next().await {
             let def = self.definition(machine)?;
             let rec = self.read(machine, entity).await?;
-            let Some(d) = rec
-                .deadline
-                .clone()
-                .filter(|d| d.seq == rec.seq && rec.seq == seq && deadline_due(d))
-            else {
+            let Some(d) = rec.deadline.clone().filter(|d| {
+                d.seq == rec.seq && rec.seq == seq && deadline_due(d, self.inner.clock.now())
+            }) else {
                 return Ok(None);
             };
             match self

@@ -32,7 +32,7 @@ impl StateMachines {
             if let Some(d) = rec
                 .deadline
                 .clone()
-                .filter(|d| d.seq == rec.seq && deadline_due(d))
+                .filter(|d| d.seq == rec.seq && deadline_due(d, self.inner.clock.now()))
             {
                 // The entity's time in this state ran out before this event: that comes first.
                 self.commit(
@@ -134,7 +134,7 @@ impl StateMachines {
         let machine = rec.text("machine").to_string();
         let entity = rec.text("entity").to_string();
         let seq = rec.seq + 1;
-        let now = Utc::now();
+        let now = self.inner.clock.now();
         let timestamp = crate::types::time::rfc3339(now);
         let merged = merge_context(&rec.context, context);
         let result = TransitionResult {
@@ -264,7 +264,7 @@ impl StateMachines {
         }
         let at = DateTime::parse_from_rfc3339(&result.timestamp)
             .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(|_| Utc::now());
+            .unwrap_or_else(|_| self.inner.clock.now());
         let data = self.next_state(def, rec, &result, at);
         match self.inner.states.replace(&rec.record, data).await {
             Ok(_) => {
@@ -318,7 +318,7 @@ impl StateMachines {
         // stored due time (and is found again by it).
         let entered = DateTime::parse_from_rfc3339(&result.timestamp)
             .map(|t| t.with_timezone(&Utc))
-            .unwrap_or_else(|_| Utc::now());
+            .unwrap_or_else(|_| self.inner.clock.now());
         if let Some(d) = deadline_for(def, &result.to, entered, result.seq) {
             self.set_deadline(&result.machine, &result.entity, &d).await;
         }

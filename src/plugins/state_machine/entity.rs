@@ -47,7 +47,7 @@ impl StateMachines {
         context: Value,
     ) -> Result<EntityStatus, MachineError> {
         let def = self.definition(machine)?;
-        let now = Utc::now();
+        let now = self.inner.clock.now();
         let context = if context.is_null() {
             json!({})
         } else {

@@ -31,7 +31,7 @@ use tokio::sync::{broadcast, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::db::schema::StoredResource;
-use crate::db::{Database, DbError, Resource};
+use crate::db::{DbError, Resource};
 use crate::hooks::builtins::BuiltinKind;
 use crate::hooks::{
     GuardDecision, HookInput, HookKind, HookRunner, MachineOps, OpsError, Transition,
@@ -256,10 +256,6 @@ fn recent_from_json(v: &Value) -> Option<TransitionResult> {
     })
 }
 
-fn now_text() -> String {
-    crate::types::time::now_rfc3339()
-}
-
 pub fn state_id(machine: &str, entity: &str) -> String {
     crate::types::EntityKey::new(machine, entity).into_string()
 }
@@ -319,6 +315,8 @@ struct Inner {
     deadline_added: Notify,
     /// Where the deadline index lives (the database's store).
     store: crate::store::DynStore,
+    /// What transitions are stamped with and deadlines fall due by.
+    clock: Arc<dyn crate::types::Clock>,
 }
 
 /// The state machine plugin. Cheap to clone.
@@ -333,15 +331,31 @@ impl std::fmt::Debug for StateMachines {
     }
 }
 
+/// Registers the plugin's resources; deadlines fall due by the context's clock. (The runtime
+/// hands the plugin to the hook registry for `machine.send`/`machine.sendAll`.)
+impl crate::plugins::Component for StateMachines {
+    type Config<'a> = (&'a IndexMap<String, MachineDef>, &'a StateMachineConfig);
+    type Error = MachineError;
+
+    fn section(m: &crate::manifest::model::Manifest) -> Option<Self::Config<'_>> {
+        (!m.machines.is_empty()).then_some((&m.machines, &m.state_machine))
+    }
+
+    fn build<'a>(
+        (machines, config): Self::Config<'a>,
+        ctx: &'a crate::plugins::BuildContext,
+    ) -> impl std::future::Future<Output = Result<Self, MachineError>> + Send + 'a {
+        Self::build_new(machines, config, ctx)
+    }
+}
+
 impl StateMachines {
-    /// Builds the plugin and registers its resources (the runtime hands it to the hook runner
-    /// for `machine.send`/`machine.sendAll`).
-    pub async fn build(
+    async fn build_new(
         machines: &IndexMap<String, MachineDef>,
         config: &StateMachineConfig,
-        db: &Database,
-        hooks: Arc<HookRunner>,
+        ctx: &crate::plugins::BuildContext,
     ) -> Result<Self, MachineError> {
+        let (db, hooks) = (&ctx.db, &ctx.hooks);
         let mut declared = IndexMap::new();
         let attrs = |pairs: &[(&str, &str)]| {
             pairs
@@ -402,6 +416,7 @@ impl StateMachines {
                 deadlines: Mutex::default(),
                 deadline_added: Notify::new(),
                 store: db.store().clone(),
+                clock: ctx.clock.clone(),
             }),
         };
         plugin.emit(MachineEvent::Initialized {
@@ -523,7 +538,7 @@ impl MachineOps for StateMachines {
     ) -> Result<Value, OpsError> {
         let cutoff = older_than
             .and_then(|d| chrono::Duration::from_std(d).ok())
-            .map(|d| Utc::now() - d);
+            .map(|d| self.inner.clock.now() - d);
         let entities = self.entities(machine).await?;
         let mut sent = 0;
         let mut failed = Vec::new();

@@ -22,6 +22,24 @@ pub fn load_text(text: &str, format: Format) -> Loaded {
     manifest::load_str("test.yaml", text.to_string(), format, &repo(), &fixture_env)
 }
 
+/// A build context on `store` for a plugin under test, with no hooks of its own.
+pub async fn context(
+    store: &s3db_run::store::DynStore,
+    dir: &std::path::Path,
+) -> s3db_run::plugins::BuildContext {
+    let m = load_text(
+        "version: 1\ndatabase: { connection: \"memory://x/y\" }\n",
+        Format::Yaml,
+    )
+    .manifest
+    .expect("valid")
+    .manifest;
+    let db = s3db_run::db::Database::connect(store.clone(), &Default::default())
+        .await
+        .expect("db");
+    s3db_run::plugins::BuildContext::for_manifest(&m, db, dir)
+}
+
 /// Every example manifest the project ships.
 pub fn example_manifests() -> Vec<PathBuf> {
     let root = repo();

@@ -17,7 +17,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::schema::StoredResource;
-use crate::db::{Database, DbError, Record, Resource};
+use crate::db::{DbError, Record, Resource};
 use crate::hooks::builtins::BuiltinKind;
 use crate::hooks::{HookError, HookInput, HookKind, HookRunner};
 use crate::manifest::model::{CatchUp, HookRef, JobDef, OverlapPolicy, SchedulerConfig};
@@ -150,7 +150,8 @@ struct Inner {
     /// claimed: a run whose claim is still in flight is not yet in `tasks`, and a shutdown
     /// that missed it would leave its history record at `running` for good.
     in_flight: AtomicUsize,
-    /// Cancelled by `interrupt_all`; every run's own token is a child of it, so a run whose
+    /// A child of the build context's shutdown token, also cancelled by `interrupt_all`; every
+    /// run's own token is a child of it, so a run whose
     /// claim completes after the interruption stops too.
     interrupted: CancellationToken,
     /// Where the next `sweep_stale` pass starts among the jobs.
@@ -188,14 +189,32 @@ fn job_state(def: &JobDef, config: &SchedulerConfig) -> JobState {
     }
 }
 
+/// Registers the history resource and reads the shared job state; slots fall due by the
+/// context's clock, and runs are interrupted when the context shuts down.
+impl crate::plugins::Component for Scheduler {
+    type Config<'a> = (&'a IndexMap<String, JobDef>, &'a SchedulerConfig);
+    type Error = JobError;
+
+    /// The scheduler always runs: the API and the CLI start jobs through it, even with none.
+    fn section(m: &crate::manifest::model::Manifest) -> Option<Self::Config<'_>> {
+        Some((&m.jobs, &m.scheduler))
+    }
+
+    fn build<'a>(
+        (jobs, config): Self::Config<'a>,
+        ctx: &'a crate::plugins::BuildContext,
+    ) -> impl std::future::Future<Output = Result<Self, JobError>> + Send + 'a {
+        Self::build_new(jobs, config, ctx)
+    }
+}
+
 impl Scheduler {
-    pub async fn build(
+    async fn build_new(
         jobs: &IndexMap<String, JobDef>,
         config: &SchedulerConfig,
-        db: &Database,
-        hooks: Arc<HookRunner>,
-        clock: Arc<dyn Clock>,
+        ctx: &crate::plugins::BuildContext,
     ) -> Result<Self, JobError> {
+        let (db, hooks, clock) = (&ctx.db, ctx.hooks.clone(), ctx.clock.clone());
         let history = if config.persist_jobs {
             let mut declared = IndexMap::new();
             let attrs = [
@@ -251,7 +270,7 @@ impl Scheduler {
                 events,
                 tasks: Mutex::default(),
                 in_flight: AtomicUsize::new(0),
-                interrupted: CancellationToken::new(),
+                interrupted: ctx.shutdown.child_token(),
                 sweep_cursor: AtomicUsize::new(0),
                 changed: tokio::sync::Notify::new(),
             }),
