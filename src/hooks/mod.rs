@@ -8,4 +8,6 @@ pub mod shell;
 pub mod template;
 
 pub use input::{GuardDecision, HookInput, HookKind, Transition};
-pub use runner::{BackupOps, HookError, HookRunner, MachineOps, OpsError, Plugins, ResolvedHook};
+pub use runner::{
+    BackupOps, HookError, HookRunner, MachineOps, OpsError, PluginSet, Plugins, ResolvedHook,
+};

@@ -50,36 +50,38 @@ pub trait BackupOps: Send + Sync {
     async fn prune(&self, dry_run: bool) -> Result<Value, OpsError>;
 }
 
-/// The plugins built-ins act on. Plugins run hooks and hooks act on plugins, so one of the two
-/// is put in place after the other: the runtime builds the hook runner, then the plugins, then
-/// puts them here, all in one place (and a reload swaps them here with the rest).
+/// The plugins built-ins act on, as one set.
+#[derive(Clone, Default)]
+pub struct PluginSet {
+    pub machines: Option<Arc<dyn MachineOps>>,
+    pub backup: Option<Arc<dyn BackupOps>>,
+}
+
+/// The hook registry's view of the plugins. Plugins run hooks and hooks act on plugins, so the
+/// set is made once every plugin is built and installed whole, by the runtime alone (a reload
+/// installs the next set); no plugin registers itself.
 #[derive(Default)]
 pub struct Plugins {
-    machines: std::sync::RwLock<Option<Arc<dyn MachineOps>>>,
-    backup: std::sync::RwLock<Option<Arc<dyn BackupOps>>>,
+    set: std::sync::RwLock<PluginSet>,
 }
 
 impl Plugins {
     pub fn machines(&self) -> Option<Arc<dyn MachineOps>> {
-        self.machines
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current().machines
     }
 
     pub fn backup(&self) -> Option<Arc<dyn BackupOps>> {
-        self.backup
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current().backup
     }
 
-    pub fn set_machines(&self, ops: Option<Arc<dyn MachineOps>>) {
-        *self.machines.write().unwrap_or_else(|e| e.into_inner()) = ops;
+    /// The installed set.
+    pub fn current(&self) -> PluginSet {
+        self.set.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    pub fn set_backup(&self, ops: Option<Arc<dyn BackupOps>>) {
-        *self.backup.write().unwrap_or_else(|e| e.into_inner()) = ops;
+    /// Puts a whole set in place of the last.
+    pub fn install(&self, set: PluginSet) {
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = set;
     }
 }
 

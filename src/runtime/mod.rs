@@ -170,8 +170,10 @@ impl Runtime {
         let scheduler = Scheduler::build((&m.jobs, &m.scheduler), &ctx).await?;
         let (db, hooks) = (ctx.db.clone(), ctx.hooks.clone());
         let plugins = hooks.plugins();
-        plugins.set_backup(backup.clone().map(|b| Arc::new(b) as _));
-        plugins.set_machines(machines.clone().map(|m| Arc::new(m) as _));
+        plugins.install(crate::hooks::PluginSet {
+            machines: machines.clone().map(|m| Arc::new(m) as _),
+            backup: backup.clone().map(|b| Arc::new(b) as _),
+        });
         Ok(Self {
             db,
             hooks,
@@ -192,11 +194,14 @@ impl Runtime {
             .clone()
     }
 
-    /// Puts a reconfigured backup plugin in place (for the API, the CLI and `backup.*`).
-    pub fn set_backup(&self, backup: Backup) {
-        self.hooks
-            .plugins()
-            .set_backup(Some(Arc::new(backup.clone())));
+    /// Puts a reconfigured backup plugin in place (for the API, the CLI and `backup.*`): the
+    /// hook registry gets the next plugin set, with the new backup in it.
+    pub fn replace_backup(&self, backup: Backup) {
+        let plugins = self.hooks.plugins();
+        plugins.install(crate::hooks::PluginSet {
+            backup: Some(Arc::new(backup.clone())),
+            ..plugins.current()
+        });
         *self.backup.write().unwrap_or_else(|e| e.into_inner()) = Some(backup);
     }
 

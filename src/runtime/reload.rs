@@ -263,7 +263,7 @@ impl Reloader {
         }
         if let Some(b) = backup {
             // Running backups finish with the configuration they began with.
-            rt.set_backup(b);
+            rt.replace_backup(b);
         }
         if let Some(machines) = &rt.machines {
             if changes.iter().any(|c| c.kind == "machine") {

@@ -89,9 +89,10 @@ async fn fixture(backend: Backend) -> Fixture {
         .await
         .unwrap();
     // As the runtime does: `machine.*` built-ins act on this plugin.
-    hooks.plugins().set_machines(Some(
-        Arc::new(sm.clone()) as Arc<dyn s3db_run::hooks::MachineOps>
-    ));
+    hooks.plugins().install(s3db_run::hooks::PluginSet {
+        machines: Some(Arc::new(sm.clone()) as Arc<dyn s3db_run::hooks::MachineOps>),
+        backup: None,
+    });
     Fixture {
         sm,
         db,
