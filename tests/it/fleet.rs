@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::support::{s3, Process};
 
 /// A folder with a manifest on a fresh bucket: one job `slow` (5 s of work, every 2 s, with
-/// `overlap`) whose runs append `start|end NANOS PID` lines to `runs.log`.
+/// `overlap`) whose runs append `start NANOS PID SLOT` and `end NANOS PID` lines to `runs.log`.
 fn project(overlap: &str, schedule: &str) -> tempfile::TempDir {
     let connection = tokio::runtime::Runtime::new()
         .unwrap()
@@ -21,7 +21,7 @@ fn project(overlap: &str, schedule: &str) -> tempfile::TempDir {
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\necho \"start $(date +%s%N) $$\" >> {log}\nsleep 5\necho \"end $(date +%s%N) $$\" >> {log}\n",
+            "#!/bin/sh\necho \"start $(date +%s%N) $$ $S3DB_SCHEDULED_TIME\" >> {log}\nsleep 5\necho \"end $(date +%s%N) $$\" >> {log}\n",
             log = log.display()
         ),
     )
@@ -94,7 +94,7 @@ fn runs(dir: &Path) -> Vec<(u128, u128)> {
 }
 
 /// Three runners run the 5 s job every 2 s for `secs` with `overlap`; no two runs overlap.
-fn three_runners_never_overlap(overlap: &str, secs: u64) {
+fn three_runners_never_overlap(overlap: &str, secs: u64) -> tempfile::TempDir {
     let dir = project(overlap, "*/2 * * * * *");
     let runners: Vec<Process> = (0..3).map(|_| runner(dir.path())).collect();
     std::thread::sleep(Duration::from_secs(secs));
@@ -107,6 +107,7 @@ fn three_runners_never_overlap(overlap: &str, secs: u64) {
             "two runs overlapped across runners: {pair:?}"
         );
     }
+    dir
 }
 
 #[test]
@@ -142,8 +143,28 @@ fn the_cli_refuses_a_run_beside_a_running_one() {
 }
 
 #[test]
-fn overlap_queue_runs_one_at_a_time_across_runners() {
-    three_runners_never_overlap("queue", 14);
+fn overlap_queue_runs_one_at_a_time_in_slot_order_across_runners() {
+    let dir = three_runners_never_overlap("queue", 21);
+    // The slots of the runs, in the order they started: each waited for the one before it,
+    // whichever runner held it.
+    let text = std::fs::read_to_string(dir.path().join("runs.log")).unwrap_or_default();
+    let slots: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("start"))
+        .filter_map(|l| l.split(' ').nth(3))
+        .collect();
+    assert!(slots.len() >= 3, "{text}");
+    for pair in slots.windows(2) {
+        assert!(
+            pair[0] < pair[1],
+            "queued slots started out of order: {slots:?}"
+        );
+    }
+    // Nothing skipped: slot after slot, every 2 s, since the first.
+    for pair in slots.windows(2) {
+        let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+        assert_eq!((at(pair[1]) - at(pair[0])).num_seconds(), 2, "{slots:?}");
+    }
 }
 
 #[test]

@@ -1,10 +1,9 @@
 //! Running a job: claiming its slot, the attempts with retries and timeouts, the record of the run and the callbacks.
 
+use super::queue::{Ticket, QUEUE_POLL};
 use super::*;
-use crate::db::lease::{LeaseError, LeaseGuard};
-
-/// How often a queued run asks whether the job's lease is free.
-const QUEUE_POLL: Duration = Duration::from_millis(500);
+use crate::db::lease::{LeaseError, LeaseGuard, LeaseSpec};
+use crate::types::RunId;
 
 /// Whether a run may start, as the job's lease says.
 enum Start {
@@ -80,26 +79,74 @@ impl Scheduler {
             source,
         };
         let holder = format!("run {run}");
-        loop {
-            let taken = match policy {
-                OverlapPolicy::Allow => return Ok(Start::Go(None)),
-                OverlapPolicy::Replace => spec.take_over(&holder, details.clone()).await,
-                OverlapPolicy::Skip | OverlapPolicy::Queue => {
-                    spec.acquire(&holder, details.clone()).await
-                }
-            };
-            match taken {
+        let taken = match policy {
+            OverlapPolicy::Allow => return Ok(Start::Go(None)),
+            OverlapPolicy::Queue => {
+                return self.queued_lease(job, run, &spec, &holder, details).await
+            }
+            OverlapPolicy::Replace => spec.take_over(&holder, details).await,
+            OverlapPolicy::Skip => spec.acquire(&holder, details).await,
+        };
+        match taken {
+            Ok(guard) => Ok(Start::Go(Some(guard))),
+            Err(LeaseError::Held { holder, until }) => Ok(Start::Held { holder, until }),
+            Err(LeaseError::Store(e)) => Err(store_error(e)),
+        }
+    }
+
+    /// `queue`: the lease at once when nobody waits; otherwise a ticket in the job's queue,
+    /// and the lease when the ticket is at the head, so queued runs start in slot order
+    /// across runners.
+    async fn queued_lease(
+        &self,
+        job: &str,
+        run: &str,
+        spec: &LeaseSpec,
+        holder: &str,
+        details: Value,
+    ) -> Result<Start, JobError> {
+        let store_error = |source| JobError::Lease {
+            job: job.into(),
+            source,
+        };
+        let clock = self.inner.clock.clone();
+        let waiting = Ticket::others_waiting(&spec.store, job, clock.as_ref())
+            .await
+            .map_err(store_error)?;
+        if !waiting {
+            match spec.acquire(holder, details.clone()).await {
                 Ok(guard) => return Ok(Start::Go(Some(guard))),
-                Err(LeaseError::Held { holder, until }) if policy != OverlapPolicy::Queue => {
-                    return Ok(Start::Held { holder, until })
-                }
-                Err(LeaseError::Held { .. }) => {
-                    tokio::select! {
-                        _ = self.inner.interrupted.cancelled() => return Ok(Start::Held { holder: "interrupted while queued".into(), until: String::new() }),
-                        _ = tokio::time::sleep(QUEUE_POLL) => {}
-                    }
-                }
+                Err(LeaseError::Held { .. }) => {}
                 Err(LeaseError::Store(e)) => return Err(store_error(e)),
+            }
+        }
+        let at = RunId::split(run).map_or_else(|| clock.now(), |(_, t)| t);
+        let ticket = Ticket::take(spec.store.clone(), job, at, run, spec.ttl, clock)
+            .await
+            .map_err(store_error)?;
+        loop {
+            tokio::select! {
+                _ = self.inner.interrupted.cancelled() => {
+                    ticket.leave().await;
+                    return Ok(Start::Held { holder: "interrupted while queued".into(), until: String::new() });
+                }
+                _ = tokio::time::sleep(QUEUE_POLL) => {}
+            }
+            let turn = match ticket.at_head(run).await {
+                Ok(false) => continue,
+                Ok(true) => spec.acquire(holder, details.clone()).await,
+                Err(e) => Err(LeaseError::Store(e)),
+            };
+            match turn {
+                Ok(guard) => {
+                    ticket.leave().await;
+                    return Ok(Start::Go(Some(guard)));
+                }
+                Err(LeaseError::Held { .. }) => {}
+                Err(LeaseError::Store(e)) => {
+                    ticket.leave().await;
+                    return Err(store_error(e));
+                }
             }
         }
     }

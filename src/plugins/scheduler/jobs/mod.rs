@@ -27,6 +27,7 @@ use crate::types::Schedule;
 
 mod execution;
 mod history;
+mod queue;
 mod run_loop;
 mod shared;
 
