@@ -173,10 +173,10 @@ async fn main() {
         let busy = count_requests(dir.path(), n, &count, window).await;
         let slots = window.as_secs() as f64;
         println!(
-            "job slot, {n} runner(s): {:.1} requests per slot (busy {busy}, idle {idle} in {}s; floor {} = one claim per runner + lease create/delete + partition refs + final write)",
+            "job slot, {n} runner(s): {:.1} requests per slot (busy {busy}, idle {idle} in {}s; floor {} = one claim per runner + lease create/delete + byDate ref + final write)",
             (busy as f64 - idle as f64) / slots,
             window.as_secs(),
-            n + 5
+            n + 4
         );
     }
 

@@ -474,6 +474,70 @@ async fn many_jobs_are_swept_a_window_at_a_time() {
     }
 }
 
+/// History upkeep costs an idle runner nothing: after the pass at start (every job swept,
+/// the whole history pruned), a pass reads only the jobs whose slots came due or whose runs
+/// were recorded here since, so with 200 jobs and their history and nothing due it makes no
+/// request at all; a run of one job brings that one job (not the others) into the next pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_runner_s_history_upkeep_reads_nothing() {
+    let memory = Backend::memory().await;
+    let counting = Arc::new(s3db_run::store::counting::CountingStore::new(
+        memory.store.clone(),
+    ));
+    let counts = counting.counts.clone();
+    let clock = ManualClock::new(at("2026-05-02T00:00:00Z"));
+    let jobs: String = (0..200)
+        .map(|i| format!("  j{i:03}: {{ schedule: \"@daily\", action: log }}\n"))
+        .collect();
+    let s = setup(
+        memory.wrapped(counting),
+        &format!("scheduler: {{ historyRetention: {{ maxRuns: 2 }} }}\njobs:\n{jobs}"),
+        clock.clone(),
+    )
+    .await;
+    for i in 0..200 {
+        for day in ["2026-04-29", "2026-04-30", "2026-05-01"] {
+            s.seed_run(
+                &format!("j{i:03}"),
+                &format!("{day}T00:00:00.000Z"),
+                "success",
+            )
+            .await;
+        }
+    }
+    // The pass at start: two sweep passes of 100 jobs, then the whole history pruned.
+    assert_eq!(s.scheduler.sweep_stale().await, 0);
+    assert_eq!(s.scheduler.sweep_stale().await, 0);
+    assert_eq!(s.scheduler.prune_history().await, 200);
+    let requests = |c: &s3db_run::store::counting::RequestCounts| {
+        let (r, w, l) = c.snapshot();
+        r + w + l
+    };
+    let before = requests(&counts);
+    for _ in 0..3 {
+        assert_eq!(s.scheduler.sweep_stale().await, 0);
+        assert_eq!(s.scheduler.prune_history().await, 0);
+    }
+    assert_eq!(
+        requests(&counts),
+        before,
+        "an idle upkeep pass made requests"
+    );
+    // One slot of one job: the next pass looks at that job alone.
+    s.scheduler
+        .run_slot("j007", at("2026-05-02T00:00:00Z"))
+        .await
+        .unwrap();
+    let before = counts.snapshot().2;
+    s.scheduler.sweep_stale().await;
+    assert_eq!(s.scheduler.prune_history().await, 1);
+    assert_eq!(
+        counts.snapshot().2 - before,
+        2,
+        "one LIST to sweep j007, one to prune it"
+    );
+}
+
 /// `historyRetention` keeps each job's newest `maxRuns` runs younger than `maxAge`, a job's
 /// newest run and running runs whatever their age, and prunes removed jobs' runs too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

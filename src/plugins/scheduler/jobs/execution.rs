@@ -158,6 +158,7 @@ impl Scheduler {
         slot: DateTime<Utc>,
     ) -> Result<Option<Value>, JobError> {
         let id = crate::types::RunId::slot(job, slot).into_string();
+        self.to_sweep(job);
         let mut claimed = None;
         if let Some(history) = &self.inner.history {
             let claim = json!({ "job": job, "status": "running", "slot": text(slot), "date": text(slot), "startedAt": text(self.inner.clock.now()) });
@@ -209,6 +210,7 @@ impl Scheduler {
         let Some(history) = &self.inner.history else {
             return;
         };
+        self.to_prune(job);
         let now = text(self.inner.clock.now());
         let record = json!({
             "job": job, "status": "skipped", "slot": text(slot), "date": text(slot),
@@ -307,6 +309,7 @@ impl Scheduler {
             "attempts": attempt, "result": result, "error": error,
         });
         if let Some(history) = &self.inner.history {
+            self.to_prune(job);
             let data = record.as_object().cloned().unwrap_or_default();
             // The claim is ours alone: one write replaces it, without reading it again.
             let written = match (&claimed, slot) {

@@ -68,27 +68,47 @@ impl Scheduler {
         Ok(out)
     }
 
+    /// Notes that a slot of `job` came due here: its runs (here or on another runner) are
+    /// looked at by the next sweep.
+    pub(super) fn to_sweep(&self, job: &str) {
+        self.upkeep().sweep.insert(job.to_string());
+    }
+
+    /// Notes that this runner recorded a run of `job`: its history is pruned by the next pass.
+    pub(super) fn to_prune(&self, job: &str) {
+        if let Some(jobs) = &mut self.upkeep().prune {
+            jobs.insert(job.to_string());
+        }
+    }
+
+    fn upkeep(&self) -> std::sync::MutexGuard<'_, Upkeep> {
+        self.inner.upkeep.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Marks as `interrupted` the recent runs still recorded as `running` that cannot be: they
     /// started longer ago than the job's timeouts, retries and backoff allow, so the runner
     /// that ran them stopped without recording them (killed, or its machine lost). Only the
-    /// newest few runs of each job are read, of at most 100 jobs a pass (the next pass goes on
-    /// from there); a run another runner finishes meanwhile is left alone (the update is
+    /// jobs noted since the last pass are looked at (every job after a start), at most 100 a
+    /// pass, and of each only its newest few runs; a job with a run that may still be going
+    /// stays noted. A run another runner finishes meanwhile is left alone (the update is
     /// conditional). Returns how many were marked.
     pub async fn sweep_stale(&self) -> usize {
         let now = self.inner.clock.now();
         let jobs: Vec<(String, JobDef)> = {
+            let mut upkeep = self.upkeep();
+            let names: Vec<String> = upkeep
+                .sweep
+                .iter()
+                .take(SWEEP_JOBS_PER_PASS)
+                .cloned()
+                .collect();
+            for n in &names {
+                upkeep.sweep.remove(n);
+            }
             let all = self.inner.jobs.read().unwrap_or_else(|e| e.into_inner());
-            // A pass costs a LIST and a few GETs per job, so a manifest of thousands of jobs
-            // is swept a window at a time, the window moving on with each pass.
-            let start = self
-                .inner
-                .sweep_cursor
-                .fetch_add(SWEEP_JOBS_PER_PASS, Ordering::Relaxed);
-            all.iter()
-                .cycle()
-                .skip(if all.is_empty() { 0 } else { start % all.len() })
-                .take(all.len().min(SWEEP_JOBS_PER_PASS))
-                .map(|(n, j)| (n.clone(), j.def.clone()))
+            names
+                .into_iter()
+                .filter_map(|n| all.get(&n).map(|j| (n, j.def.clone())))
                 .collect()
         };
         let Some(history) = &self.inner.history else {
@@ -113,7 +133,12 @@ impl Scheduler {
                 else {
                     continue;
                 };
-                if field("status") != Some("running") || now - started <= longest {
+                if field("status") != Some("running") {
+                    continue;
+                }
+                if now - started <= longest {
+                    // It may still be going: look again next pass.
+                    self.to_sweep(&job);
                     continue;
                 }
                 let patch = json!({
@@ -146,9 +171,42 @@ impl Scheduler {
         else {
             return 0;
         };
-        let ids = match history.ids().await {
+        // The first pass lists the whole history (removed jobs' runs included); later ones
+        // only the jobs that recorded runs here since, and none when nothing ran.
+        let noted = {
+            let mut upkeep = self.upkeep();
+            let noted = upkeep.prune.take();
+            upkeep.prune = Some(Default::default());
+            noted
+        };
+        let listed = match &noted {
+            None => history.ids().await,
+            Some(jobs) => {
+                let mut ids = Vec::new();
+                let mut failed = None;
+                for job in jobs {
+                    match history.ids_with_prefix(&format!("{job}:")).await {
+                        Ok(found) => ids.extend(
+                            found
+                                .into_iter()
+                                .filter(|id| RunId::split(id).is_some_and(|(j, _)| j == job)),
+                        ),
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                failed.map_or(Ok(ids), Err)
+            }
+        };
+        let ids = match listed {
             Ok(ids) => ids,
             Err(e) => {
+                // Look again next pass.
+                let mut upkeep = self.upkeep();
+                match (noted, &mut upkeep.prune) {
+                    (Some(jobs), Some(now)) => now.extend(jobs),
+                    _ => upkeep.prune = None,
+                }
+                drop(upkeep);
                 tracing::warn!(error = %e, "could not list the job history to prune it");
                 return 0;
             }

@@ -155,8 +155,8 @@ struct Inner {
     /// run's own token is a child of it, so a run whose
     /// claim completes after the interruption stops too.
     interrupted: CancellationToken,
-    /// Where the next `sweep_stale` pass starts among the jobs.
-    sweep_cursor: AtomicUsize,
+    /// What the next history upkeep pass looks at, so that an idle runner reads nothing.
+    upkeep: Mutex<Upkeep>,
     /// Wakes the run loop when jobs are added, removed, enabled or disabled (a reload), so it
     /// recomputes the next slot instead of sleeping toward a stale one.
     changed: tokio::sync::Notify,
@@ -170,6 +170,17 @@ pub struct Scheduler {
 
 /// How many jobs one `sweep_stale` pass looks at.
 const SWEEP_JOBS_PER_PASS: usize = 100;
+
+/// The jobs the history upkeep has to look at. At start every job is swept and the whole
+/// history pruned (a runner killed before this one started may have left runs at `running`);
+/// afterwards only the jobs whose slots came due here (their runs, or another runner's, may be
+/// left at `running`) and whose runs this runner recorded (their history grew).
+#[derive(Debug, Default)]
+struct Upkeep {
+    sweep: std::collections::BTreeSet<String>,
+    /// None: the whole history (the first pass).
+    prune: Option<std::collections::BTreeSet<String>>,
+}
 
 /// How long past its timeout an attempt may take to end (a shell hook's process group gets a
 /// grace period after SIGTERM) before the scheduler stops waiting for it.
@@ -230,20 +241,15 @@ impl Scheduler {
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_string()))
                         .collect(),
-                    partitions: [
-                        (
-                            "byJob".to_string(),
-                            [("job".to_string(), "string".to_string())]
-                                .into_iter()
-                                .collect(),
-                        ),
-                        (
-                            "byDate".to_string(),
-                            [("date".to_string(), "string|maxlength:10".to_string())]
-                                .into_iter()
-                                .collect(),
-                        ),
-                    ]
+                    // No `byJob` partition: run ids begin with `JOB:`, so listing the ids is
+                    // already the index by job, and a reference per slot would be one more
+                    // write on every run.
+                    partitions: [(
+                        "byDate".to_string(),
+                        [("date".to_string(), "string|maxlength:10".to_string())]
+                            .into_iter()
+                            .collect(),
+                    )]
                     .into_iter()
                     .collect(),
                     timestamps: false,
@@ -272,7 +278,10 @@ impl Scheduler {
                 tasks: Mutex::default(),
                 in_flight: AtomicUsize::new(0),
                 interrupted: ctx.shutdown.child_token(),
-                sweep_cursor: AtomicUsize::new(0),
+                upkeep: Mutex::new(Upkeep {
+                    sweep: jobs.keys().cloned().collect(),
+                    prune: None,
+                }),
                 changed: tokio::sync::Notify::new(),
             }),
         };
