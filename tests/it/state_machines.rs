@@ -344,15 +344,10 @@ async fn after_fires_across_a_restart_and_stale_deadlines_are_ignored(b: Backend
         let stop = stop.clone();
         async move { sm.run_deadlines(stop, Duration::from_secs(60)).await }
     });
-    let mut state = String::new();
-    for _ in 0..50 {
-        state = restarted.state("timer", "late").await.unwrap().state;
-        if state == "expired" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(state, "expired");
+    assert_eq!(
+        state_within_5s(&restarted, "late", "expired").await,
+        "expired"
+    );
     let h = restarted.history("timer", "late", None, 0).await.unwrap();
     assert_eq!(h[0]["event"], "after(800ms)");
     assert_eq!(
@@ -524,6 +519,19 @@ async fn transition_retention_keeps_the_newest_entries(b: Backend) {
     assert_eq!(sm.state("toggle", "a").await.unwrap().seq, 10);
 }
 
+/// The `timer` entity's state once it is `want`, or after 5 s of polling.
+async fn state_within_5s(sm: &StateMachines, entity: &str, want: &str) -> String {
+    let mut state = String::new();
+    for _ in 0..50 {
+        state = sm.state("timer", entity).await.unwrap().state;
+        if state == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    state
+}
+
 /// Deadlines fall due by the plugin's clock, not the system's: on a clock stopped in 2020 an
 /// 800 ms deadline waits however long the test runs, and fires once the clock is moved past it.
 async fn deadlines_fall_due_by_the_plugin_s_clock(b: Backend) {
@@ -554,15 +562,7 @@ async fn deadlines_fall_due_by_the_plugin_s_clock(b: Backend) {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(sm.state("timer", "t").await.unwrap().state, "waiting");
     clock.advance(chrono::Duration::seconds(1));
-    let mut state = String::new();
-    for _ in 0..50 {
-        state = sm.state("timer", "t").await.unwrap().state;
-        if state == "expired" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(state, "expired");
+    assert_eq!(state_within_5s(&sm, "t", "expired").await, "expired");
     stop.cancel();
     watcher.await.unwrap();
 }
