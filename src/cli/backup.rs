@@ -18,14 +18,18 @@ pub enum Output {
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(
-    after_help = "Examples:\n  s3db-run backup full\n  s3db-run backup incremental\n  s3db-run backup weekly-snapshot --resources users,orders\n  s3db-run backup --list --output json\n  s3db-run backup --status full-2024-03-15T14-30-45-abc123\n  s3db-run backup prune --dry-run"
+    after_help = "Examples:\n  s3db-run backup full\n  s3db-run backup incremental\n  s3db-run backup weekly-snapshot --resources users,orders\n  s3db-run backup list --output json\n  s3db-run backup status full-2024-03-15T14-30-45-abc123\n  s3db-run backup delete full-2024-03-15T14-30-45-abc123\n  s3db-run backup info\n  s3db-run backup prune --dry-run\n\nThe words list, status, delete, info and prune are commands (as are the flags --list, --status,\n--delete and --info); check, verify, stats, diff and restore are reserved. None is ever a label."
 )]
 pub struct BackupArgs {
     #[command(flatten)]
     pub target: super::DatabaseArgs,
-    /// `full`, `incremental`, any other label (a full backup with that name), or `prune`.
+    /// `full`, `incremental`, any other label (a full backup with that name), or a command:
+    /// `list`, `status ID`, `delete ID`, `info`, `prune`.
     #[arg(value_name = "TYPE")]
     pub kind: Option<String>,
+    /// The backup id of `status` and `delete`.
+    #[arg(value_name = "ID")]
+    pub id: Option<String>,
     /// Only these resources (comma-separated): a selective backup.
     #[arg(long, value_delimiter = ',')]
     pub resources: Option<Vec<String>>,
@@ -33,10 +37,10 @@ pub struct BackupArgs {
     #[arg(long, conflicts_with_all = ["status", "delete", "kind"])]
     pub list: bool,
     /// With --list: at most this many.
-    #[arg(long, requires = "list")]
+    #[arg(long)]
     pub limit: Option<usize>,
     /// With --list: only ids starting with this.
-    #[arg(long, requires = "list")]
+    #[arg(long)]
     pub prefix: Option<String>,
     /// Show one backup's status.
     #[arg(long, value_name = "ID", conflicts_with_all = ["delete", "kind"])]
@@ -107,7 +111,62 @@ fn print_info(b: &BackupInfo) {
     );
 }
 
+/// The command words after `backup` turned into their flags, so `backup list` lists and never
+/// makes a backup labelled `list`; a reserved word without its command is a usage error.
+fn normalize(args: &BackupArgs) -> Result<BackupArgs, String> {
+    let mut args = args.clone();
+    let Some(word) = args.kind.clone() else {
+        return Ok(args);
+    };
+    let id = args.id.take();
+    let needs_id = |what: &str| {
+        id.clone()
+            .ok_or_else(|| format!("`backup {what}` needs a backup id: `s3db-run backup {what} ID` (ids: `s3db-run backup list`)"))
+    };
+    match word.as_str() {
+        "list" => {
+            args.list = true;
+            args.kind = None;
+        }
+        "info" => {
+            args.info = true;
+            args.kind = None;
+        }
+        "status" => {
+            args.status = Some(needs_id("status")?);
+            args.kind = None;
+        }
+        "delete" => {
+            args.delete = Some(needs_id("delete")?);
+            args.kind = None;
+        }
+        "restore" => {
+            return Err("restoring is its own command: `s3db-run restore ID` (see `s3db-run restore --help`)".into())
+        }
+        "check" | "verify" | "stats" | "diff" => {
+            return Err(format!(
+                "`backup {word}` is reserved for a command this version does not have yet; it is never a backup label"
+            ))
+        }
+        _ => {}
+    }
+    if let Some(extra) = id.filter(|_| args.kind.is_some()) {
+        return Err(format!(
+            "unexpected `{extra}`: only `status` and `delete` take a backup id"
+        ));
+    }
+    Ok(args)
+}
+
 pub fn run_backup(args: &BackupArgs) -> u8 {
+    let args = match normalize(args) {
+        Ok(a) => a,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return exit::USAGE;
+        }
+    };
+    let args = &args;
     super::block_on(async {
         let backup = match plugin(&args.target).await {
             Ok(b) => b,
@@ -170,7 +229,7 @@ pub fn run_backup(args: &BackupArgs) -> u8 {
             };
         }
         let Some(kind) = &args.kind else {
-            eprintln!("error: say what to do: `backup full`, `backup incremental`, `backup --list`, `backup --status ID` or `backup prune`");
+            eprintln!("error: say what to do: `backup full`, `backup incremental`, `backup list`, `backup status ID` or `backup prune`");
             return exit::USAGE;
         };
         if kind == "prune" {

@@ -275,10 +275,13 @@ async fn incremental_chain_restores_exactly_the_final_state(db: Db, yaml: String
     // Restoring the middle of the chain gives that moment's state.
     wipe(fresh.db.store()).await;
     let again = setup.runtime(false).await;
-    backup_of(&again)
+    let stats = backup_of(&again)
         .restore(&inc1.id, RestoreOptions::default())
         .await
         .unwrap();
+    // Into an empty database nothing is kept: inc1's two delete markers have no record to
+    // keep, and are not reported as kept ones.
+    assert_eq!(stats.skipped, 0, "{stats:?}");
     let mid = snapshot(&again).await;
     assert!(mid["users"].contains_key("n1"));
     assert!(!mid["users"].contains_key("u00002"));
@@ -926,6 +929,74 @@ async fn a_cancelled_backup_ends_cancelled_and_is_never_completed() {
     assert!(b.backup("full", None).await.is_ok());
 }
 
+/// A backup process killed with SIGKILL leaves its temporary files behind; the next backup
+/// (or prune, or start) removes them, and never the files of a backup still running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backup_s_temporary_files_are_removed_by_the_next_one() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 3000, 0).await;
+    let temp = setup.path("tmp/backups");
+    let spooled = |temp: &Path| {
+        std::fs::read_dir(temp)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|run| {
+                std::fs::read_dir(run.path())
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .any(|f| f.file_name().to_string_lossy().ends_with(".s3db-backup"))
+            })
+    };
+    // The plugins alive in this process (`rt`'s and this one): their folders must survive
+    // every sweep.
+    let live = backup_of(&setup.runtime(true).await);
+    let live_folders: Vec<_> = std::fs::read_dir(&temp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(live_folders.len(), 2);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(["backup", "full", "-f"])
+        .arg(setup.path("s3db.yaml"))
+        .args(["--connection", &setup.connection])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !spooled(&temp) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backup never spooled"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(spooled(&temp), "the killed backup left its archive");
+    // The killed backup still holds the database's backup lease (until it expires), so this
+    // prune is refused; its temporary files go all the same.
+    let (_, _, err) = cli(&setup, &["backup", "prune"]);
+    assert!(err.contains("holds the lock"), "{err}");
+    assert!(
+        !spooled(&temp),
+        "the next command left the killed backup's files"
+    );
+    assert!(
+        live_folders.iter().all(|f| f.exists()),
+        "a live plugin's folder was removed"
+    );
+    drop(live);
+}
+
 /// Runs `s3db-run ARGS -f MANIFEST` in the setup's folder; (exit code, stdout, stderr).
 fn cli(setup: &Setup, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
@@ -941,6 +1012,63 @@ fn cli(setup: &Setup, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// The words after `backup` that name commands are commands, never labels: `backup list`
+/// lists, `backup status ID` and `backup delete ID` act on a backup, and the reserved words and
+/// labels too long for a file name are usage errors that take no backup. A completed backup
+/// says where it went with the path's templates filled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_words_are_never_backup_labels() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 3, 1).await;
+    let (code, out, err) = cli(&setup, &["backup", "full"]);
+    assert_eq!(code, 0, "{err}");
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        out.contains(&format!("stored at: filesystem:./backups/{today}/")),
+        "{out}"
+    );
+    assert!(!out.contains("{date}"), "{out}");
+    let listed = |setup: &Setup| {
+        let (code, out, _) = cli(setup, &["backup", "list", "--output", "json"]);
+        assert_eq!(code, 0);
+        serde_json::from_str::<Vec<Value>>(&out).unwrap()
+    };
+    let list = listed(&setup);
+    assert_eq!(list.len(), 1, "`backup list` lists and makes no backup");
+    let id = list[0]["id"].as_str().unwrap().to_string();
+    let (code, out, _) = cli(&setup, &["backup", "status", &id]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["id"],
+        json!(id)
+    );
+    let (code, out, _) = cli(&setup, &["backup", "info"]);
+    assert_eq!(code, 0, "{out}");
+    for words in [
+        &["backup", "check"][..],
+        &["backup", "verify"],
+        &["backup", "stats"],
+        &["backup", "diff"],
+        &["backup", "restore"],
+        &["backup", "status"],
+        &["backup", "delete"],
+    ] {
+        let (code, _, err) = cli(&setup, words);
+        assert_eq!(code, 2, "{words:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+    let long = "x".repeat(300);
+    let (code, _, err) = cli(&setup, &["backup", &long]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the most is 64"), "{err}");
+    assert_eq!(listed(&setup).len(), 1, "none of these took a backup");
+    let (code, out, err) = cli(&setup, &["backup", "delete", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("deleted {id}")), "{out}");
+    assert!(listed(&setup).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

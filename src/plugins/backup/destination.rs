@@ -24,6 +24,9 @@ use crate::store::{ObjectStore, PutMode, PutOptions, StoreError};
 pub trait Destination: Send + Sync {
     /// Where it is (no credentials).
     fn describe(&self) -> String;
+    /// Where a backup in `folder` (as `folder` renders it) is, for people: `describe` with the
+    /// templates filled.
+    fn stored_at(&self, folder: &str) -> String;
     /// The folder/prefix a backup started at `at` goes to (`path` with its templates filled).
     fn folder(&self, id: &str, kind: &str, at: &DateTime<chrono_tz::Tz>) -> String;
     /// The fixed part of `path`, under which every backup is found.
@@ -235,6 +238,10 @@ impl Destination for FsDestination {
         format!("filesystem:{}", self.template)
     }
 
+    fn stored_at(&self, folder: &str) -> String {
+        format!("filesystem:{folder}")
+    }
+
     fn folder(&self, id: &str, kind: &str, at: &DateTime<chrono_tz::Tz>) -> String {
         render(&self.template, id, kind, at)
     }
@@ -409,6 +416,10 @@ fn s3_error(e: StoreError) -> DestinationError {
 impl Destination for S3Destination {
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.store.bucket(), self.template)
+    }
+
+    fn stored_at(&self, folder: &str) -> String {
+        format!("s3://{}/{folder}", self.store.bucket())
     }
 
     fn folder(&self, id: &str, kind: &str, at: &DateTime<chrono_tz::Tz>) -> String {

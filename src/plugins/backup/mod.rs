@@ -19,6 +19,7 @@ mod prune;
 mod restore;
 pub mod retention;
 mod run;
+mod workdir;
 
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
@@ -224,7 +225,11 @@ struct Inner {
     destinations: Vec<Arc<dyn Destination>>,
     strategy: MultiStrategy,
     concurrency: usize,
+    /// This process's folder of temporary files (in `temp_root`).
     temp_dir: PathBuf,
+    /// `tempDir`: swept of killed processes' folders before each backup and prune.
+    temp_root: PathBuf,
+    _work: workdir::WorkDir,
     passphrase: Option<Passphrase>,
     shared: Arc<Shared>,
 }
@@ -446,13 +451,14 @@ impl Backup {
             }
             None => None,
         };
-        let temp_dir = base_dir.join(&config.temp_dir);
-        std::fs::create_dir_all(&temp_dir).map_err(|e| {
+        let temp_root = base_dir.join(&config.temp_dir);
+        let work = workdir::WorkDir::create(&temp_root).map_err(|e| {
             BackupError::Config(format!(
                 "cannot create the backup tempDir {}: {e}",
-                temp_dir.display()
+                temp_root.display()
             ))
         })?;
+        let temp_dir = work.path().to_path_buf();
         Ok(Self {
             inner: Arc::new(Inner {
                 config: config.clone(),
@@ -462,6 +468,8 @@ impl Backup {
                 strategy,
                 concurrency,
                 temp_dir,
+                temp_root,
+                _work: work,
                 passphrase,
                 shared,
             }),

@@ -45,6 +45,7 @@ impl Backup {
     /// Applies the retention policy; with `dry_run` nothing is deleted. Holds the backup lock,
     /// so no backup runs meanwhile and every incomplete backup is a dead one.
     pub async fn prune(&self, dry_run: bool) -> Result<Vec<retention::Decision>, BackupError> {
+        workdir::sweep(&self.inner.temp_root);
         let lease = self.take_lease("prune").await?;
         let result = async {
             let all = self.locate_all().await?;

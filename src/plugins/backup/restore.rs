@@ -272,7 +272,10 @@ impl Backup {
                 async move {
                     if line.deleted {
                         if !overwrite {
-                            return Ok::<_, BackupError>((0, 1, 0));
+                            // Kept only if there is something to keep: a delete marker for a
+                            // record the database does not have leaves it as the backup does.
+                            let kept = res.exists(&line.id).await?;
+                            return Ok::<_, BackupError>((0, u64::from(kept), 0));
                         }
                         let gone = res.delete(&line.id, None).await?;
                         return Ok((0, 0, u64::from(gone)));

@@ -2,6 +2,15 @@
 
 use super::*;
 
+/// The longest backup label: ids add 27 characters and the archive suffix, and file names stop
+/// at 255 bytes.
+pub const MAX_LABEL: usize = 64;
+
+/// Words after `backup` that are commands (or reserved for them), never labels.
+pub const RESERVED_LABELS: &[&str] = &[
+    "list", "delete", "check", "verify", "status", "info", "prune", "stats", "diff", "restore",
+];
+
 impl Backup {
     pub(super) fn selected_resources(
         &self,
@@ -43,7 +52,9 @@ impl Backup {
         Ok(self.lease().holder().await?.map(|h| (h.holder, h.until)))
     }
 
-    /// A backup label is letters, digits, `-` and `_` (it names files and folders).
+    /// A backup label is 1 to 64 letters, digits, `-` and `_` (it names files and folders,
+    /// whose names are limited), and not one of the words the command line reads as a
+    /// command (`backup list` lists, it never makes a backup named `list`).
     pub fn check_label(label: &str) -> Result<(), BackupError> {
         if label.is_empty()
             || !label
@@ -52,6 +63,18 @@ impl Backup {
         {
             return Err(BackupError::Config(format!(
                 "backup type `{label}` must be letters, digits, `-` or `_`"
+            )));
+        }
+        if label.len() > MAX_LABEL {
+            return Err(BackupError::Config(format!(
+                "backup type `{}…` is {} characters long; the most is {MAX_LABEL}",
+                &label[..16],
+                label.len()
+            )));
+        }
+        if RESERVED_LABELS.contains(&label) {
+            return Err(BackupError::Config(format!(
+                "`{label}` is a command, not a backup type: say `full`, `incremental` or a label of your own"
             )));
         }
         Ok(())
@@ -116,6 +139,7 @@ impl Backup {
         Self::check_label(label)?;
         let selective = resources.is_some();
         let names = self.selected_resources(resources.as_deref())?;
+        workdir::sweep(&self.inner.temp_root);
         let lease = self.take_lease(&format!("backup {id}")).await?;
         let cancel = CancellationToken::new();
         self.inner
@@ -571,7 +595,10 @@ impl Backup {
         info.status = "completed".into();
         info.completed_at = Some(Utc::now());
         info.duration_ms = Some((Utc::now() - info.started_at).num_milliseconds().max(0) as u64);
-        info.destinations = ok.iter().map(|&i| dests[i].describe()).collect();
+        info.destinations = ok
+            .iter()
+            .map(|&i| dests[i].stored_at(&folders[i]))
+            .collect();
         let body = Bytes::from(serde_json::to_vec_pretty(&*info).unwrap_or_default());
         for &i in &ok {
             let (d, folder) = (dests[i].as_ref(), &folders[i]);
