@@ -87,6 +87,15 @@ impl BackupId {
             token(6)
         ))
     }
+
+    /// The label and start time in a stored id (to the second), when it has the form.
+    pub fn parse(id: &str) -> Option<(&str, DateTime<Utc>)> {
+        let cut = id.len().checked_sub(27)?;
+        let (label, rest) = (id.get(..cut)?, id.get(cut..)?);
+        let time = rest.strip_prefix('-')?.get(..19)?;
+        let at = chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%dT%H-%M-%S").ok()?;
+        (!label.is_empty()).then(|| (label, at.and_utc()))
+    }
 }
 
 id_type!(
@@ -192,6 +201,13 @@ mod tests {
         let at = Utc.with_ymd_and_hms(2026, 3, 1, 12, 30, 5).unwrap();
         let b = BackupId::new("full", at);
         assert!(b.as_str().starts_with("full-2026-03-01T12-30-05-"), "{b}");
+        assert_eq!(BackupId::parse(b.as_str()), Some(("full", at)));
+        let custom = BackupId::new("weekly-snap_1", at);
+        assert_eq!(
+            BackupId::parse(custom.as_str()),
+            Some(("weekly-snap_1", at))
+        );
+        assert_eq!(BackupId::parse("nonsense"), None);
         assert_eq!(b.as_str().len(), "full-2026-03-01T12-30-05-".len() + 6);
         let r = RestoreId::new(at);
         assert!(r.as_str().starts_with("restore-20260301T123005-"), "{r}");

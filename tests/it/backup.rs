@@ -997,6 +997,52 @@ async fn a_killed_backup_s_temporary_files_are_removed_by_the_next_one() {
     drop(live);
 }
 
+/// A backup whose metadata is damaged (one byte flipped) stays in the list, as `damaged` with
+/// the reason, and restoring it says it is damaged, not that it does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_with_damaged_metadata_is_listed_as_damaged() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 5, 1).await;
+    let b = backup_of(&rt);
+    let info = b.backup("full", None).await.unwrap();
+    let meta = walk(&setup.path("backups"))
+        .into_iter()
+        .find(|p| p.to_string_lossy().ends_with(".meta.json"))
+        .expect("metadata file");
+    let mut bytes = std::fs::read(&meta).unwrap();
+    bytes[0] ^= 0x20;
+    std::fs::write(&meta, bytes).unwrap();
+    let list = b.list_backups(None, None).await.unwrap();
+    assert_eq!(list.len(), 1, "the damaged backup vanished");
+    assert_eq!(list[0].id, info.id);
+    assert_eq!(list[0].status, "damaged");
+    assert_eq!(list[0].label, "full");
+    assert!(
+        list[0]
+            .error
+            .as_deref()
+            .unwrap_or("")
+            .contains("metadata cannot be read"),
+        "{:?}",
+        list[0].error
+    );
+    let err = b
+        .restore(&info.id, RestoreOptions::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("damaged"), "{err}");
+    assert!(!err.contains("not found"), "{err}");
+    // Pruning never deletes it: its archive may be sound.
+    let decisions = b.prune(false).await.unwrap();
+    assert!(
+        decisions.iter().any(|d| d.id == info.id && d.keep),
+        "{decisions:?}"
+    );
+    assert_eq!(b.list_backups(None, None).await.unwrap().len(), 1);
+}
+
 /// Runs `s3db-run ARGS -f MANIFEST` in the setup's folder; (exit code, stdout, stderr).
 fn cli(setup: &Setup, args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))

@@ -53,16 +53,23 @@ impl Backup {
             .buffered(16);
             while let Some((key, body)) = bodies.next().await {
                 let Ok(Some(body)) = body else { continue };
-                let Ok(mut info) = serde_json::from_slice::<BackupInfo>(&body) else {
-                    tracing::warn!(key, "unreadable backup metadata; skipped");
-                    continue;
-                };
                 let stem = key.trim_end_matches(".meta.json");
+                let mut info = match serde_json::from_slice::<BackupInfo>(&body) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        // Listed, as damaged and why: a backup must not vanish because its
+                        // metadata did, and restoring it must say it is damaged, not absent.
+                        tracing::warn!(key, error = %e, "unreadable backup metadata");
+                        damaged(stem, &e)
+                    }
+                };
                 let folder = stem
                     .strip_suffix(info.id.as_str())
                     .unwrap_or("")
                     .to_string();
-                info.status = if done.contains(stem) {
+                info.status = if info.status == "damaged" {
+                    info.status
+                } else if done.contains(stem) {
                     "completed".into()
                 } else if info.status == "running"
                     && lock_holder.as_deref() != Some(&format!("backup {}", info.id))
@@ -267,5 +274,36 @@ impl Backup {
             id: info.id.clone(),
             reason: problems.join("; "),
         })
+    }
+}
+
+/// What is known of a backup whose metadata cannot be read: its id (and from it, its label and
+/// start), and the reason.
+fn damaged(stem: &str, error: &serde_json::Error) -> BackupInfo {
+    let id = stem.rsplit('/').next().unwrap_or(stem).to_string();
+    let (label, started_at) = crate::types::BackupId::parse(&id)
+        .map(|(l, t)| (l.to_string(), t))
+        .unwrap_or_default();
+    BackupInfo {
+        id,
+        label,
+        kind: "unknown".into(),
+        parent: None,
+        status: "damaged".into(),
+        started_at,
+        completed_at: None,
+        duration_ms: None,
+        resources: Vec::new(),
+        selective: false,
+        records: IndexMap::new(),
+        tombstones: IndexMap::new(),
+        size: 0,
+        sha256: None,
+        index_sha256: None,
+        compression: Default::default(),
+        encrypted: false,
+        format_version: 0,
+        destinations: Vec::new(),
+        error: Some(format!("its metadata cannot be read: {error}")),
     }
 }

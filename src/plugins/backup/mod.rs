@@ -126,7 +126,8 @@ pub struct BackupInfo {
     pub kind: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<String>,
-    /// `running`, `completed`, `failed`, `cancelled` or `interrupted`.
+    /// `running`, `completed`, `failed`, `cancelled`, `interrupted`, or `damaged` (its
+    /// metadata cannot be read; `error` says why).
     pub status: String,
     pub started_at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

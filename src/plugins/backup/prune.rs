@@ -49,8 +49,11 @@ impl Backup {
         let lease = self.take_lease("prune").await?;
         let result = async {
             let all = self.locate_all().await?;
+            // A damaged backup may hold a sound archive behind its unreadable metadata: it is
+            // never pruned, only reported, so that someone can look at it.
             let candidates: Vec<_> = all
                 .iter()
+                .filter(|(b, _)| b.status != "damaged")
                 .map(|(b, _)| retention::Candidate {
                     id: b.id.clone(),
                     started_at: b.started_at,
@@ -58,10 +61,22 @@ impl Backup {
                     parent: b.parent.clone(),
                 })
                 .collect();
-            let decisions = retention::decide(
+            let mut decisions = retention::decide(
                 &self.inner.config.retention,
                 self.inner.config.timezone.0,
                 &candidates,
+            );
+            decisions.extend(
+                all.iter()
+                    .filter(|(b, _)| b.status == "damaged")
+                    .map(|(b, _)| retention::Decision {
+                        id: b.id.clone(),
+                        keep: true,
+                        reasons: vec![format!(
+                            "damaged, kept for inspection ({})",
+                            b.error.as_deref().unwrap_or("unreadable metadata")
+                        )],
+                    }),
             );
             if !dry_run {
                 // Newest first means children go before their parents.

@@ -123,7 +123,10 @@ impl Backup {
             if !info.is_completed() {
                 return Err(BackupError::Unusable {
                     id: cur.clone(),
-                    reason: format!("it is {}, not completed", info.status),
+                    reason: match (&info.error, info.status.as_str()) {
+                        (Some(why), "damaged") => format!("it is damaged: {why}"),
+                        _ => format!("it is {}, not completed", info.status),
+                    },
                 });
             }
             if chain.iter().any(|(b, _): &(BackupInfo, _)| b.id == info.id) {
