@@ -13,7 +13,7 @@ use percent_encoding::percent_decode_str;
 use super::{fs::FsStore, memory::MemoryStore, s3::S3Store, DynStore, StoreError};
 use crate::types::Secret;
 
-/// Where an S3 database lives and how to reach it.
+/// Where an S3 database lives and how to reach it. `Debug` shows no credentials.
 #[derive(Clone, PartialEq, Eq)]
 pub struct S3Location {
     pub bucket: String,
@@ -26,6 +26,19 @@ pub struct S3Location {
     /// Timeouts and attempts; what the string leaves unset comes from the manifest, then the
     /// defaults.
     pub requests: RequestPolicy,
+}
+
+impl fmt::Debug for S3Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("S3Location")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("force_path_style", &self.force_path_style)
+            .field("credentials", &self.credentials.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
 }
 
 /// How long an S3 request may take and how often it is tried. Every field is optional so that

@@ -196,6 +196,59 @@ async fn full_backup_wipe_restore_gives_identical_records_on_s3() {
     full_backup_wipe_restore_gives_identical_records(Db::S3, s3_backup_yaml(extra)).await;
 }
 
+/// Off-site copies: a database on the filesystem backs up to two S3 destinations, each with
+/// its own connection string (its own bucket, prefix, endpoint and credentials), without any
+/// AWS settings in the environment; each holds the whole backup under its prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_destinations_name_their_own_connection() {
+    let (a, b) = (
+        crate::support::s3::connection_string()
+            .await
+            .replace("/db?", "/offsite-a?"),
+        crate::support::s3::connection_string()
+            .await
+            .replace("/db?", "/offsite-b?"),
+    );
+    let yaml = format!(
+        "backup:\n  driver: multi\n  config:\n    strategy: all\n    destinations:\n      - {{ driver: s3, config: {{ connection: \"{a}\", path: \"nightly/\" }} }}\n      - {{ driver: s3, config: {{ connection: \"{b}\" }} }}\n"
+    );
+    let setup = Setup::new(Db::Fs, &yaml).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 20, 2).await;
+    let before = snapshot(&rt).await;
+    let info = backup_of(&rt).backup("full", None).await.unwrap();
+    assert_eq!(info.destinations.len(), 2, "{:?}", info.destinations);
+    for (conn, root) in [(&a, "offsite-a/nightly/"), (&b, "offsite-b/backups/")] {
+        let bucket = conn
+            .trim_start_matches("s3://testing:testing@")
+            .split('/')
+            .next()
+            .unwrap();
+        let store =
+            s3db_run::store::s3::S3Store::connect(crate::support::s3::location(bucket, "")).await;
+        let keys: Vec<String> = list_all(&store, "")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        for suffix in [".s3db-backup", ".index", ".meta.json", ".done"] {
+            let want = format!("{root}{}{suffix}", info.id);
+            assert!(keys.contains(&want), "{want} not in {keys:?}");
+        }
+    }
+    for d in &info.destinations {
+        assert!(!d.contains("testing"), "a credential in {d}");
+    }
+    wipe(rt.db.store()).await;
+    let fresh = setup.runtime(false).await;
+    backup_of(&fresh)
+        .restore(&info.id, RestoreOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(snapshot(&fresh).await, before);
+}
+
 async fn incremental_chain_restores_exactly_the_final_state(db: Db, yaml: String) {
     let setup = Setup::new(db, &yaml).await;
     let rt = setup.runtime(true).await;

@@ -100,6 +100,7 @@ fn legacy_destinations_become_the_multi_driver() {
             Destination::S3(S3Destination {
                 path: None,
                 bucket: Some("b".into()),
+                location: None,
                 storage_class: Some(StorageClass::GLACIER),
                 server_side: None,
             }),
@@ -124,6 +125,7 @@ fn drivers_and_key_sources_are_typed_at_load() {
         vec![Destination::S3(S3Destination {
             path: None,
             bucket: Some("b".into()),
+            location: None,
             storage_class: None,
             server_side: Some(ServerSide::Kms {
                 key_id: Some("k1".into())
@@ -412,4 +414,26 @@ fn every_built_in_is_typed_at_load_wherever_it_is_written() {
     ));
     let on_start = m.scheduler.on_job_start.as_ref().expect("callback");
     assert!(matches!(typed(on_start), Some(BuiltinCall::Log { .. })));
+}
+
+/// A backup destination's own connection string is checked like the database's, and its
+/// secret never shows, even when mistyped.
+#[test]
+fn a_backup_destination_s_connection_is_checked_without_showing_its_secret() {
+    let text = "version: 1\ndatabase:\n  connection: file://./data\nbackup:\n  driver: s3\n  config:\n    connection: \"s3:/AKIA:TOPSECRET@bucket/p\"\n";
+    let found = codes_and_lines(text);
+    assert!(
+        found
+            .iter()
+            .any(|(code, line, _)| code == "manifest::invalid_connection" && *line == 7),
+        "{found:#?}"
+    );
+    assert!(!format!("{found:?}").contains("TOPSECRET"), "{found:#?}");
+    let ok = "version: 1\ndatabase:\n  connection: file://./data\nbackup:\n  driver: s3\n  config:\n    connection: \"s3://AKIA:TOPSECRET@bucket/p?endpoint=http://127.0.0.1:9000\"\n";
+    let loaded = load_text(ok, Format::Yaml);
+    assert!(
+        loaded.manifest.is_some(),
+        "{:#?}",
+        loaded.report.diagnostics
+    );
 }

@@ -175,8 +175,32 @@ impl Checker<'_> {
                     path.to_vec()
                 };
                 self.destination(driver, config.path.as_deref(), &cpath);
+                if let Some(text) = &config.connection {
+                    let problem = match text
+                        .expose()
+                        .parse::<crate::store::connection::Connection>()
+                    {
+                        Ok(crate::store::connection::Connection::S3(_)) => None,
+                        Ok(_) => Some(format!(
+                            "`{}` is not an s3:// connection string",
+                            text.redacted()
+                        )),
+                        Err(e) => Some(format!(
+                            "`{}` is not a valid connection string: {}",
+                            e.redacted, e.reason
+                        )),
+                    };
+                    if let Some(message) = problem {
+                        let span = self.span(&[&config_path[..], &["connection"]].concat());
+                        self.emit(
+                            Diagnostic::error("manifest::invalid_connection", span, message)
+                                .with_help("write s3://KEY:SECRET@BUCKET/prefix?region=…&endpoint=https://HOST (usually from a variable: \"${BACKUP_S3}\")"),
+                        );
+                    }
+                }
                 if driver == BackupDriver::S3
                     && config.bucket.is_none()
+                    && config.connection.is_none()
                     && !self.m.database.connection.expose().starts_with("s3://")
                 {
                     // A warning: `--connection` or S3DB_CONNECTION may put the database on S3.

@@ -103,6 +103,8 @@ pub struct S3Destination {
     pub path: Option<String>,
     /// None: the database's bucket.
     pub bucket: Option<String>,
+    /// Its own place and credentials (`connection`), parsed; None: beside the database.
+    pub location: Option<Box<crate::store::connection::S3Location>>,
     pub storage_class: Option<StorageClass>,
     pub server_side: Option<ServerSide>,
 }
@@ -127,6 +129,16 @@ impl Destination {
             BackupDriver::S3 => Some(Destination::S3(S3Destination {
                 path: c.path.clone(),
                 bucket: c.bucket.clone(),
+                location: match &c.connection {
+                    None => None,
+                    Some(text) => match text.expose().parse() {
+                        Ok(crate::store::connection::Connection::S3(location)) => {
+                            Some(Box::new(location))
+                        }
+                        // Reported by the checks (`manifest::invalid_connection`).
+                        _ => return None,
+                    },
+                },
                 storage_class: c.storage_class,
                 server_side: c.server_side_encryption.map(|s| match s {
                     ServerSideEncryption::AES256 => ServerSide::Aes256,
@@ -202,6 +214,7 @@ impl BackupDriver {
             BackupDriver::Filesystem => &["path", "permissions", "directoryPermissions"],
             BackupDriver::S3 => &[
                 "path",
+                "connection",
                 "bucket",
                 "storageClass",
                 "serverSideEncryption",
@@ -240,6 +253,12 @@ pub struct BackupDriverConfig {
     /// s3: the bucket (absent: the database's bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bucket: Option<String>,
+    /// s3: where the destination is, when not beside the database: another account or an
+    /// S3-compatible server, as `s3://KEY:SECRET@BUCKET/prefix?region=…&endpoint=…` (usually
+    /// `${BACKUP_S3}`). Its bucket replaces `bucket`; its prefix goes before `path`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "s3://backup-account-bucket/offsite?region=eu-west-1")]
+    pub connection: Option<crate::manifest::types::ConnectionString>,
     /// s3: storage class of the archives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class: Option<StorageClass>,

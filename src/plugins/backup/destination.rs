@@ -96,34 +96,49 @@ pub async fn build(
                 }
                 _ => "backups/".to_string(),
             };
-            let location = match (db_location, &s3.bucket) {
-                (Some(db), bucket) => S3Location {
-                    bucket: bucket.clone().unwrap_or(db.bucket.clone()),
-                    prefix: String::new(),
-                    ..db
-                },
-                (None, Some(bucket)) => S3Location {
-                    bucket: bucket.clone(),
-                    prefix: String::new(),
-                    region: std::env::var("AWS_REGION").ok(),
-                    endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
-                    force_path_style: std::env::var("AWS_ENDPOINT_URL").is_ok(),
-                    credentials: None,
-                    requests: Default::default(),
-                },
-                (None, None) => {
+            let path = s3.path.clone().unwrap_or(default_path);
+            let path = path.trim_start_matches("./").trim_start_matches('/');
+            let (location, template) = match (&s3.location, db_location, &s3.bucket) {
+                // Its own place: another account or server, its prefix before the path.
+                (Some(own), _, _) => {
+                    let root = own.prefix.trim_matches('/');
+                    let template = if root.is_empty() {
+                        path.to_string()
+                    } else {
+                        format!("{root}/{path}")
+                    };
+                    let location = S3Location {
+                        prefix: String::new(),
+                        ..(**own).clone()
+                    };
+                    (location, template)
+                }
+                (None, Some(db), bucket) => (
+                    S3Location {
+                        bucket: bucket.clone().unwrap_or(db.bucket.clone()),
+                        prefix: String::new(),
+                        ..db
+                    },
+                    path.to_string(),
+                ),
+                (None, None, Some(bucket)) => (
+                    S3Location {
+                        bucket: bucket.clone(),
+                        prefix: String::new(),
+                        region: std::env::var("AWS_REGION").ok(),
+                        endpoint: std::env::var("AWS_ENDPOINT_URL").ok(),
+                        force_path_style: std::env::var("AWS_ENDPOINT_URL").is_ok(),
+                        credentials: None,
+                        requests: Default::default(),
+                    },
+                    path.to_string(),
+                ),
+                (None, None, None) => {
                     return Err(DestinationError::Config(
-                        "the s3 backup driver needs a `bucket` when the database is not on S3",
+                        "the s3 backup driver needs a `bucket` or a `connection` when the database is not on S3",
                     ))
                 }
             };
-            let template = s3
-                .path
-                .clone()
-                .unwrap_or(default_path)
-                .trim_start_matches("./")
-                .trim_start_matches('/')
-                .to_string();
             Ok(Box::new(S3Destination {
                 store: S3Store::connect(location).await,
                 template,
