@@ -538,6 +538,7 @@ async fn restore_backup(
             let options = RestoreOptions {
                 overwrite: body.overwrite,
                 resources: body.resources,
+                dry_run: false,
             };
             let outcome = plugin
                 .restore(&id, options)

@@ -17,6 +17,10 @@ pub struct RestoreArgs {
     /// Only these resources (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub resources: Option<Vec<String>>,
+    /// Verify the backup (and its chain) completely and say what would be written, kept and
+    /// deleted; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[arg(long, value_enum, default_value_t = Output::Human)]
     pub output: Output,
 }
@@ -34,6 +38,7 @@ pub fn run(args: &RestoreArgs) -> u8 {
                 RestoreOptions {
                     overwrite: args.overwrite,
                     resources: args.resources.clone(),
+                    dry_run: args.dry_run,
                 },
             )
             .await;
@@ -45,6 +50,18 @@ pub fn run(args: &RestoreArgs) -> u8 {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&stats).unwrap_or_default()
+                );
+                exit::OK
+            }
+            Ok(stats) if stats.dry_run => {
+                println!(
+                    "dry run, nothing written: {} from {} is sound; it would write {} record(s), keep {} (existing), delete {}; resources: {}",
+                    stats.backup_id,
+                    stats.chain.join(" → "),
+                    stats.records,
+                    stats.skipped,
+                    stats.deleted,
+                    stats.restored.join(", ")
                 );
                 exit::OK
             }

@@ -308,6 +308,7 @@ async fn incremental_chain_restores_exactly_the_final_state(db: Db, yaml: String
             RestoreOptions {
                 overwrite: true,
                 resources: None,
+                ..Default::default()
             },
         )
         .await
@@ -419,6 +420,7 @@ async fn selective_backup_and_selective_restore() {
             RestoreOptions {
                 overwrite: false,
                 resources: Some(vec!["users".into()]),
+                ..Default::default()
             },
         )
         .await
@@ -434,6 +436,7 @@ async fn selective_backup_and_selective_restore() {
             RestoreOptions {
                 overwrite: false,
                 resources: Some(vec!["users".into()]),
+                ..Default::default()
             },
         )
         .await
@@ -480,6 +483,7 @@ async fn restore_without_overwrite_keeps_existing_records() {
             RestoreOptions {
                 overwrite: true,
                 resources: None,
+                ..Default::default()
             },
         )
         .await
@@ -1048,6 +1052,38 @@ async fn a_killed_backup_s_temporary_files_are_removed_by_the_next_one() {
         "a live plugin's folder was removed"
     );
     drop(live);
+}
+
+/// `restore --dry-run` verifies the backup and counts what a restore would write, keep and
+/// delete, and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_restore_counts_and_writes_nothing() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 10, 0).await;
+    let info = backup_of(&rt).backup("full", None).await.unwrap();
+    let users = rt.db.resource("users").unwrap();
+    for id in ["u00001", "u00002", "u00003"] {
+        users.delete(id, None).await.unwrap();
+    }
+    let before = snapshot(&rt).await;
+    let (code, out, err) = cli(
+        &setup,
+        &["restore", &info.id, "--dry-run", "--output", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["dryRun"], json!(true));
+    assert_eq!(stats["records"], json!(3), "{stats}");
+    assert_eq!(stats["skipped"], json!(7), "{stats}");
+    let (code, out, _) = cli(&setup, &["restore", &info.id, "--dry-run", "--overwrite"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("would write 10 record(s), keep 0"), "{out}");
+    assert_eq!(
+        snapshot(&setup.runtime(true).await).await,
+        before,
+        "a dry run wrote"
+    );
 }
 
 /// A backup whose metadata is damaged (one byte flipped) stays in the list, as `damaged` with

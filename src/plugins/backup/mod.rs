@@ -180,12 +180,18 @@ pub struct RestoreStats {
     /// Records removed because the backup had a tombstone for them (overwrite only).
     pub deleted: u64,
     pub duration_ms: u64,
+    /// Nothing was written: the counts say what a restore would write, keep and delete.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RestoreOptions {
     pub overwrite: bool,
     pub resources: Option<Vec<String>>,
+    /// Verify the chain completely and count what would be written, kept and deleted; write
+    /// nothing (not even the resources' definitions) and take no lock.
+    pub dry_run: bool,
 }
 
 /// An event of the plugin: backup_start, backup_complete, backup_error, backup_cancelled,

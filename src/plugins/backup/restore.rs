@@ -67,6 +67,12 @@ impl Backup {
         id: &str,
         options: RestoreOptions,
     ) -> Result<RestoreStats, BackupError> {
+        if options.dry_run {
+            let started = Instant::now();
+            let mut stats = self.run_restore(id, &options).await?;
+            stats.duration_ms = started.elapsed().as_millis() as u64;
+            return Ok(stats);
+        }
         let lease = self.take_lease(&format!("restore {id}")).await?;
         let started = Instant::now();
         self.emit(
@@ -181,7 +187,9 @@ impl Backup {
             .into_iter()
             .filter(|(n, _)| wanted.contains(n))
             .collect();
-        self.inner.db.register(&declared).await?;
+        if !options.dry_run {
+            self.inner.db.register(&declared).await?;
+        }
 
         // 3. Apply newest first; the first occurrence of a record in the chain is its final
         //    state, so later (older) ones are skipped and a tombstone is never undone.
@@ -189,21 +197,19 @@ impl Backup {
             backup_id: id.into(),
             chain: chain.iter().rev().map(|(b, _)| b.id.clone()).collect(),
             restored: wanted.clone(),
+            dry_run: options.dry_run,
             ..Default::default()
         };
         let dedupe = chain.len() > 1;
         let mut seen: HashSet<(String, String)> = HashSet::new();
         for (bid, file) in &files {
             self.apply_archive(
-                bid,
-                &file.0,
-                &wanted,
-                options.overwrite,
-                dedupe,
-                &mut seen,
-                &mut stats,
+                bid, &file.0, &wanted, options, dedupe, &mut seen, &mut stats,
             )
             .await?;
+        }
+        if options.dry_run {
+            return Ok(stats);
         }
         for name in &wanted {
             if let Ok(r) = self.inner.db.resource(name) {
@@ -219,7 +225,7 @@ impl Backup {
         id: &str,
         path: &Path,
         wanted: &[String],
-        overwrite: bool,
+        options: &RestoreOptions,
         dedupe: bool,
         seen: &mut HashSet<(String, String)>,
         stats: &mut RestoreStats,
@@ -259,8 +265,15 @@ impl Backup {
         };
         let concurrency = self.inner.db.concurrency();
         let mut failure = None;
+        let (overwrite, dry_run) = (options.overwrite, options.dry_run);
         while let Some((resource, lines)) = rx.recv().await {
-            let res = self.inner.db.resource(&resource)?;
+            // A dry run registers nothing: a resource this database does not know has no
+            // records yet, so everything in it would be written.
+            let res = match self.inner.db.resource(&resource) {
+                Ok(r) => Some(r),
+                Err(_) if dry_run => None,
+                Err(e) => return Err(e.into()),
+            };
             let mut work = Vec::new();
             for raw in lines {
                 let line: Line = serde_json::from_slice(&raw)
@@ -273,12 +286,24 @@ impl Backup {
             let mut writes = futures::stream::iter(work.into_iter().map(|line| {
                 let res = res.clone();
                 async move {
+                    let Some(res) = res else {
+                        return Ok::<_, BackupError>((u64::from(!line.deleted), 0, 0));
+                    };
+                    if dry_run {
+                        let exists = res.exists(&line.id).await?;
+                        return Ok(match (line.deleted, exists, overwrite) {
+                            (true, true, true) => (0, 0, 1),
+                            (true, true, false) | (false, true, false) => (0, 1, 0),
+                            (true, false, _) => (0, 0, 0),
+                            (false, _, _) => (1, 0, 0),
+                        });
+                    }
                     if line.deleted {
                         if !overwrite {
                             // Kept only if there is something to keep: a delete marker for a
                             // record the database does not have leaves it as the backup does.
                             let kept = res.exists(&line.id).await?;
-                            return Ok::<_, BackupError>((0, u64::from(kept), 0));
+                            return Ok((0, u64::from(kept), 0));
                         }
                         let gone = res.delete(&line.id, None).await?;
                         return Ok((0, 0, u64::from(gone)));
