@@ -20,8 +20,15 @@ pub fn moto() -> (String, Option<Child>) {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let child = Command::new(".venv/bin/moto_server")
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+    // scripts/moto-atomic: moto_server with S3's atomic conditional writes.
+    let child = Command::new(".venv/bin/python")
+        .args([
+            "scripts/moto-atomic",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

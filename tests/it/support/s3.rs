@@ -42,15 +42,17 @@ fn start_moto() -> String {
         .port();
     // The shell watches this test process and stops the server when it is gone, so no server
     // outlives the tests even though a static is never dropped.
+    // scripts/moto-atomic: moto_server with S3's atomic conditional writes.
     let script = format!(
-        "\"$0\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & server=$!; \
+        "\"$0\" \"$1\" -H 127.0.0.1 -p {port} >/dev/null 2>&1 & server=$!; \
          while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill $server",
         parent = std::process::id()
     );
     Command::new("sh")
         .arg("-c")
         .arg(script)
-        .arg(&bin)
+        .arg(repo().join(".venv/bin/python"))
+        .arg(repo().join("scripts/moto-atomic"))
         .stdin(Stdio::null())
         // Not the test's pipes: the watcher outlives the test, and a child holding them makes
         // the test runner report the test as leaking.
