@@ -18,7 +18,7 @@ pub enum Output {
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(
-    after_help = "Examples:\n  s3db-run backup full\n  s3db-run backup incremental\n  s3db-run backup weekly-snapshot --resources users,orders\n  s3db-run backup list --output json\n  s3db-run backup status full-2024-03-15T14-30-45-abc123\n  s3db-run backup delete full-2024-03-15T14-30-45-abc123\n  s3db-run backup info\n  s3db-run backup prune --dry-run\n\nThe words list, status, delete, info and prune are commands (as are the flags --list, --status,\n--delete and --info); check, verify, stats, diff and restore are reserved. None is ever a label."
+    after_help = "Examples:\n  s3db-run backup full\n  s3db-run backup incremental\n  s3db-run backup weekly-snapshot --resources users,orders\n  s3db-run backup list --output json\n  s3db-run backup status full-2024-03-15T14-30-45-abc123\n  s3db-run backup delete full-2024-03-15T14-30-45-abc123\n  s3db-run backup info\n  s3db-run backup prune --dry-run\n  s3db-run backup check --read-data\n\nThe words list, status, delete, info, prune, check and verify are commands (as are the flags\n--list, --status, --delete and --info); stats, diff and restore are reserved. None is ever a label."
 )]
 pub struct BackupArgs {
     #[command(flatten)]
@@ -27,9 +27,12 @@ pub struct BackupArgs {
     /// `list`, `status ID`, `delete ID`, `info`, `prune`.
     #[arg(value_name = "TYPE")]
     pub kind: Option<String>,
-    /// The backup id of `status` and `delete`.
+    /// The backup id of `status` and `delete`; the backups `check` looks at (all when none).
     #[arg(value_name = "ID")]
-    pub id: Option<String>,
+    pub ids: Vec<String>,
+    /// With `check`: also decrypt and parse every archive (what `verify` does).
+    #[arg(long)]
+    pub read_data: bool,
     /// Only these resources (comma-separated): a selective backup.
     #[arg(long, value_delimiter = ',')]
     pub resources: Option<Vec<String>>,
@@ -118,10 +121,13 @@ fn normalize(args: &BackupArgs) -> Result<BackupArgs, String> {
     let Some(word) = args.kind.clone() else {
         return Ok(args);
     };
-    let id = args.id.take();
+    let ids = std::mem::take(&mut args.ids);
     let needs_id = |what: &str| {
-        id.clone()
-            .ok_or_else(|| format!("`backup {what}` needs a backup id: `s3db-run backup {what} ID` (ids: `s3db-run backup list`)"))
+        match &ids[..] {
+        [id] => Ok(id.clone()),
+        [] => Err(format!("`backup {what}` needs a backup id: `s3db-run backup {what} ID` (ids: `s3db-run backup list`)")),
+        _ => Err(format!("`backup {what}` takes one backup id")),
+    }
     };
     match word.as_str() {
         "list" => {
@@ -143,17 +149,24 @@ fn normalize(args: &BackupArgs) -> Result<BackupArgs, String> {
         "restore" => {
             return Err("restoring is its own command: `s3db-run restore ID` (see `s3db-run restore --help`)".into())
         }
-        "check" | "verify" | "stats" | "diff" => {
+        "check" | "verify" => {
+            args.ids = ids;
+            args.read_data |= word == "verify";
+            return Ok(args);
+        }
+        "stats" | "diff" => {
             return Err(format!(
                 "`backup {word}` is reserved for a command this version does not have yet; it is never a backup label"
             ))
         }
         _ => {}
     }
-    if let Some(extra) = id.filter(|_| args.kind.is_some()) {
-        return Err(format!(
-            "unexpected `{extra}`: only `status` and `delete` take a backup id"
-        ));
+    if let (Some(extra), Some(_)) = (ids.first(), &args.kind) {
+        if args.status.is_none() && args.delete.is_none() {
+            return Err(format!(
+                "unexpected `{extra}`: only `status`, `delete` and `check` take backup ids"
+            ));
+        }
     }
     Ok(args)
 }
@@ -232,6 +245,52 @@ pub fn run_backup(args: &BackupArgs) -> u8 {
             eprintln!("error: say what to do: `backup full`, `backup incremental`, `backup list`, `backup status ID` or `backup prune`");
             return exit::USAGE;
         };
+        if kind == "check" || kind == "verify" {
+            return match backup.check(&args.ids, args.read_data).await {
+                Ok(reports) => {
+                    let bad = reports.iter().filter(|r| !r.problems.is_empty()).count();
+                    if json_out {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&reports).unwrap_or_default()
+                        );
+                    } else {
+                        for r in &reports {
+                            if r.problems.is_empty() {
+                                println!("ok       {:<48} {}", r.id, r.destination);
+                            } else {
+                                println!(
+                                    "DAMAGED  {:<48} {}: {}",
+                                    r.id,
+                                    r.destination,
+                                    r.problems.join("; ")
+                                );
+                            }
+                        }
+                        let what = if args.read_data {
+                            "metadata, markers, index and archive hashes, and every archive read back"
+                        } else {
+                            "metadata, markers, index and archive hashes"
+                        };
+                        println!(
+                            "{} checked ({what}): {} sound, {bad} with problems",
+                            reports.len(),
+                            reports.len() - bad
+                        );
+                    }
+                    if bad == 0 {
+                        exit::OK
+                    } else {
+                        exit::INVALID
+                    }
+                }
+                Err(e) => fail(&e),
+            };
+        }
+        if args.read_data {
+            eprintln!("error: --read-data goes with `backup check`");
+            return exit::USAGE;
+        }
         if kind == "prune" {
             return match backup.prune(args.dry_run).await {
                 Ok(decisions) if json_out => {

@@ -13,6 +13,7 @@
 
 pub mod archive;
 mod catalog;
+mod check;
 pub mod crypto;
 pub mod destination;
 mod prune;
@@ -38,6 +39,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use archive::{ArchiveError, ArchiveReader, ArchiveWriter, Keyring, MemberInfo};
+pub use check::CheckReport;
 use crypto::Passphrase;
 use destination::Destination;
 

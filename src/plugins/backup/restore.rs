@@ -4,7 +4,7 @@ use super::*;
 
 /// Reads a whole archive: every segment decrypts, every line parses, every member's SHA-256
 /// matches `manifest.json`. Returns the archive's `s3db.json`.
-fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Metadata, ArchiveError> {
+pub(super) fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Metadata, ArchiveError> {
     let damaged = |reason: String| ArchiveError::Damaged(reason);
     let mut schema = None;
     let mut manifest: Option<Value> = None;
