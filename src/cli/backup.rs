@@ -18,13 +18,14 @@ pub enum Output {
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(
-    after_help = "Examples:\n  s3db-run backup full\n  s3db-run backup incremental\n  s3db-run backup weekly-snapshot --resources users,orders\n  s3db-run backup list --output json\n  s3db-run backup status full-2024-03-15T14-30-45-abc123\n  s3db-run backup delete full-2024-03-15T14-30-45-abc123\n  s3db-run backup info\n  s3db-run backup prune --dry-run\n  s3db-run backup check --read-data\n\nThe words list, status, delete, info, prune, check and verify are commands (as are the flags\n--list, --status, --delete and --info); stats, diff and restore are reserved. None is ever a label."
+    after_help = "Examples:\n  s3db-run backup full\n  s3db-run backup incremental\n  s3db-run backup weekly-snapshot --resources users,orders\n  s3db-run backup list --output json\n  s3db-run backup status full-2024-03-15T14-30-45-abc123\n  s3db-run backup delete full-2024-03-15T14-30-45-abc123\n  s3db-run backup info\n  s3db-run backup prune --dry-run\n  s3db-run backup check --read-data\n\nThe words list, status, delete, info, prune, check and verify are commands (as are the flags\n--list, --status, --delete and --info), as are stats and diff; restore is `s3db-run restore`.\nNone is ever a label."
 )]
 pub struct BackupArgs {
     #[command(flatten)]
     pub target: super::DatabaseArgs,
     /// `full`, `incremental`, any other label (a full backup with that name), or a command:
-    /// `list`, `status ID`, `delete ID`, `info`, `prune`.
+    /// `list`, `status ID`, `delete ID`, `info`, `prune`, `check [ID…]`, `verify [ID…]`,
+    /// `stats [ID…]`, `diff OLDER NEWER`.
     #[arg(value_name = "TYPE")]
     pub kind: Option<String>,
     /// The backup id of `status` and `delete`; the backups `check` looks at (all when none).
@@ -146,18 +147,27 @@ fn normalize(args: &BackupArgs) -> Result<BackupArgs, String> {
             args.delete = Some(needs_id("delete")?);
             args.kind = None;
         }
-        "restore" => {
-            return Err("restoring is its own command: `s3db-run restore ID` (see `s3db-run restore --help`)".into())
-        }
+        "restore" => return Err(
+            "restoring is its own command: `s3db-run restore ID` (see `s3db-run restore --help`)"
+                .into(),
+        ),
         "check" | "verify" => {
             args.ids = ids;
             args.read_data |= word == "verify";
             return Ok(args);
         }
-        "stats" | "diff" => {
-            return Err(format!(
-                "`backup {word}` is reserved for a command this version does not have yet; it is never a backup label"
-            ))
+        "diff" => {
+            if ids.len() != 2 {
+                return Err(
+                    "`backup diff` takes two backup ids: `s3db-run backup diff OLDER NEWER`".into(),
+                );
+            }
+            args.ids = ids;
+            return Ok(args);
+        }
+        "stats" => {
+            args.ids = ids;
+            return Ok(args);
         }
         _ => {}
     }
@@ -245,6 +255,91 @@ pub fn run_backup(args: &BackupArgs) -> u8 {
             eprintln!("error: say what to do: `backup full`, `backup incremental`, `backup list`, `backup status ID` or `backup prune`");
             return exit::USAGE;
         };
+        if kind == "stats" {
+            return match backup.list_backups(None, None).await {
+                Ok(list) => {
+                    let chosen: Vec<_> = list
+                        .into_iter()
+                        .filter(|b| args.ids.is_empty() || args.ids.contains(&b.id))
+                        .collect();
+                    if let Some(missing) = args
+                        .ids
+                        .iter()
+                        .find(|id| !chosen.iter().any(|b| &b.id == *id))
+                    {
+                        return fail(&format!("backup `{missing}` not found"));
+                    }
+                    let bytes: u64 = chosen.iter().map(|b| b.size).sum();
+                    let records: u64 = chosen.iter().flat_map(|b| b.records.values()).sum();
+                    if json_out {
+                        let backups: Vec<_> = chosen
+                            .iter()
+                            .map(|b| {
+                                json!({
+                                    "id": b.id, "kind": b.kind, "status": b.status, "size": b.size,
+                                    "records": b.records, "tombstones": b.tombstones,
+                                    "parent": b.parent, "compression": b.compression,
+                                    "encrypted": b.encrypted, "durationMs": b.duration_ms,
+                                })
+                            })
+                            .collect();
+                        let out = json!({
+                            "backups": backups,
+                            "total": { "backups": chosen.len(), "bytes": bytes, "records": records },
+                        });
+                        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+                    } else {
+                        for b in &chosen {
+                            print_info(b);
+                            for (name, n) in &b.records {
+                                let gone = b.tombstones.get(name).copied().unwrap_or(0);
+                                println!("    {name}: {n} record(s), {gone} deleted");
+                            }
+                        }
+                        println!(
+                            "{} backup(s), {}, {records} record(s)",
+                            chosen.len(),
+                            human_size(bytes)
+                        );
+                    }
+                    exit::OK
+                }
+                Err(e) => fail(&e),
+            };
+        }
+        if kind == "diff" {
+            let (from, to) = (&args.ids[0], &args.ids[1]);
+            return match backup.diff(from, to).await {
+                Ok(diff) if json_out => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&diff).unwrap_or_default()
+                    );
+                    exit::OK
+                }
+                Ok(diff) => {
+                    println!("from {from} to {to}:");
+                    if diff.resources.is_empty() {
+                        println!("  no record differs");
+                    }
+                    for (name, d) in &diff.resources {
+                        println!(
+                            "  {name}: {} added, {} changed, {} deleted",
+                            d.added.len(),
+                            d.changed.len(),
+                            d.deleted.len()
+                        );
+                        for (sign, ids) in [("+", &d.added), ("~", &d.changed), ("-", &d.deleted)] {
+                            for id in ids {
+                                println!("    {sign} {id}");
+                            }
+                        }
+                    }
+                    exit::OK
+                }
+                Err(e) => fail(&e),
+            };
+        }
         if kind == "check" || kind == "verify" {
             return match backup.check(&args.ids, args.read_data).await {
                 Ok(reports) => {

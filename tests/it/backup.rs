@@ -1143,6 +1143,54 @@ async fn backup_check_finds_each_kind_of_damage() {
     assert!(out.contains("no destination holds it"), "{out}");
 }
 
+/// `backup diff A B` names the records added, changed and deleted between two backups, from
+/// their indexes; `backup stats` sums sizes and counts, per resource.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backup_diff_and_stats_report_records_and_sizes() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 10, 2).await;
+    let b = backup_of(&rt);
+    let first = b.backup("full", None).await.unwrap();
+    let users = rt.db.resource("users").unwrap();
+    users.delete("u00001", None).await.unwrap();
+    users
+        .update("u00002", json!({ "age": 99 }).as_object().unwrap(), None)
+        .await
+        .unwrap();
+    users
+        .insert(
+            json!({ "name": "new" }).as_object().unwrap().clone(),
+            Some("n1"),
+        )
+        .await
+        .unwrap();
+    let second = b.backup("incremental", None).await.unwrap();
+    let (code, out, err) = cli(
+        &setup,
+        &["backup", "diff", &first.id, &second.id, "--output", "json"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let diff: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        diff["resources"],
+        json!({ "users": { "added": ["n1"], "changed": ["u00002"], "deleted": ["u00001"] } })
+    );
+    let (code, out, _) = cli(&setup, &["backup", "diff", &first.id, &first.id]);
+    assert_eq!(code, 0);
+    assert!(out.contains("no record differs"), "{out}");
+    let (code, out, err) = cli(&setup, &["backup", "stats", "--output", "json"]);
+    assert_eq!(code, 0, "{err}");
+    let stats: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["total"]["backups"], json!(2));
+    assert_eq!(stats["total"]["bytes"], json!(first.size + second.size));
+    let records: u64 = first.records.values().sum::<u64>() + second.records.values().sum::<u64>();
+    assert_eq!(stats["total"]["records"], json!(records));
+    let (code, _, err) = cli(&setup, &["backup", "stats", "nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("`nope` not found"), "{err}");
+}
+
 /// `restore --dry-run` verifies the backup and counts what a restore would write, keep and
 /// delete, and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1272,8 +1320,8 @@ async fn command_words_are_never_backup_labels() {
     let (code, out, _) = cli(&setup, &["backup", "info"]);
     assert_eq!(code, 0, "{out}");
     for words in [
-        &["backup", "stats"][..],
-        &["backup", "diff"],
+        &["backup", "diff"][..],
+        &["backup", "diff", "one"],
         &["backup", "restore"],
         &["backup", "status"],
         &["backup", "delete"],

@@ -16,6 +16,7 @@ mod catalog;
 mod check;
 pub mod crypto;
 pub mod destination;
+mod diff;
 mod prune;
 mod restore;
 pub mod retention;
@@ -42,6 +43,7 @@ use archive::{ArchiveError, ArchiveReader, ArchiveWriter, Keyring, MemberInfo};
 pub use check::CheckReport;
 use crypto::Passphrase;
 use destination::Destination;
+pub use diff::{BackupDiff, ResourceDiff};
 
 use crate::db::codec;
 use crate::db::schema::{Metadata, StoredResource};
