@@ -73,7 +73,8 @@ pub(super) async fn plugin(target: &super::DatabaseArgs) -> Result<Backup, u8> {
     })
 }
 
-/// A spinner with counts on a terminal; nothing otherwise (logs and CI stay clean).
+/// Progress on a terminal, nothing otherwise (logs and CI stay clean): each phase with its
+/// count and rate, and with a bar and ETA when its total is known (a restore's records).
 pub(super) fn progress(backup: &Backup) -> Option<indicatif::ProgressBar> {
     if !std::io::stderr().is_terminal() {
         return None;
@@ -81,8 +82,26 @@ pub(super) fn progress(backup: &Backup) -> Option<indicatif::ProgressBar> {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.enable_steady_tick(Duration::from_millis(120));
     let b = bar.clone();
+    let phase = std::sync::Mutex::new("");
     backup.on_progress(Arc::new(move |p| {
-        b.set_message(format!("{}: {}", p.phase, p.done));
+        let mut last = phase.lock().unwrap_or_else(|e| e.into_inner());
+        if *last != p.phase {
+            *last = p.phase;
+            // A new phase: its own rate and ETA, from zero.
+            b.reset();
+            let template = match p.total {
+                Some(_) => "{msg} [{bar:30}] {human_pos}/{human_len} ({per_sec}, ETA {eta})",
+                None => "{spinner} {msg}: {human_pos} ({per_sec})",
+            };
+            if let Ok(style) = indicatif::ProgressStyle::with_template(template) {
+                b.set_style(style.progress_chars("=> "));
+            }
+            b.set_message(p.phase);
+        }
+        if let Some(total) = p.total {
+            b.set_length(total.max(p.done));
+        }
+        b.set_position(p.done);
     }));
     Some(bar)
 }

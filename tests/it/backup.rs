@@ -1191,6 +1191,38 @@ async fn backup_diff_and_stats_report_records_and_sizes() {
     assert!(err.contains("`nope` not found"), "{err}");
 }
 
+/// A restore reports its progress with a total (the chain's record counts), so a terminal shows
+/// a bar, a rate and an ETA; it ends at its total.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_progress_has_a_total() {
+    let setup = Setup::new(Db::Fs, &fs_backup_yaml("")).await;
+    let rt = setup.runtime(true).await;
+    seed(&rt, 40, 5).await;
+    let info = backup_of(&rt).backup("full", None).await.unwrap();
+    wipe(rt.db.store()).await;
+    let fresh = setup.runtime(false).await;
+    let b = backup_of(&fresh);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    b.on_progress(std::sync::Arc::new({
+        let seen = seen.clone();
+        move |p| seen.lock().unwrap().push((p.phase, p.done, p.total))
+    }));
+    b.restore(&info.id, RestoreOptions::default())
+        .await
+        .unwrap();
+    let seen = seen.lock().unwrap().clone();
+    let restore: Vec<_> = seen
+        .iter()
+        .filter(|(phase, _, _)| *phase == "restore")
+        .collect();
+    assert!(!restore.is_empty(), "{seen:?}");
+    assert!(
+        restore.iter().all(|(_, _, total)| *total == Some(45)),
+        "{seen:?}"
+    );
+    assert_eq!(restore.last().unwrap().1, 45, "{seen:?}");
+}
+
 /// `restore --dry-run` verifies the backup and counts what a restore would write, keep and
 /// delete, and writes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,6 +214,9 @@ pub struct BackupEvent {
 pub struct Progress {
     pub phase: &'static str,
     pub done: u64,
+    /// How many the phase will do, when known (a restore knows its chain's record counts; a
+    /// backup streams its listing and does not).
+    pub total: Option<u64>,
 }
 
 pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
@@ -502,9 +505,13 @@ impl Backup {
     }
 
     fn progress(&self, phase: &'static str, done: u64) {
+        self.progress_of(phase, done, None)
+    }
+
+    fn progress_of(&self, phase: &'static str, done: u64, total: Option<u64>) {
         // `verbose: true` logs every step (every 500 records while reading).
         if self.inner.config.verbose {
-            tracing::info!(phase, done, "backup progress");
+            tracing::info!(phase, done, total, "backup progress");
         }
         if let Some(f) = &*self
             .inner
@@ -513,7 +520,7 @@ impl Backup {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
         {
-            f(Progress { phase, done });
+            f(Progress { phase, done, total });
         }
     }
 

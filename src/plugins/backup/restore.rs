@@ -164,7 +164,7 @@ impl Backup {
         let mut files = Vec::new();
         let mut schema: Option<Metadata> = None;
         for (info, holders) in &chain {
-            self.progress("verify", files.len() as u64);
+            self.progress_of("verify", files.len() as u64, Some(chain.len() as u64));
             let file = self.download(info, holders).await?;
             let (keys, path, bid) = (self.keyring(), file.0.clone(), info.id.clone());
             let verified = tokio::task::spawn_blocking(move || verify(&path, &bid, &keys))
@@ -203,8 +203,20 @@ impl Backup {
         let dedupe = chain.len() > 1;
         let mut seen: HashSet<(String, String)> = HashSet::new();
         for (bid, file) in &files {
+            let lines = chain
+                .iter()
+                .find(|(b, _)| &b.id == bid)
+                .map_or(0, |(b, _)| {
+                    wanted
+                        .iter()
+                        .map(|w| {
+                            b.records.get(w).copied().unwrap_or(0)
+                                + b.tombstones.get(w).copied().unwrap_or(0)
+                        })
+                        .sum()
+                });
             self.apply_archive(
-                bid, &file.0, &wanted, options, dedupe, &mut seen, &mut stats,
+                bid, &file.0, &wanted, lines, options, dedupe, &mut seen, &mut stats,
             )
             .await?;
         }
@@ -225,6 +237,7 @@ impl Backup {
         id: &str,
         path: &Path,
         wanted: &[String],
+        lines: u64,
         options: &RestoreOptions,
         dedupe: bool,
         seen: &mut HashSet<(String, String)>,
@@ -266,6 +279,9 @@ impl Backup {
         let concurrency = self.inner.db.concurrency();
         let mut failure = None;
         let (overwrite, dry_run) = (options.overwrite, options.dry_run);
+        // What this archive holds for the wanted resources: the progress total (records a
+        // newer backup of the chain already restored are skipped without being counted).
+        let stats_total = stats.records + stats.skipped + stats.deleted + lines;
         while let Some((resource, lines)) = rx.recv().await {
             // A dry run registers nothing: a resource this database does not know has no
             // records yet, so everything in it would be written.
@@ -335,7 +351,11 @@ impl Backup {
             if failure.is_some() {
                 break;
             }
-            self.progress("restore", stats.records + stats.skipped);
+            self.progress_of(
+                "restore",
+                stats.records + stats.skipped + stats.deleted,
+                Some(stats_total),
+            );
         }
         drop(rx);
         let read = reader
