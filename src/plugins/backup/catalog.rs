@@ -60,7 +60,11 @@ impl Backup {
                         // Listed, as damaged and why: a backup must not vanish because its
                         // metadata did, and restoring it must say it is damaged, not absent.
                         tracing::warn!(key, error = %e, "unreadable backup metadata");
-                        damaged(stem, &e)
+                        damaged(
+                            |id, label, at| self.new_info(id, label, "damaged", at),
+                            stem,
+                            &e,
+                        )
                     }
                 };
                 let folder = stem
@@ -279,31 +283,18 @@ impl Backup {
 
 /// What is known of a backup whose metadata cannot be read: its id (and from it, its label and
 /// start), and the reason.
-fn damaged(stem: &str, error: &serde_json::Error) -> BackupInfo {
-    let id = stem.rsplit('/').next().unwrap_or(stem).to_string();
-    let (label, started_at) = crate::types::BackupId::parse(&id)
-        .map(|(l, t)| (l.to_string(), t))
-        .unwrap_or_default();
+fn damaged(
+    blank: impl Fn(&str, &str, DateTime<Utc>) -> BackupInfo,
+    stem: &str,
+    error: &serde_json::Error,
+) -> BackupInfo {
+    let id = stem.rsplit('/').next().unwrap_or(stem);
+    let (label, started_at) = crate::types::BackupId::parse(id).unwrap_or_default();
     BackupInfo {
-        id,
-        label,
         kind: "unknown".into(),
-        parent: None,
-        status: "damaged".into(),
-        started_at,
-        completed_at: None,
-        duration_ms: None,
-        resources: Vec::new(),
-        selective: false,
-        records: IndexMap::new(),
-        tombstones: IndexMap::new(),
-        size: 0,
-        sha256: None,
-        index_sha256: None,
-        compression: Default::default(),
         encrypted: false,
         format_version: 0,
-        destinations: Vec::new(),
         error: Some(format!("its metadata cannot be read: {error}")),
+        ..blank(id, label, started_at)
     }
 }
