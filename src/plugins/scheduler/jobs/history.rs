@@ -120,6 +120,8 @@ impl Scheduler {
                 Ok(runs) => runs,
                 Err(e) => {
                     tracing::warn!(job, error = %e, "could not read the job history to sweep it");
+                    // Look again next pass.
+                    self.to_sweep(&job);
                     continue;
                 }
             };
