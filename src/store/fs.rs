@@ -288,6 +288,7 @@ impl ObjectStore for FsStore {
                 size: body.len() as u64,
             },
             body,
+            metadata: Default::default(),
         }))
     }
 
@@ -300,9 +301,17 @@ impl ObjectStore for FsStore {
         key: &str,
         body: Bytes,
         mode: PutMode,
-        _options: &PutOptions,
+        options: &PutOptions,
     ) -> StoreResult<ETag> {
         validate_key(key)?;
+        if !options.metadata.is_empty() {
+            // Dropping it would lose the values of an s3db.js record.
+            return Err(StoreError::backend(
+                "fs",
+                key,
+                "the filesystem store cannot keep object metadata (the s3db.js record format needs an S3 or memory store)",
+            ));
+        }
         let (this, k) = (self.clone(), key.to_string());
         blocking(move || this.write_blocking(&k, &body, &mode)).await
     }

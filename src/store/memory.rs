@@ -10,10 +10,10 @@ use bytes::Bytes;
 
 use super::{
     validate_key, ETag, ListPage, Object, ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError,
-    StoreResult,
+    StoreResult, UserMetadata,
 };
 
-type Bucket = Arc<Mutex<BTreeMap<String, Bytes>>>;
+type Bucket = Arc<Mutex<BTreeMap<String, (Bytes, UserMetadata)>>>;
 
 fn buckets() -> &'static Mutex<HashMap<String, Bucket>> {
     static BUCKETS: OnceLock<Mutex<HashMap<String, Bucket>>> = OnceLock::new();
@@ -57,7 +57,7 @@ impl MemoryStore {
         format!("{}{key}", self.prefix)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Bytes>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (Bytes, UserMetadata)>> {
         // A panic while holding the lock cannot leave a half-written map: every mutation is a
         // single insert or remove.
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
@@ -89,15 +89,22 @@ impl ObjectStore for MemoryStore {
 
     async fn get(&self, key: &str) -> StoreResult<Option<Object>> {
         validate_key(key)?;
-        Ok(self.lock().get(&self.full(key)).map(|body| Object {
-            meta: meta(key, body),
-            body: body.clone(),
-        }))
+        Ok(self
+            .lock()
+            .get(&self.full(key))
+            .map(|(body, metadata)| Object {
+                meta: meta(key, body),
+                body: body.clone(),
+                metadata: metadata.clone(),
+            }))
     }
 
     async fn head(&self, key: &str) -> StoreResult<Option<ObjectMeta>> {
         validate_key(key)?;
-        Ok(self.lock().get(&self.full(key)).map(|body| meta(key, body)))
+        Ok(self
+            .lock()
+            .get(&self.full(key))
+            .map(|(body, _)| meta(key, body)))
     }
 
     async fn put(
@@ -105,7 +112,7 @@ impl ObjectStore for MemoryStore {
         key: &str,
         body: Bytes,
         mode: PutMode,
-        _options: &PutOptions,
+        options: &PutOptions,
     ) -> StoreResult<ETag> {
         validate_key(key)?;
         let full = self.full(key);
@@ -118,7 +125,7 @@ impl ObjectStore for MemoryStore {
                 })
             }
             (PutMode::Update(expected), current)
-                if current.map(|b| ETag::of(b)).as_ref() != Some(expected) =>
+                if current.map(|(b, _)| ETag::of(b)).as_ref() != Some(expected) =>
             {
                 return Err(StoreError::PreconditionFailed {
                     key: key.to_string(),
@@ -126,7 +133,7 @@ impl ObjectStore for MemoryStore {
             }
             _ => {}
         }
-        objects.insert(full, body);
+        objects.insert(full, (body, options.metadata.clone()));
         Ok(etag)
     }
 
@@ -141,7 +148,7 @@ impl ObjectStore for MemoryStore {
                         key: key.to_string(),
                     })
                 }
-                Some(b) if &ETag::of(b) != expected => {
+                Some((b, _)) if &ETag::of(b) != expected => {
                     return Err(StoreError::PreconditionFailed {
                         key: key.to_string(),
                     })
@@ -166,7 +173,7 @@ impl ObjectStore for MemoryStore {
         };
         let objects = self.lock();
         let mut page = ListPage::default();
-        for (k, body) in objects.range((start, std::ops::Bound::Unbounded)) {
+        for (k, (body, _)) in objects.range((start, std::ops::Bound::Unbounded)) {
             if !k.starts_with(&full_prefix) {
                 break;
             }

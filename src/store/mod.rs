@@ -51,10 +51,15 @@ pub struct ObjectMeta {
     pub size: u64,
 }
 
+/// An object's user metadata (S3's `x-amz-meta-*`), keys in lower case. s3db.js keeps a
+/// record's values there; the native format leaves it empty.
+pub type UserMetadata = std::collections::BTreeMap<String, String>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
     pub meta: ObjectMeta,
     pub body: Bytes,
+    pub metadata: UserMetadata,
 }
 
 /// How a put treats an existing object.
@@ -81,6 +86,9 @@ pub struct PutOptions {
     pub storage_class: Option<String>,
     pub server_side_encryption: Option<ServerSideEncryption>,
     pub content_type: Option<String>,
+    /// User metadata to store with the object. A backend that cannot keep it (the filesystem)
+    /// refuses a put that carries some rather than dropping it.
+    pub metadata: UserMetadata,
 }
 
 /// One page of a listing, in key order.

@@ -19,7 +19,7 @@ use super::connection::{RequestPolicy, S3Location};
 use super::memory::normalize_prefix;
 use super::{
     validate_key, ETag, ListPage, Object, ObjectMeta, ObjectStore, PutMode, PutOptions,
-    ServerSideEncryption, StoreError, StoreResult,
+    ServerSideEncryption, StoreError, StoreResult, UserMetadata,
 };
 
 /// Storage class and server-side encryption on a request builder that has them (put object,
@@ -240,6 +240,9 @@ impl S3Store {
             .bucket(&self.bucket)
             .key(full);
         create = with_put_options!(create, options);
+        for (k, v) in &options.metadata {
+            create = create.metadata(k, v);
+        }
         let upload = create
             .send()
             .await
@@ -413,6 +416,14 @@ impl ObjectStore for S3Store {
             return Ok(None);
         };
         let etag = etag(key, "GetObject", out.e_tag())?;
+        let metadata: UserMetadata = out
+            .metadata()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         // The SDK's timeouts end when the answer's headers arrive; a body that stalls after
         // them is bounded here.
         let limit = self
@@ -446,6 +457,7 @@ impl ObjectStore for S3Store {
                 size: body.len() as u64,
             },
             body,
+            metadata,
         }))
     }
 
@@ -495,6 +507,9 @@ impl ObjectStore for S3Store {
         };
         if let Some(ct) = &options.content_type {
             req = req.content_type(ct);
+        }
+        for (k, v) in &options.metadata {
+            req = req.metadata(k, v);
         }
         req = with_put_options!(req, options);
         match req.send().await {

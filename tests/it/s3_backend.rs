@@ -46,6 +46,7 @@ async fn storage_class_and_server_side_encryption_are_sent() {
         storage_class: Some("STANDARD_IA".into()),
         server_side_encryption: Some(ServerSideEncryption::Aes256),
         content_type: Some("application/json".into()),
+        ..Default::default()
     };
     store
         .put("k", Bytes::from_static(b"{}"), PutMode::Create, &options)

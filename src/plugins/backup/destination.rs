@@ -155,7 +155,7 @@ pub async fn build(
                             }
                         }
                     }),
-                    content_type: None,
+                    ..Default::default()
                 },
             }))
         }
