@@ -8,6 +8,7 @@ pub mod codec;
 pub mod lease;
 pub mod query;
 pub mod resource;
+pub mod s3dbjs;
 pub mod schema;
 
 use std::sync::{Arc, RwLock};
