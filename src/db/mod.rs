@@ -64,7 +64,14 @@ pub struct Database {
     schemas: Arc<RwLock<IndexMap<String, Arc<ResourceSchema>>>>,
     concurrency: usize,
     cache: Option<Arc<dyn ReadCache>>,
+    /// Set when s3db.js wrote `s3db.json`: its content, as read at connect time.
+    s3dbjs: Arc<RwLock<Option<Arc<serde_json::Value>>>>,
+    passphrase: Arc<str>,
 }
+
+/// Where s3db-run keeps the definitions of its own resources on a database whose `s3db.json`
+/// belongs to s3db.js (which is never rewritten by s3db-run).
+pub const OWN_METADATA_KEY: &str = "s3db-run.json";
 
 impl std::fmt::Debug for Database {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -83,21 +90,88 @@ impl Database {
         store: DynStore,
         declared: &IndexMap<String, StoredResource>,
     ) -> DbResult<Self> {
+        Self::connect_with(store, declared, None).await
+    }
+
+    /// `connect`, with the passphrase of s3db.js `secret` attributes (s3db.js's default,
+    /// `secret`, without one). An `s3db.json` that s3db.js wrote is recognised and kept as it
+    /// is: its resources are read and written in s3db.js's layout.
+    pub async fn connect_with(
+        store: DynStore,
+        declared: &IndexMap<String, StoredResource>,
+        passphrase: Option<&str>,
+    ) -> DbResult<Self> {
         let db = Self {
             store,
             schemas: Arc::default(),
             concurrency: DEFAULT_CONCURRENCY,
             cache: None,
+            s3dbjs: Arc::default(),
+            passphrase: Arc::from(passphrase.unwrap_or(s3dbjs::DEFAULT_PASSPHRASE)),
         };
+        if let Some(obj) = db.store.get(codec::METADATA_KEY).await? {
+            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&obj.body) {
+                if s3dbjs::is_s3dbjs(&value) {
+                    db.adopt_s3dbjs(value)?;
+                }
+            }
+        }
         db.register(declared).await?;
         Ok(db)
     }
 
+    /// Reads this database as one s3db.js defined by `metadata` (its `s3db.json`).
+    pub fn adopt_s3dbjs(&self, metadata: serde_json::Value) -> DbResult<()> {
+        s3dbjs::schema::parse(&metadata).map_err(|e| DbError::Corrupt {
+            key: codec::METADATA_KEY.into(),
+            message: format!("s3db.js metadata: {e}"),
+        })?;
+        *self.s3dbjs.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(metadata));
+        Ok(())
+    }
+
+    /// `s3db.json` as s3db.js wrote it, when it did.
+    pub fn s3dbjs_metadata(&self) -> Option<Arc<serde_json::Value>> {
+        self.s3dbjs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn passphrase(&self) -> &str {
+        &self.passphrase
+    }
+
+    /// Where the native resources' definitions live: `s3db.json`, or `s3db-run.json` beside
+    /// s3db.js's.
+    pub fn metadata_key(&self) -> &'static str {
+        if self.s3dbjs_metadata().is_some() {
+            OWN_METADATA_KEY
+        } else {
+            codec::METADATA_KEY
+        }
+    }
+
     /// Registers resources at run time (the plugins' own: entity states, job history…).
     pub async fn register(&self, declared: &IndexMap<String, StoredResource>) -> DbResult<()> {
-        let metadata = self.update_metadata(declared).await?;
         let mut schemas = IndexMap::new();
+        let mut own = declared.clone();
+        if let Some(js) = self.s3dbjs_metadata() {
+            let resources = s3dbjs::schema::parse(&js).map_err(DbError::Schema)?;
+            for (name, res) in resources {
+                if let Some(def) = own.shift_remove(&name) {
+                    check_declared(&name, &def, &res)?;
+                }
+                let schema =
+                    ResourceSchema::from_s3dbjs(res).map_err(|e| DbError::Schema(e.message))?;
+                schemas.insert(name, Arc::new(schema));
+            }
+        }
+        let metadata = self.update_metadata(&own).await?;
         for (name, stored) in &metadata.resources {
+            if schemas.contains_key(name) {
+                continue;
+            }
             let schema =
                 ResourceSchema::parse(name, stored).map_err(|e| DbError::Schema(e.message))?;
             schemas.insert(name.clone(), Arc::new(schema));
@@ -110,15 +184,16 @@ impl Database {
         &self,
         declared: &IndexMap<String, StoredResource>,
     ) -> DbResult<Metadata> {
+        let key = self.metadata_key();
         let mut attempts = crate::types::cas::Attempts::new();
         while attempts.next().await {
-            let current = self.store.get(codec::METADATA_KEY).await?;
+            let current = self.store.get(key).await?;
             let (mut metadata, mode) = match current {
                 None => (Metadata::new(), PutMode::Create),
                 Some(obj) => {
                     let metadata: Metadata =
                         serde_json::from_slice(&obj.body).map_err(|e| DbError::Corrupt {
-                            key: codec::METADATA_KEY.into(),
+                            key: key.into(),
                             message: e.to_string(),
                         })?;
                     if metadata.format_version > schema::FORMAT_VERSION {
@@ -138,7 +213,7 @@ impl Database {
             let body = Bytes::from(serde_json::to_vec_pretty(&metadata).unwrap_or_default());
             match self
                 .store
-                .put(codec::METADATA_KEY, body, mode, &PutOptions::default())
+                .put(key, body, mode, &PutOptions::default())
                 .await
             {
                 Ok(_) => return Ok(metadata),
@@ -147,7 +222,7 @@ impl Database {
             }
         }
         Err(DbError::Store(StoreError::PreconditionFailed {
-            key: codec::METADATA_KEY.into(),
+            key: key.into(),
         }))
     }
 
@@ -196,4 +271,26 @@ impl Database {
             .ok_or_else(|| DbError::UnknownResource(name.to_string()))?;
         Ok(Resource::new(self.clone(), schema))
     }
+}
+
+/// A resource the manifest declares on a database where s3db.js defined it: s3db.js's
+/// definition is the one used, so every declared attribute must be one it has.
+fn check_declared(
+    name: &str,
+    declared: &StoredResource,
+    theirs: &s3dbjs::JsResource,
+) -> DbResult<()> {
+    let known = |attr: &str| {
+        theirs
+            .current
+            .fields
+            .iter()
+            .any(|f| f.path == attr || f.path.starts_with(&format!("{attr}.")))
+    };
+    if let Some(missing) = declared.attributes.keys().find(|a| !known(a)) {
+        return Err(DbError::Schema(format!(
+            "resource `{name}` is declared with attribute `{missing}`, which the s3db.js definition in s3db.json does not have (s3db.js's definition is the one used: remove `{missing}` from the manifest, or add it with s3db.js)"
+        )));
+    }
+    Ok(())
 }

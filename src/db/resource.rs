@@ -86,24 +86,90 @@ impl Resource {
     }
 
     fn validate(&self, data: &Map<String, Value>) -> DbResult<()> {
-        self.schema
-            .validate(data)
-            .map_err(|(field, problem)| DbError::Validation {
-                resource: self.schema.name.clone(),
-                field,
-                message: problem.to_string(),
-            })
+        let outcome = match &self.schema.s3dbjs {
+            Some(js) => super::s3dbjs::rules::validate(&js.current, data),
+            None => self
+                .schema
+                .validate(data)
+                .map_err(|(field, problem)| (field, problem.to_string())),
+        };
+        outcome.map_err(|(field, message)| DbError::Validation {
+            resource: self.schema.name.clone(),
+            field,
+            message,
+        })
+    }
+
+    /// The object a record is stored as: its body and the options carrying its metadata.
+    fn encode(&self, data: &Map<String, Value>) -> DbResult<(bytes::Bytes, PutOptions)> {
+        match &self.schema.s3dbjs {
+            None => Ok((codec::encode_record(data), PutOptions::default())),
+            Some(js) => {
+                let (body, metadata) =
+                    super::s3dbjs::record::encode(js, self.db.passphrase(), data).map_err(|e| {
+                        DbError::Validation {
+                            resource: self.schema.name.clone(),
+                            field: "(record)".into(),
+                            message: e.to_string(),
+                        }
+                    })?;
+                Ok((
+                    body,
+                    PutOptions {
+                        metadata,
+                        ..Default::default()
+                    },
+                ))
+            }
+        }
+    }
+
+    fn apply_defaults(&self, data: &mut Map<String, Value>) {
+        match &self.schema.s3dbjs {
+            None => self.schema.apply_defaults(data),
+            Some(js) => {
+                for f in &js.current.fields {
+                    if let Some(default) = f.rules.get("default") {
+                        if !f.path.contains('.') && data.get(&f.path).is_none_or(Value::is_null) {
+                            data.insert(f.path.clone(), default.clone());
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn now() -> Value {
         Value::String(crate::types::time::now_rfc3339())
     }
 
-    fn decode(&self, key: &str, id: &str, body: &[u8], etag: ETag) -> DbResult<Record> {
-        let data = codec::decode_record(body).map_err(|message| DbError::Corrupt {
-            key: key.to_string(),
-            message,
-        })?;
+    fn decode(&self, key: &str, id: &str, obj: &crate::store::Object) -> DbResult<Record> {
+        self.decode_with(key, id, obj, Some(self.db.passphrase()))
+    }
+
+    /// A stored object as a record; without a passphrase, s3db.js secrets stay sealed (what a
+    /// backup keeps).
+    pub fn decode_with(
+        &self,
+        key: &str,
+        id: &str,
+        obj: &crate::store::Object,
+        passphrase: Option<&str>,
+    ) -> DbResult<Record> {
+        let etag = obj.meta.etag.clone();
+        let data = match &self.schema.s3dbjs {
+            Some(js) => super::s3dbjs::record::decode(
+                js,
+                passphrase.unwrap_or(""),
+                id,
+                &obj.metadata,
+                &obj.body,
+            ),
+            None => codec::decode_record(&obj.body).map_err(|message| DbError::Corrupt {
+                key: key.to_string(),
+                message,
+            })?,
+        };
         Ok(Record {
             id: id.to_string(),
             data,
@@ -150,24 +216,20 @@ impl Resource {
         };
         Self::check_id(&id)?;
         data.insert("id".into(), Value::String(id.clone()));
-        self.schema.apply_defaults(&mut data);
+        self.apply_defaults(&mut data);
         if self.schema.timestamps {
             let now = Self::now();
             data.insert("createdAt".into(), now.clone());
             data.insert("updatedAt".into(), now);
         }
         self.validate(&data)?;
+        let (body, options) = self.encode(&data)?;
         self.put_refs(&self.refs(&data, &id)).await?;
         let key = self.key(&id);
         match self
             .db
             .store()
-            .put(
-                &key,
-                codec::encode_record(&data),
-                PutMode::Create,
-                &PutOptions::default(),
-            )
+            .put(&key, body, PutMode::Create, &options)
             .await
         {
             Ok(etag) => {
@@ -189,17 +251,13 @@ impl Resource {
     pub async fn claim(&self, mut data: Map<String, Value>, id: &str) -> DbResult<Record> {
         Self::check_id(id)?;
         data.insert("id".into(), Value::String(id.to_string()));
-        self.schema.apply_defaults(&mut data);
+        self.apply_defaults(&mut data);
         self.validate(&data)?;
+        let (body, options) = self.encode(&data)?;
         let etag = match self
             .db
             .store()
-            .put(
-                &self.key(id),
-                codec::encode_record(&data),
-                PutMode::Create,
-                &PutOptions::default(),
-            )
+            .put(&self.key(id), body, PutMode::Create, &options)
             .await
         {
             Ok(etag) => etag,
@@ -225,7 +283,7 @@ impl Resource {
         let key = self.key(id);
         match self.db.store().get(&key).await? {
             None => Ok(None),
-            Some(obj) => self.decode(&key, id, &obj.body, obj.meta.etag).map(Some),
+            Some(obj) => self.decode(&key, id, &obj).map(Some),
         }
     }
 
@@ -287,15 +345,16 @@ impl Resource {
             .filter(|k| !old_refs.contains(k))
             .cloned()
             .collect();
+        let (body, options) = self.encode(&data)?;
         self.put_refs(&added).await?;
         let put = self
             .db
             .store()
             .put(
                 &self.key(&current.id),
-                codec::encode_record(&data),
+                body,
                 PutMode::Update(current.etag.clone()),
-                &PutOptions::default(),
+                &options,
             )
             .await;
         match put {
@@ -379,6 +438,7 @@ impl Resource {
     ) -> DbResult<bool> {
         Self::check_id(id)?;
         data.insert("id".into(), Value::String(id.to_string()));
+        let (body, options) = self.encode(&data)?;
         self.put_refs(&self.refs(&data, id)).await?;
         let mode = if overwrite {
             PutMode::Overwrite
@@ -388,12 +448,7 @@ impl Resource {
         match self
             .db
             .store()
-            .put(
-                &self.key(id),
-                codec::encode_record(&data),
-                mode,
-                &PutOptions::default(),
-            )
+            .put(&self.key(id), body, mode, &options)
             .await
         {
             Ok(_) => Ok(true),

@@ -106,6 +106,8 @@ pub struct ResourceSchema {
     pub attributes: IndexMap<String, AttributeSpec>,
     pub partitions: Vec<Partition>,
     pub timestamps: bool,
+    /// Set for a resource s3db.js defined: its records use s3db.js's layout and rules.
+    pub s3dbjs: Option<std::sync::Arc<super::s3dbjs::JsResource>>,
 }
 
 impl ResourceSchema {
@@ -147,7 +149,21 @@ impl ResourceSchema {
             attributes,
             partitions,
             timestamps: stored.timestamps,
+            s3dbjs: None,
         })
+    }
+
+    /// The schema of a resource s3db.js defined: its partitions (same key layout as the
+    /// native format's), timestamps, and its version tree for values and rules.
+    pub fn from_s3dbjs(js: super::s3dbjs::JsResource) -> Result<Self, AttributeError> {
+        let stored = StoredResource {
+            attributes: IndexMap::new(),
+            partitions: js.partitions.clone(),
+            timestamps: js.timestamps,
+        };
+        let mut schema = Self::parse(&js.name, &stored)?;
+        schema.s3dbjs = Some(std::sync::Arc::new(js));
+        Ok(schema)
     }
 
     pub fn partition(&self, name: &str) -> Option<&Partition> {

@@ -137,7 +137,12 @@ pub async fn open_database(
         .iter()
         .map(|(name, def)| (name.clone(), crate::db::schema::StoredResource::from(def)))
         .collect();
-    Database::connect(store, &declared).await
+    let passphrase = m
+        .database
+        .passphrase
+        .as_ref()
+        .map(crate::types::Secret::expose);
+    Database::connect_with(store, &declared, passphrase).await
 }
 
 impl Runtime {

@@ -21,6 +21,7 @@ mod manifest_schema;
 mod reload;
 mod s3_backend;
 mod s3_faults;
+mod s3dbjs;
 mod schedule;
 mod scheduler;
 mod state_machines;

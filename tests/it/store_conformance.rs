@@ -33,9 +33,7 @@ async fn user_metadata_is_kept_or_refused_never_dropped(b: Backend) {
     let mut options = opts();
     options.metadata.insert("0".into(), "u:Zo%C3%AB".into());
     options.metadata.insert("_v".into(), "v1".into());
-    let put = s
-        .put("r/1", Bytes::new(), PutMode::Create, &options)
-        .await;
+    let put = s.put("r/1", Bytes::new(), PutMode::Create, &options).await;
     if s.describe().starts_with("file://") {
         let err = put.unwrap_err().to_string();
         assert!(err.contains("cannot keep object metadata"), "{err}");

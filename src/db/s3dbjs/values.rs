@@ -481,8 +481,14 @@ mod tests {
             Some(vec![0.1, -0.2, 0.3, 1.0])
         );
         let uuid = "123e4567-e89b-12d3-a456-426614174000";
-        assert_eq!(encode_uuid(uuid).as_deref(), Some("0kIf1d4g6oxB30AzXg0mOiNa"));
-        assert_eq!(decode_uuid("0kIf1d4g6oxB30AzXg0mOiNa").as_deref(), Some(uuid));
+        assert_eq!(
+            encode_uuid(uuid).as_deref(),
+            Some("0kIf1d4g6oxB30AzXg0mOiNa")
+        );
+        assert_eq!(
+            decode_uuid("0kIf1d4g6oxB30AzXg0mOiNa").as_deref(),
+            Some(uuid)
+        );
         let items = vec!["a|b".to_string(), "c\\d".into(), String::new()];
         assert_eq!(join_array(&items), "a\\|b|c\\\\d|");
         assert_eq!(split_array(&join_array(&items)), items);
@@ -497,7 +503,14 @@ mod tests {
         assert_eq!(transport_encode("processing"), "d:p");
         assert_eq!(transport_encode("plain"), "plain");
         assert_eq!(transport_encode("u:x"), "b:dTp4");
-        for v in ["Zoë | pipe", "é", "https://e.x", "processing", "u:x", "日本語"] {
+        for v in [
+            "Zoë | pipe",
+            "é",
+            "https://e.x",
+            "processing",
+            "u:x",
+            "日本語",
+        ] {
             assert_eq!(transport_decode(&transport_encode(v)).as_deref(), Some(v));
         }
         assert_eq!(transport_decode("null"), None);
@@ -506,11 +519,17 @@ mod tests {
     #[test]
     fn secrets_round_trip_and_fail_closed() {
         let sealed = secret::encrypt("hunter2", "sekret");
-        assert_eq!(secret::decrypt(&sealed, "sekret").as_deref(), Some("hunter2"));
+        assert_eq!(
+            secret::decrypt(&sealed, "sekret").as_deref(),
+            Some("hunter2")
+        );
         assert_eq!(secret::decrypt(&sealed, "other"), None);
         // Sealed by s3db.js 21.6.2 with its default passphrase, `secret`.
         let theirs = "F6mAeaRXr8wADugXDRajj+BpvYeeQZVvmbZlIHUCytfKPT7/x6tMrFRlXuf1iDY+kZfu";
-        assert_eq!(secret::decrypt(theirs, "secret").as_deref(), Some("hunter2"));
+        assert_eq!(
+            secret::decrypt(theirs, "secret").as_deref(),
+            Some("hunter2")
+        );
         assert_eq!(secret::decrypt(theirs, "sekret"), None);
     }
 

@@ -86,6 +86,11 @@ pub struct DatabaseConfig {
     /// runners from running a slot twice), and refuses to start on a store that does not.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub single_runner: bool,
+    /// The passphrase of `secret` attributes on a database s3db.js wrote (s3db.js's
+    /// `security.passphrase`; usually `${S3DB_PASSPHRASE}`). Without it, s3db.js's default,
+    /// `secret`, is used, as s3db.js does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<Secret>,
 }
 
 /// How long an S3 request may take and how often it is tried; unset values take the defaults.

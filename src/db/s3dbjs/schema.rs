@@ -1,0 +1,369 @@
+//! s3db.js's `s3db.json`: resources with versions, each version's attribute tree, and the
+//! schema registry that gives every attribute path its short metadata key.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use indexmap::IndexMap;
+use serde_json::{Map, Value};
+
+use super::values::key_of;
+
+/// Whether `s3db.json`'s content is s3db.js's (it has a `version` and resources with a
+/// `currentVersion`, and not the native `formatVersion`).
+pub fn is_s3dbjs(metadata: &Value) -> bool {
+    metadata.get("formatVersion").is_none()
+        && metadata.get("s3dbVersion").is_some()
+        && metadata.get("version").is_some()
+}
+
+/// What happens to values past S3's 2 KB of metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behavior {
+    UserManaged,
+    BodyOverflow,
+    BodyOnly,
+    TruncateData,
+    EnforceLimits,
+}
+
+impl Behavior {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "user-managed" => Behavior::UserManaged,
+            "body-overflow" => Behavior::BodyOverflow,
+            "body-only" => Behavior::BodyOnly,
+            "truncate-data" => Behavior::TruncateData,
+            "enforce-limits" => Behavior::EnforceLimits,
+            _ => return None,
+        })
+    }
+}
+
+/// How a value is stored, from its attribute's definition (as s3db.js's `generateAutoHooks`
+/// and `mapper` choose).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Kind {
+    String,
+    /// `number` with `integer`: base 62 of the integer part.
+    Integer,
+    /// Any other `number`: base-62 integer part and decimal digits.
+    Decimal,
+    Boolean,
+    StringArray,
+    IntegerArray,
+    DecimalArray,
+    /// An `array` without `items`: JSON text.
+    JsonArray,
+    Embedding,
+    /// `json` and `object`: JSON text.
+    Json,
+    Uuid,
+    DateTime,
+    DateOnly,
+    Secret,
+    /// A type whose compact encoding s3db-run does not write yet (ip4, money, geo, …): read as
+    /// the text stored, never written.
+    Unsupported(String),
+}
+
+/// One leaf attribute: its dotted path, metadata key and rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Field {
+    pub path: String,
+    pub key: String,
+    pub kind: Kind,
+    /// The definition's type name (`string`, `email`, `embedding`…).
+    pub type_name: String,
+    pub optional: bool,
+    /// Inside a nested object that may be absent: when it is, so is this value.
+    pub in_optional_object: bool,
+    /// `name:value` rules of the shorthand, and the object form's other keys.
+    pub rules: HashMap<String, Value>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Version {
+    pub name: String,
+    pub fields: Vec<Field>,
+    by_key: HashMap<String, usize>,
+    by_path: HashMap<String, usize>,
+}
+
+impl Version {
+    pub fn field_by_key(&self, key: &str) -> Option<&Field> {
+        self.by_key.get(key).map(|&i| &self.fields[i])
+    }
+
+    pub fn field(&self, path: &str) -> Option<&Field> {
+        self.by_path.get(path).map(|&i| &self.fields[i])
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsResource {
+    pub name: String,
+    pub current: Arc<Version>,
+    pub versions: HashMap<String, Arc<Version>>,
+    pub behavior: Behavior,
+    pub timestamps: bool,
+    /// Partition name → field → type, as s3db.json has them.
+    pub partitions: IndexMap<String, IndexMap<String, String>>,
+}
+
+impl JsResource {
+    /// The version a record was written at (`_v`), or the current one.
+    pub fn version(&self, v: Option<&str>) -> &Arc<Version> {
+        v.and_then(|v| {
+            let name = if v.starts_with('v') {
+                v.to_string()
+            } else {
+                format!("v{v}")
+            };
+            self.versions.get(&name)
+        })
+        .unwrap_or(&self.current)
+    }
+}
+
+/// Every resource of an s3db.js `s3db.json`.
+pub fn parse(metadata: &Value) -> Result<IndexMap<String, JsResource>, String> {
+    let mut out = IndexMap::new();
+    let Some(resources) = metadata.get("resources").and_then(Value::as_object) else {
+        return Ok(out);
+    };
+    for (name, def) in resources {
+        out.insert(
+            name.clone(),
+            parse_resource(name, def).map_err(|e| format!("resource `{name}`: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
+fn parse_resource(name: &str, def: &Value) -> Result<JsResource, String> {
+    let current = def
+        .get("currentVersion")
+        .and_then(Value::as_str)
+        .ok_or("no currentVersion")?;
+    let versions_json = def
+        .get("versions")
+        .and_then(Value::as_object)
+        .ok_or("no versions")?;
+    let registry: HashMap<String, u64> = def
+        .pointer("/schemaRegistry/mapping")
+        .and_then(Value::as_object)
+        .map(|m| {
+            m.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_u64()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut versions = HashMap::new();
+    let mut current_def = None;
+    for (vname, vdef) in versions_json {
+        let attributes = vdef
+            .get("attributes")
+            .and_then(Value::as_object)
+            .ok_or_else(|| format!("version {vname} has no attributes"))?;
+        // Older releases kept a per-version map (path → key); newer ones the registry.
+        let map: HashMap<String, String> = vdef
+            .get("map")
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let key_for = |path: &str| {
+            map.get(path)
+                .cloned()
+                .or_else(|| registry.get(path).map(|&i| key_of(i)))
+                .unwrap_or_else(|| path.to_string())
+        };
+        let mut fields = Vec::new();
+        collect(attributes, "", false, &key_for, &mut fields);
+        let by_key = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.key.clone(), i))
+            .collect();
+        let by_path = fields
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.path.clone(), i))
+            .collect();
+        let version = Arc::new(Version {
+            name: vname.clone(),
+            fields,
+            by_key,
+            by_path,
+        });
+        if vname == current {
+            current_def = Some(vdef);
+        }
+        versions.insert(vname.clone(), version);
+    }
+    let current_version = versions
+        .get(current)
+        .cloned()
+        .ok_or_else(|| format!("currentVersion {current} is not among its versions"))?;
+    let vdef = current_def.unwrap_or(&Value::Null);
+    let behavior_text = vdef
+        .get("behavior")
+        .or_else(|| def.get("behavior"))
+        .and_then(Value::as_str)
+        .unwrap_or("user-managed");
+    let behavior = Behavior::parse(behavior_text)
+        .ok_or_else(|| format!("behavior `{behavior_text}` is not one s3db.js has"))?;
+    let partitions_json = vdef
+        .get("partitions")
+        .or_else(|| def.get("partitions"))
+        .and_then(Value::as_object);
+    let mut partitions = IndexMap::new();
+    for (pname, p) in partitions_json.into_iter().flatten() {
+        let fields = p
+            .get("fields")
+            .and_then(Value::as_object)
+            .map(|f| {
+                f.iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("string").to_string()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        partitions.insert(pname.clone(), fields);
+    }
+    Ok(JsResource {
+        name: name.to_string(),
+        current: current_version,
+        versions,
+        behavior,
+        timestamps: vdef
+            .get("timestamps")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        partitions,
+    })
+}
+
+/// Walks the attribute tree: strings and rule objects (`{type: …}`) are leaves; other objects
+/// (with or without `$$type`) are nested objects whose leaves have dotted paths.
+fn collect(
+    attrs: &Map<String, Value>,
+    prefix: &str,
+    parent_optional: bool,
+    key_for: &dyn Fn(&str) -> String,
+    out: &mut Vec<Field>,
+) {
+    for (name, def) in attrs {
+        if name.starts_with("$$") {
+            continue;
+        }
+        let path = format!("{prefix}{name}");
+        match def {
+            Value::String(text) => out.push(leaf(&path, text, None, parent_optional, key_for)),
+            Value::Object(obj) if obj.get("type").is_some_and(Value::is_string) => {
+                let text = obj.get("type").and_then(Value::as_str).unwrap_or("any");
+                out.push(leaf(&path, text, Some(obj), parent_optional, key_for));
+            }
+            Value::Object(obj) => {
+                let own = obj
+                    .get("$$type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("object");
+                // s3db.js makes nested objects optional by default (allNestedObjectsOptional).
+                let optional = parent_optional || !own.contains("required");
+                collect(obj, &format!("{path}."), optional, key_for, out);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn leaf(
+    path: &str,
+    text: &str,
+    object: Option<&Map<String, Value>>,
+    parent_optional: bool,
+    key_for: &dyn Fn(&str) -> String,
+) -> Field {
+    let mut parts = text.split('|').map(str::trim);
+    let head = parts.next().unwrap_or("any");
+    let (type_name, type_arg) = match head.split_once(':') {
+        Some((t, a)) => (t.to_string(), Some(a.to_string())),
+        None => (head.to_string(), None),
+    };
+    let mut rules: HashMap<String, Value> = HashMap::new();
+    if let Some(a) = &type_arg {
+        rules.insert("length".into(), rule_value(a));
+    }
+    for part in parts {
+        match part.split_once(':') {
+            Some((k, v)) => rules.insert(k.trim().to_string(), rule_value(v.trim())),
+            None => rules.insert(part.to_string(), Value::Bool(true)),
+        };
+    }
+    if let Some(obj) = object {
+        for (k, v) in obj {
+            if k != "type" {
+                rules.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let flag = |name: &str| rules.get(name).is_some_and(|v| v == &Value::Bool(true));
+    let optional = flag("optional");
+    let items = rules
+        .get("items")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let integer = flag("integer") || items.contains("integer");
+    let kind = match type_name.as_str() {
+        "string" | "email" | "url" | "enum" | "date" | "any" => Kind::String,
+        "number" if integer => Kind::Integer,
+        "number" => Kind::Decimal,
+        "boolean" | "bool" => Kind::Boolean,
+        "embedding" => Kind::Embedding,
+        "array" if items.contains("string") => Kind::StringArray,
+        "array" if items.contains("number") && integer => Kind::IntegerArray,
+        "array"
+            if items.contains("number")
+                && rules
+                    .get("length")
+                    .and_then(Value::as_f64)
+                    .is_some_and(|n| n >= 256.0) =>
+        {
+            Kind::Embedding
+        }
+        "array" if items.contains("number") => Kind::DecimalArray,
+        "array" => Kind::JsonArray,
+        "json" | "object" => Kind::Json,
+        "uuid" => Kind::Uuid,
+        "datetime" => Kind::DateTime,
+        "dateonly" => Kind::DateOnly,
+        "secret" => Kind::Secret,
+        other => Kind::Unsupported(other.to_string()),
+    };
+    Field {
+        path: path.to_string(),
+        key: key_for(path),
+        kind,
+        type_name,
+        optional,
+        in_optional_object: parent_optional,
+        rules,
+    }
+}
+
+fn rule_value(text: &str) -> Value {
+    match text {
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        _ => text
+            .parse::<f64>()
+            .ok()
+            .and_then(serde_json::Number::from_f64)
+            .map_or_else(|| Value::String(text.to_string()), Value::Number),
+    }
+}

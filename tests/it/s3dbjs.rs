@@ -1,0 +1,343 @@
+//! Compatibility with the real s3db.js (21.6.2, installed by scripts/peer-s3dbjs): records it
+//! writes read back identically here, records written here read back identically there, the
+//! same values are refused, and concurrent updates from both lose nothing.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use s3db_run::db::Database;
+use s3db_run::store::s3::S3Store;
+
+use crate::support::s3;
+
+struct Peer {
+    node: PathBuf,
+    script: PathBuf,
+}
+
+/// The installed peer; scripts/test installs it, so a missing one is a failure, not a skip.
+fn peer() -> Peer {
+    let root = crate::support::repo().join(".peers");
+    let node = std::env::var("S3DB_TEST_NODE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("node/bin/node"));
+    let dir = std::env::var("S3DB_TEST_S3DBJS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("s3dbjs"));
+    let script = dir.join("run.mjs");
+    assert!(
+        node.exists() && script.exists(),
+        "s3db.js is not installed: run scripts/peer-s3dbjs (scripts/test does)"
+    );
+    Peer { node, script }
+}
+
+struct Site {
+    bucket: String,
+    prefix: String,
+}
+
+impl Site {
+    async fn new() -> Self {
+        let bucket = s3::bucket_name();
+        let store = S3Store::connect(s3::location(&bucket, "")).await;
+        s3db_run::store::s3::ensure_bucket(store.client(), &bucket)
+            .await
+            .unwrap();
+        Self {
+            bucket,
+            prefix: "app".into(),
+        }
+    }
+
+    fn js_connection(&self) -> String {
+        let endpoint = s3::endpoint();
+        let host = endpoint.trim_start_matches("http://");
+        format!(
+            "http://testing:testing@{host}/{}/{}",
+            self.bucket, self.prefix
+        )
+    }
+
+    /// Runs operations with s3db.js; one result per operation.
+    fn js(&self, passphrase: Option<&str>, ops: Vec<Value>) -> Vec<Value> {
+        let peer = peer();
+        let dir = tempfile::tempdir().unwrap();
+        let (input, output) = (dir.path().join("in.json"), dir.path().join("out.json"));
+        let job =
+            json!({ "connection": self.js_connection(), "passphrase": passphrase, "ops": ops });
+        std::fs::write(&input, job.to_string()).unwrap();
+        let out = std::process::Command::new(&peer.node)
+            .arg(&peer.script)
+            .arg(&input)
+            .arg(&output)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "s3db.js failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&std::fs::read(&output).unwrap()).unwrap()
+    }
+
+    async fn db(&self, passphrase: Option<&str>) -> Database {
+        let store = Arc::new(S3Store::connect(s3::location(&self.bucket, &self.prefix)).await);
+        Database::connect_with(store, &Default::default(), passphrase)
+            .await
+            .unwrap()
+    }
+}
+
+fn ok(result: &Value) -> &Value {
+    assert_eq!(result["ok"], true, "s3db.js refused: {result}");
+    &result["value"]
+}
+
+/// Every attribute type s3db-run writes in s3db.js's encoding, in one resource.
+fn attributes() -> Value {
+    json!({
+        "name": "string|required",
+        "count": "number",
+        "price": "number|optional",
+        "units": "number|integer:true|optional",
+        "ok": "boolean",
+        "tags": "array|items:string",
+        "nums": "array|items:number|optional",
+        "email": "email|optional",
+        "site": "url|optional",
+        "uid": "uuid|optional",
+        "pw": "secret|optional",
+        "vec": "embedding:4|optional",
+        "color": { "type": "string", "enum": ["red", "blue"], "optional": true },
+        "meta": "json|optional",
+        "at": "datetime|optional",
+        "nested": { "$$type": "object|optional", "deep": { "x": "number", "y": "string" } },
+        "big": "string|optional"
+    })
+}
+
+fn samples() -> Vec<Value> {
+    vec![
+        json!({ "id": "a1", "name": "Zoë | pipe \\ back", "count": 42, "price": 3.14, "units": 7,
+                "ok": true, "tags": ["a|b", "c\\d", "日本"], "nums": [1, 2.5, -3],
+                "email": "x@y.io", "site": "https://e.x/p?q=1", "uid": "123e4567-e89b-12d3-a456-426614174000",
+                "pw": "hunter2", "vec": [0.1, -0.2, 0.3, 1], "color": "red", "meta": { "k": [1, 2], "s": "é" },
+                "at": "2024-01-02T03:04:05.000Z", "nested": { "deep": { "x": -7, "y": "é" } } }),
+        json!({ "id": "a2", "name": "big", "count": 0, "ok": false, "tags": [], "big": "x".repeat(3000) }),
+        json!({ "id": "a3", "name": "processing", "count": -1.5, "ok": true, "tags": ["https://x.io"],
+                "meta": [1, "two"], "big": "ünïcödé ".repeat(40) + "end" }),
+    ]
+}
+
+fn without_timestamps(mut v: Value) -> Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("createdAt");
+        o.remove("updatedAt");
+    }
+    v
+}
+
+fn create(name: &str, behavior: &str) -> Value {
+    json!({ "op": "createResource", "def": { "name": name, "attributes": attributes(),
+            "behavior": behavior, "timestamps": true,
+            "partitions": { "byColor": { "fields": { "color": "string" } } } } })
+}
+
+const BEHAVIORS: [&str; 3] = ["user-managed", "body-overflow", "body-only"];
+
+/// s3db.js 21.6.2 misreads its own `body-overflow` records whose values did overflow when the
+/// resource has timestamps: its client stores the `$overflow` flag as `_overflow`, and the
+/// second unmapping of already decoded timestamps throws, so the overflowed field comes back
+/// under its short key (`j` instead of `big`). For those records s3db-run's reading is checked
+/// against the values written, not against s3db.js's.
+fn s3dbjs_misreads(behavior: &str, record: &Value) -> bool {
+    behavior == "body-overflow" && record["big"].as_str().is_some_and(|b| b.len() > 2000)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_s3db_js_writes_read_back_identically() {
+    let site = Site::new().await;
+    let mut ops = Vec::new();
+    for (i, behavior) in BEHAVIORS.iter().enumerate() {
+        ops.push(create(&format!("r{i}"), behavior));
+        for s in samples() {
+            ops.push(json!({ "op": "insert", "resource": format!("r{i}"), "data": s }));
+        }
+        for s in samples() {
+            ops.push(json!({ "op": "get", "resource": format!("r{i}"), "id": s["id"] }));
+        }
+    }
+    let results = site.js(None, ops);
+    let db = site.db(None).await;
+    let per = 1 + 2 * samples().len();
+    let mut mismatches = Vec::new();
+    for (i, _) in BEHAVIORS.iter().enumerate() {
+        let res = db.resource(&format!("r{i}")).unwrap();
+        for (j, s) in samples().iter().enumerate() {
+            let theirs = ok(&results[i * per + 1 + samples().len() + j]).clone();
+            let id = s["id"].as_str().unwrap();
+            let ours = res.get(id).await.unwrap().unwrap();
+            if !s3dbjs_misreads(BEHAVIORS[i], s) && Value::Object(ours.data.clone()) != theirs {
+                mismatches.push(format!(
+                    "r{i} ({}) {id}: ours {:?} theirs {theirs}",
+                    BEHAVIORS[i], ours.data
+                ));
+            }
+            // And they are the values written (timestamps added by s3db.js aside).
+            assert_eq!(without_timestamps(Value::Object(ours.data)), *s);
+        }
+        let listed = res.list(Default::default()).await.unwrap();
+        assert_eq!(listed.len(), samples().len());
+    }
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn records_s3db_run_writes_read_back_identically_in_s3db_js() {
+    let site = Site::new().await;
+    let mut ops = Vec::new();
+    for (i, behavior) in BEHAVIORS.iter().enumerate() {
+        ops.push(create(&format!("r{i}"), behavior));
+    }
+    assert!(site.js(Some("p4ss"), ops).iter().all(|r| r["ok"] == true));
+    let db = site.db(Some("p4ss")).await;
+    let mut ops = Vec::new();
+    let mut expected = Vec::new();
+    for (i, behavior) in BEHAVIORS.iter().enumerate() {
+        let res = db.resource(&format!("r{i}")).unwrap();
+        for s in samples()
+            .into_iter()
+            .filter(|s| !s3dbjs_misreads(behavior, s))
+        {
+            let written = res
+                .insert(s.as_object().unwrap().clone(), None)
+                .await
+                .unwrap();
+            // An update too: s3db-run's writes of an existing record.
+            let mut patch = Map::new();
+            patch.insert("count".into(), json!(100));
+            let updated = res.update(&written.id, &patch, None).await.unwrap();
+            ops.push(json!({ "op": "get", "resource": format!("r{i}"), "id": written.id }));
+            expected.push(Value::Object(updated.data));
+        }
+    }
+    let results = site.js(Some("p4ss"), ops);
+    let mismatches: Vec<String> = results
+        .iter()
+        .zip(&expected)
+        .filter(|(got, want)| ok(got) != *want)
+        .map(|(got, want)| format!("theirs {} ours {want}", got["value"]))
+        .collect();
+    assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // The secret is sealed in the object, not stored in clear.
+    let obj = db
+        .store()
+        .get("resource=r0/data/id=a1")
+        .await
+        .unwrap()
+        .unwrap();
+    let all: String = obj.metadata.values().cloned().collect::<Vec<_>>().join(" ")
+        + &String::from_utf8_lossy(&obj.body);
+    assert!(!all.contains("hunter2"), "{all}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn values_s3db_js_refuses_are_refused() {
+    let site = Site::new().await;
+    let base = json!({ "name": "n", "count": 1, "ok": true, "tags": [] });
+    let with = |k: &str, v: Value| {
+        let mut o = base.as_object().unwrap().clone();
+        o.insert(k.into(), v);
+        Value::Object(o)
+    };
+    let without = |k: &str| {
+        let mut o = base.as_object().unwrap().clone();
+        o.remove(k);
+        Value::Object(o)
+    };
+    let cases = vec![
+        base.clone(),
+        without("name"),
+        without("count"),
+        with("count", json!("12")),
+        with("units", json!(1.5)),
+        with("ok", json!("yes")),
+        with("tags", json!("a")),
+        with("tags", json!([1])),
+        with("email", json!("not-an-email")),
+        with("email", json!("a@b.co")),
+        with("site", json!("ftp://x")),
+        with("site", json!("https://x.io")),
+        with("uid", json!("nope")),
+        with("vec", json!([1, 2, 3])),
+        with("vec", json!([1, 2, 3, 4])),
+        with("color", json!("green")),
+        with("color", json!("blue")),
+        with("nested", json!({ "deep": { "x": "one", "y": "s" } })),
+        with("nested", json!({ "deep": { "x": 1, "y": "s" } })),
+    ];
+    let mut ops = vec![create("r", "user-managed")];
+    for (i, c) in cases.iter().enumerate() {
+        let mut c = c.as_object().unwrap().clone();
+        c.insert("id".into(), json!(format!("js{i}")));
+        ops.push(json!({ "op": "insert", "resource": "r", "data": c }));
+    }
+    let results = site.js(None, ops);
+    let db = site.db(None).await;
+    let res = db.resource("r").unwrap();
+    for (i, c) in cases.iter().enumerate() {
+        let mut c = c.as_object().unwrap().clone();
+        c.insert("id".into(), json!(format!("rs{i}")));
+        let ours = res.insert(c.clone(), None).await;
+        let theirs = &results[1 + i];
+        assert_eq!(
+            ours.is_ok(),
+            theirs["ok"] == true,
+            "case {i} {c:?}: s3db-run {ours:?}, s3db.js {theirs}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_updates_from_both_lose_nothing() {
+    let site = Site::new().await;
+    let setup = site.js(
+        None,
+        vec![
+            json!({ "op": "createResource", "def": { "name": "c", "attributes": { "n": "number" } } }),
+            json!({ "op": "insert", "resource": "c", "data": { "id": "x", "n": 0 } }),
+        ],
+    );
+    assert!(setup.iter().all(|r| r["ok"] == true), "{setup:?}");
+    let db = site.db(None).await;
+    let res = db.resource("c").unwrap();
+    const EACH: u64 = 15;
+    let js = {
+        let ops = vec![
+            json!({ "op": "increment", "resource": "c", "id": "x", "field": "n", "times": EACH }),
+        ];
+        let site = Site {
+            bucket: site.bucket.clone(),
+            prefix: site.prefix.clone(),
+        };
+        tokio::task::spawn_blocking(move || site.js(None, ops))
+    };
+    let mut patch = Map::new();
+    patch.insert("n".into(), json!({ "$increment": 1 }));
+    for _ in 0..EACH {
+        res.update("x", &patch, None).await.unwrap();
+    }
+    let js = js.await.unwrap();
+    assert_eq!(js[0]["ok"], true, "{js:?}");
+    let n = res.get("x").await.unwrap().unwrap().data["n"].clone();
+    assert_eq!(
+        n,
+        json!(2 * EACH),
+        "s3db.js saw {} conflicts",
+        js[0]["value"]["conflicts"]
+    );
+}
