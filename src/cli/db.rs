@@ -113,7 +113,9 @@ pub async fn open_database_and_cache(
             eprintln!("error: {e}");
             exit::INVALID
         })?;
-        Database::connect(store, &Default::default())
+        // Without a manifest, an s3db.js database's passphrase comes from the environment.
+        let passphrase = std::env::var("S3DB_PASSPHRASE").ok();
+        Database::connect_with(store, &Default::default(), passphrase.as_deref())
             .await
             .map(|db| (db, None))
     } else {

@@ -141,10 +141,8 @@ fn check(f: &Field, v: &Value) -> Result<(), String> {
         "array" => {
             let items = v.as_array().ok_or("must be an array")?;
             length_rules(f, items.len(), "items")?;
-            if flag(f, "empty") || f.rules.get("empty") == Some(&Value::Bool(false)) {
-                if f.rules.get("empty") == Some(&Value::Bool(false)) && items.is_empty() {
-                    return Err("must not be empty".into());
-                }
+            if f.rules.get("empty") == Some(&Value::Bool(false)) && items.is_empty() {
+                return Err("must not be empty".into());
             }
             let kind = f.rules.get("items").and_then(Value::as_str).unwrap_or("");
             for item in items {

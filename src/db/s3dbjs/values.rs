@@ -460,7 +460,7 @@ mod tests {
         assert_eq!(to_base62(42.0), "G");
         assert_eq!(to_base62(0.0), "0");
         assert_eq!(encode_decimal(-7.0), "-7");
-        assert_eq!(encode_decimal(3.14), "3.14");
+        assert_eq!(encode_decimal(2.71), "2.71");
         assert_eq!(encode_decimal(62.5), "10.5");
         assert_eq!(decode_decimal("10.5"), Some(62.5));
         assert_eq!(decode_decimal("-G"), Some(-42.0));

@@ -2,11 +2,23 @@
 
 use super::*;
 
+/// The definitions a verified archive holds.
+pub(super) struct Verified {
+    /// The native resources' definitions.
+    pub schema: Metadata,
+    /// `s3db.json` as s3db.js wrote it, for a backup of an s3db.js database.
+    pub s3dbjs: Option<Value>,
+}
+
+/// The archive member keeping s3db.js's `s3db.json` (its own, untouched).
+pub(super) const S3DBJS_MEMBER: &str = "s3dbjs.json";
+
 /// Reads a whole archive: every segment decrypts, every line parses, every member's SHA-256
-/// matches `manifest.json`. Returns the archive's `s3db.json`.
-pub(super) fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Metadata, ArchiveError> {
+/// matches `manifest.json`. Returns the archive's definitions.
+pub(super) fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Verified, ArchiveError> {
     let damaged = |reason: String| ArchiveError::Damaged(reason);
     let mut schema = None;
+    let mut s3dbjs = None;
     let mut manifest: Option<Value> = None;
     let seen = ArchiveReader::open(path, id, keys)?.for_each_member(|name, r| {
         match name {
@@ -16,6 +28,14 @@ pub(super) fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Metadata, 
                 schema = Some(
                     serde_json::from_slice::<Metadata>(&buf)
                         .map_err(|e| format!("damaged s3db.json: {e}"))?,
+                );
+            }
+            S3DBJS_MEMBER => {
+                let mut buf = Vec::new();
+                r.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+                s3dbjs = Some(
+                    serde_json::from_slice::<Value>(&buf)
+                        .map_err(|e| format!("damaged {S3DBJS_MEMBER}: {e}"))?,
                 );
             }
             "manifest.json" => {
@@ -56,7 +76,8 @@ pub(super) fn verify(path: &Path, id: &str, keys: &Keyring) -> Result<Metadata, 
             "the archive's manifest names another backup".into(),
         ));
     }
-    schema.ok_or_else(|| damaged("the archive has no s3db.json".into()))
+    let schema = schema.ok_or_else(|| damaged("the archive has no s3db.json".into()))?;
+    Ok(Verified { schema, s3dbjs })
 }
 
 impl Backup {
@@ -162,7 +183,7 @@ impl Backup {
 
         // 1. Download and verify everything before a single write.
         let mut files = Vec::new();
-        let mut schema: Option<Metadata> = None;
+        let mut schema: Option<Verified> = None;
         for (info, holders) in &chain {
             self.progress_of("verify", files.len() as u64, Some(chain.len() as u64));
             let file = self.download(info, holders).await?;
@@ -179,9 +200,19 @@ impl Backup {
             }
             files.push((info.id.clone(), file));
         }
-        let schema = schema.unwrap_or_default();
+        let Verified {
+            schema,
+            s3dbjs: theirs,
+        } = schema.unwrap_or(Verified {
+            schema: Metadata::default(),
+            s3dbjs: None,
+        });
 
-        // 2. Recreate the resources' definitions (s3db.json may be gone).
+        // 2. Recreate the resources' definitions (s3db.json may be gone). s3db.js's s3db.json
+        //    comes back as it was, so s3db.js reads the restored records.
+        if let (Some(theirs), false) = (theirs, options.dry_run) {
+            self.adopt_s3dbjs(theirs).await?;
+        }
         let declared: IndexMap<String, StoredResource> = schema
             .resources
             .into_iter()
@@ -365,5 +396,45 @@ impl Backup {
             return Err(e);
         }
         read.map_err(|e| BackupError::Archive(e.to_string()))
+    }
+}
+
+impl Backup {
+    /// Makes the database an s3db.js one again, with `theirs` as its `s3db.json`, unless it
+    /// already is one (s3db.js's current definitions are then kept). A native `s3db.json` that
+    /// stands in its place (a runner that connected to the emptied prefix wrote it) moves to
+    /// `s3db-run.json`, where s3db-run keeps its own resources beside s3db.js's.
+    async fn adopt_s3dbjs(&self, theirs: Value) -> Result<(), BackupError> {
+        let db = &self.inner.db;
+        if db.s3dbjs_metadata().is_some() {
+            return Ok(());
+        }
+        let store = db.store();
+        if let Some(native) = store.get(codec::METADATA_KEY).await? {
+            let is_theirs = serde_json::from_slice::<Value>(&native.body)
+                .is_ok_and(|v| crate::db::s3dbjs::is_s3dbjs(&v));
+            if !is_theirs {
+                store
+                    .put(
+                        crate::db::OWN_METADATA_KEY,
+                        native.body.clone(),
+                        crate::store::PutMode::Overwrite,
+                        &Default::default(),
+                    )
+                    .await?;
+            }
+        }
+        let body =
+            serde_json::to_vec_pretty(&theirs).map_err(|e| BackupError::Archive(e.to_string()))?;
+        store
+            .put(
+                codec::METADATA_KEY,
+                Bytes::from(body),
+                crate::store::PutMode::Overwrite,
+                &Default::default(),
+            )
+            .await?;
+        db.adopt_s3dbjs(theirs)?;
+        Ok(())
     }
 }

@@ -316,6 +316,11 @@ impl Backup {
         let index_path = TempFile(self.inner.temp_dir.join(format!("{id}.index")));
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Cmd>(1024);
         let schema = self.schema_of(&info.resources).await?;
+        let s3dbjs: Option<Vec<u8>> = self
+            .inner
+            .db
+            .s3dbjs_metadata()
+            .map(|v| serde_json::to_vec_pretty(&*v).unwrap_or_default());
         let writer = {
             let keys = self.keyring();
             let (a, i) = (archive_path.0.clone(), index_path.0.clone());
@@ -327,6 +332,9 @@ impl Backup {
                     ArchiveWriter::create(&a, &temp, &id, "archive", compression, &keys)?;
                 let mut index = ArchiveWriter::create(&i, &temp, &id, "index", compression, &keys)?;
                 archive.add_bytes("s3db.json", &schema)?;
+                if let Some(theirs) = &s3dbjs {
+                    archive.add_bytes(super::restore::S3DBJS_MEMBER, theirs)?;
+                }
                 index.begin_member("index.jsonl")?;
                 while let Some(cmd) = rx.blocking_recv() {
                     match cmd {
@@ -370,15 +378,15 @@ impl Backup {
 
     /// s3db.json restricted to the backed-up resources.
     pub(super) async fn schema_of(&self, names: &[String]) -> Result<Vec<u8>, BackupError> {
-        let current = self
-            .inner
-            .db
-            .store()
-            .get(codec::METADATA_KEY)
-            .await?
-            .ok_or_else(|| BackupError::Database("s3db.json is missing".into()))?;
-        let mut metadata: Metadata = serde_json::from_slice(&current.body)
-            .map_err(|e| BackupError::Database(format!("s3db.json is damaged: {e}")))?;
+        let db = &self.inner.db;
+        let key = db.metadata_key();
+        let mut metadata: Metadata = match db.store().get(key).await? {
+            Some(current) => serde_json::from_slice(&current.body)
+                .map_err(|e| BackupError::Database(format!("{key} is damaged: {e}")))?,
+            // Beside s3db.js, s3db-run may have no resource of its own yet.
+            None if db.s3dbjs_metadata().is_some() => Metadata::new(),
+            None => return Err(BackupError::Database(format!("{key} is missing"))),
+        };
         metadata.resources.retain(|name, _| names.contains(name));
         serde_json::to_vec_pretty(&metadata).map_err(|e| BackupError::Archive(e.to_string()))
     }
@@ -401,6 +409,15 @@ impl Backup {
                 .await
                 .map_err(|_| closed())?;
             let prefix = codec::data_prefix(&name);
+            // s3db.js records keep their values in metadata, which neither a listing nor the
+            // ETag of their (often empty) body tells about: each is read, and compared with
+            // the parent by a hash of its content.
+            let js = self
+                .inner
+                .db
+                .resource(&name)
+                .ok()
+                .filter(|r| r.schema().s3dbjs.is_some());
             let mut token: Option<String> = None;
             let mut seen: HashSet<String> = HashSet::new();
             let mut count = 0u64;
@@ -416,8 +433,9 @@ impl Backup {
                     .collect();
                 let mut fetch = Vec::new();
                 for (id, meta) in wanted {
-                    let unchanged = parent.and_then(|p| p.get(&(name.clone(), id.clone())))
-                        == Some(&(meta.etag.0.clone(), meta.size));
+                    let unchanged = js.is_none()
+                        && parent.and_then(|p| p.get(&(name.clone(), id.clone())))
+                            == Some(&(meta.etag.0.clone(), meta.size));
                     if parent.is_some() {
                         seen.insert(id.clone());
                     }
@@ -439,7 +457,31 @@ impl Backup {
                         return Err(BackupError::Cancelled(info.id.clone()));
                     }
                     // Deleted between the listing and the read: it is not in this backup.
-                    let Some(obj) = got? else { continue };
+                    let Some(mut obj) = got? else { continue };
+                    if let Some(res) = &js {
+                        // Secrets stay sealed in the archive, as s3db.js stored them.
+                        let record = res.decode_with(&obj.meta.key, &id, &obj, None)?;
+                        let body = serde_json::to_vec(&record.data).unwrap_or_default();
+                        obj.meta.etag = crate::store::ETag(format!(
+                            "c:{}",
+                            &crate::store::ETag::of(&body).0.trim_matches('"')
+                        ));
+                        obj.meta.size = body.len() as u64;
+                        obj.body = Bytes::from(body);
+                        let unchanged = parent.and_then(|p| p.get(&(name.clone(), id.clone())))
+                            == Some(&(obj.meta.etag.0.clone(), obj.meta.size));
+                        if unchanged {
+                            let line = serde_json::to_vec(&json!([
+                                name,
+                                id,
+                                obj.meta.etag.0,
+                                obj.meta.size
+                            ]))
+                            .unwrap_or_default();
+                            tx.send(Cmd::Index(line)).await.map_err(|_| closed())?;
+                            continue;
+                        }
+                    }
                     if serde_json::from_slice::<serde::de::IgnoredAny>(&obj.body).is_err() {
                         return Err(BackupError::Database(format!(
                             "record `{id}` of `{name}` is not valid JSON ({}); fix or delete it",
