@@ -114,8 +114,11 @@ pub async fn open_database_and_cache(
             exit::INVALID
         })?;
         // Without a manifest, an s3db.js database's passphrase comes from the environment.
-        let passphrase = std::env::var("S3DB_PASSPHRASE").ok();
-        Database::connect_with(store, &Default::default(), passphrase.as_deref())
+        let options = crate::db::ConnectOptions {
+            passphrase: std::env::var("S3DB_PASSPHRASE").ok(),
+            create_s3dbjs: false,
+        };
+        Database::connect_with(store, &Default::default(), &options)
             .await
             .map(|db| (db, None))
     } else {

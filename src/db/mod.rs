@@ -57,6 +57,16 @@ pub enum DbError {
 
 pub type DbResult<T> = Result<T, DbError>;
 
+/// How to connect to a database that may be s3db.js's.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// The passphrase of s3db.js `secret` attributes; s3db.js's default (`secret`) without one.
+    pub passphrase: Option<String>,
+    /// On a prefix without `s3db.json`, create one in s3db.js's format with the declared
+    /// resources (the manifest's `format: s3dbjs`), so s3db.js can open the new database.
+    pub create_s3dbjs: bool,
+}
+
 /// A connected database. Cheap to clone: clones share the store and the schemas.
 #[derive(Clone)]
 pub struct Database {
@@ -90,16 +100,15 @@ impl Database {
         store: DynStore,
         declared: &IndexMap<String, StoredResource>,
     ) -> DbResult<Self> {
-        Self::connect_with(store, declared, None).await
+        Self::connect_with(store, declared, &ConnectOptions::default()).await
     }
 
-    /// `connect`, with the passphrase of s3db.js `secret` attributes (s3db.js's default,
-    /// `secret`, without one). An `s3db.json` that s3db.js wrote is recognised and kept as it
-    /// is: its resources are read and written in s3db.js's layout.
+    /// `connect`, with the options of s3db.js databases. An `s3db.json` that s3db.js wrote is
+    /// recognised and kept as it is: its resources are read and written in s3db.js's layout.
     pub async fn connect_with(
         store: DynStore,
         declared: &IndexMap<String, StoredResource>,
-        passphrase: Option<&str>,
+        options: &ConnectOptions,
     ) -> DbResult<Self> {
         let db = Self {
             store,
@@ -107,13 +116,52 @@ impl Database {
             concurrency: DEFAULT_CONCURRENCY,
             cache: None,
             s3dbjs: Arc::default(),
-            passphrase: Arc::from(passphrase.unwrap_or(s3dbjs::DEFAULT_PASSPHRASE)),
+            passphrase: Arc::from(
+                options
+                    .passphrase
+                    .as_deref()
+                    .unwrap_or(s3dbjs::DEFAULT_PASSPHRASE),
+            ),
         };
-        if let Some(obj) = db.store.get(codec::METADATA_KEY).await? {
-            if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&obj.body) {
-                if s3dbjs::is_s3dbjs(&value) {
-                    db.adopt_s3dbjs(value)?;
+        let mut attempts = crate::types::cas::Attempts::new();
+        while attempts.next().await {
+            match db.store.get(codec::METADATA_KEY).await? {
+                Some(obj) => {
+                    if let Ok(value) = serde_json::from_slice::<serde_json::Value>(&obj.body) {
+                        if s3dbjs::is_s3dbjs(&value) {
+                            db.adopt_s3dbjs(value)?;
+                        }
+                    }
+                    break;
                 }
+                None if options.create_s3dbjs => {
+                    let metadata = s3dbjs::schema::new_metadata(
+                        declared,
+                        concat!("s3db-run/", env!("CARGO_PKG_VERSION")),
+                    );
+                    let body = bytes::Bytes::from(
+                        serde_json::to_vec_pretty(&metadata).unwrap_or_default(),
+                    );
+                    match db
+                        .store
+                        .put(
+                            codec::METADATA_KEY,
+                            body,
+                            PutMode::Create,
+                            &PutOptions::default(),
+                        )
+                        .await
+                    {
+                        Ok(_) => {
+                            db.adopt_s3dbjs(metadata)?;
+                            break;
+                        }
+                        // Another runner created it first: read theirs.
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                None => break,
             }
         }
         db.register(declared).await?;

@@ -137,12 +137,15 @@ pub async fn open_database(
         .iter()
         .map(|(name, def)| (name.clone(), crate::db::schema::StoredResource::from(def)))
         .collect();
-    let passphrase = m
-        .database
-        .passphrase
-        .as_ref()
-        .map(crate::types::Secret::expose);
-    Database::connect_with(store, &declared, passphrase).await
+    let options = crate::db::ConnectOptions {
+        passphrase: m
+            .database
+            .passphrase
+            .as_ref()
+            .map(|p| p.expose().to_string()),
+        create_s3dbjs: m.database.format == crate::manifest::model::DatabaseFormat::S3dbjs,
+    };
+    Database::connect_with(store, &declared, &options).await
 }
 
 impl Runtime {

@@ -63,11 +63,15 @@ impl Site {
 
     /// Runs operations with s3db.js; one result per operation.
     fn js(&self, passphrase: Option<&str>, ops: Vec<Value>) -> Vec<Value> {
+        self.js_job(json!({ "passphrase": passphrase, "ops": ops }))
+    }
+
+    /// A whole job: `ops`, and `passphrase` or `versioning` when wanted.
+    fn js_job(&self, mut job: Value) -> Vec<Value> {
         let peer = peer();
         let dir = tempfile::tempdir().unwrap();
         let (input, output) = (dir.path().join("in.json"), dir.path().join("out.json"));
-        let job =
-            json!({ "connection": self.js_connection(), "passphrase": passphrase, "ops": ops });
+        job["connection"] = json!(self.js_connection());
         std::fs::write(&input, job.to_string()).unwrap();
         let out = std::process::Command::new(&peer.node)
             .arg(&peer.script)
@@ -86,7 +90,11 @@ impl Site {
 
     async fn db(&self, passphrase: Option<&str>) -> Database {
         let store = Arc::new(S3Store::connect(s3::location(&self.bucket, &self.prefix)).await);
-        Database::connect_with(store, &Default::default(), passphrase)
+        let options = s3db_run::db::ConnectOptions {
+            passphrase: passphrase.map(str::to_string),
+            create_s3dbjs: false,
+        };
+        Database::connect_with(store, &Default::default(), &options)
             .await
             .unwrap()
     }
@@ -421,4 +429,214 @@ async fn backup_wipe_restore_gives_s3db_js_its_records_back() {
     }
     assert_eq!(ok(&after[0])["count"], 5);
     assert_eq!(ok(&after[0])["pw"], "hunter2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn older_versions_and_partitions_read_and_list_alike() {
+    let site = Site::new().await;
+    let results = site.js_job(json!({ "versioning": true, "ops": [
+        { "op": "createResource", "def": { "name": "v", "attributes": { "a": "string", "n": "number" },
+          "partitions": { "byA": { "fields": { "a": "string" } } } } },
+        { "op": "insert", "resource": "v", "data": { "id": "old", "a": "x", "n": 1 } },
+    ]}));
+    assert!(results.iter().all(|r| r["ok"] == true), "{results:?}");
+    // A changed definition from a new client is the resource's version 2.
+    let results = site.js_job(json!({ "versioning": true, "ops": [
+        { "op": "createResource", "def": { "name": "v",
+          "attributes": { "a": "string", "b": "boolean|optional", "n": "number|optional" },
+          "partitions": { "byA": { "fields": { "a": "string" } } } } },
+        { "op": "insert", "resource": "v", "data": { "id": "new", "a": "y", "b": true, "n": 62 } },
+    ]}));
+    assert!(results.iter().all(|r| r["ok"] == true), "{results:?}");
+    let db = site.db(None).await;
+    let v = db.resource("v").unwrap();
+    // `old` was written at v1, whose keys differ from v2's only by what v2 added.
+    assert_eq!(
+        Value::Object(v.get("old").await.unwrap().unwrap().data),
+        json!({ "id": "old", "a": "x", "n": 1 })
+    );
+    assert_eq!(
+        Value::Object(v.get("new").await.unwrap().unwrap().data),
+        json!({ "id": "new", "a": "y", "b": true, "n": 62 })
+    );
+    // A record written here joins s3db.js's partition listing, and s3db.js's here.
+    let mut data = Map::new();
+    data.insert("a".into(), json!("x"));
+    data.insert("n".into(), json!(3));
+    v.insert(data, Some("mine")).await.unwrap();
+    let ours = v
+        .list(s3db_run::db::ListOptions {
+            partition: Some(("byA".into(), vec![("a".into(), "x".into())])),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = ours.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids, ["mine", "old"]);
+    let theirs = site.js_job(json!({ "versioning": true, "ops": [
+        { "op": "list", "resource": "v", "options": { "partition": "byA", "partitionValues": { "a": "x" } } },
+    ]}));
+    let mut ids: Vec<String> = ok(&theirs[0])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["mine", "old"]);
+}
+
+/// The runtime, its cache, a state machine and a job, on a database s3db.js wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plugins_work_on_an_s3db_js_database() {
+    let site = Site::new().await;
+    let setup = site.js(
+        None,
+        vec![
+            json!({ "op": "createResource", "def": { "name": "inventory",
+                    "attributes": { "name": "string", "quantity": "number|min:0" } } }),
+            json!({ "op": "insert", "resource": "inventory", "data": { "id": "p1", "name": "Pen", "quantity": 10 } }),
+        ],
+    );
+    assert!(setup.iter().all(|r| r["ok"] == true), "{setup:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"version: 1
+database:
+  connection: file://./unused
+  format: s3dbjs
+cache: { driver: memory, ttl: 5m }
+actions:
+  reserve:
+    builtin: record.update
+    with:
+      resource: inventory
+      id: "{{context.productId}}"
+      set: { quantity: { $decrement: "{{context.quantity}}" } }
+machines:
+  order:
+    initialState: cart
+    states:
+      cart: { on: { PACK: packed } }
+      packed: { type: final, entry: reserve }
+jobs:
+  restock:
+    schedule: "0 3 * * *"
+    action:
+      builtin: record.insert
+      with: { resource: inventory, data: { id: p2, name: Ink, quantity: 5 } }
+"#;
+    let file = dir.path().join("s3db.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let loaded = s3db_run::manifest::load_path(&file, None, &|_: &str| None).unwrap();
+    let checked = loaded
+        .manifest
+        .unwrap_or_else(|| panic!("{:#?}", loaded.report.diagnostics));
+    let endpoint = s3::endpoint();
+    let connection = format!(
+        "s3://testing:testing@{}/{}?region=us-east-1&endpoint={endpoint}&forcePathStyle=true",
+        site.bucket, site.prefix
+    );
+    let rt = s3db_run::runtime::Runtime::build(&checked, Some(&connection))
+        .await
+        .expect("runtime");
+    assert!(rt.db.s3dbjs_metadata().is_some());
+    // Read through the cache first, so a stale cached value would show below.
+    let inventory = rt.db.resource("inventory").unwrap();
+    assert_eq!(
+        inventory.get_cached("p1").await.unwrap().unwrap().data["quantity"],
+        json!(10)
+    );
+    let machines = rt.machines.as_ref().unwrap();
+    machines.initialize("order", "o1", json!({})).await.unwrap();
+    machines
+        .send(
+            "order",
+            "o1",
+            "PACK",
+            json!({ "productId": "p1", "quantity": 3 }),
+            None,
+        )
+        .await
+        .unwrap();
+    rt.scheduler.run_now("restock", json!({})).await.unwrap();
+    assert_eq!(
+        inventory.get_cached("p1").await.unwrap().unwrap().data["quantity"],
+        json!(7)
+    );
+    let theirs = site.js(
+        None,
+        vec![
+            json!({ "op": "get", "resource": "inventory", "id": "p1" }),
+            json!({ "op": "get", "resource": "inventory", "id": "p2" }),
+        ],
+    );
+    assert_eq!(ok(&theirs[0])["quantity"], 7);
+    assert_eq!(
+        ok(&theirs[1]),
+        &json!({ "id": "p2", "name": "Ink", "quantity": 5 })
+    );
+    // s3db.json is s3db.js's still: s3db-run kept its own resources beside it.
+    let s3db_json = rt.db.store().get("s3db.json").await.unwrap().unwrap();
+    let parsed: Value = serde_json::from_slice(&s3db_json.body).unwrap();
+    assert!(parsed["resources"].get("inventory").is_some());
+    assert_eq!(
+        parsed["resources"].as_object().unwrap().len(),
+        1,
+        "{parsed}"
+    );
+    assert!(rt.db.store().get("s3db-run.json").await.unwrap().is_some());
+}
+
+/// `format: s3dbjs` on an empty prefix: the new database is one s3db.js opens and shares.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_database_in_the_s3db_js_format_is_shared_with_s3db_js() {
+    let site = Site::new().await;
+    let store = Arc::new(S3Store::connect(s3::location(&site.bucket, &site.prefix)).await);
+    let mut declared = indexmap::IndexMap::new();
+    declared.insert(
+        "notes".to_string(),
+        s3db_run::db::schema::StoredResource {
+            attributes: [
+                ("title", "string|required"),
+                ("tags", "array|items:string|optional"),
+                ("n", "number|optional"),
+                ("mail", "email|optional"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            partitions: Default::default(),
+            timestamps: true,
+        },
+    );
+    let options = s3db_run::db::ConnectOptions {
+        passphrase: None,
+        create_s3dbjs: true,
+    };
+    let db = Database::connect_with(store, &declared, &options)
+        .await
+        .unwrap();
+    assert!(db.s3dbjs_metadata().is_some());
+    let notes = db.resource("notes").unwrap();
+    let mut data = Map::new();
+    data.insert("title".into(), json!("Fête | ok"));
+    data.insert("tags".into(), json!(["a|b", "c"]));
+    data.insert("n".into(), json!(63.5));
+    let ours = notes.insert(data, Some("n1")).await.unwrap();
+    let mut bad = Map::new();
+    bad.insert("title".into(), json!("t"));
+    bad.insert("mail".into(), json!("nope"));
+    assert!(notes.insert(bad, Some("n2")).await.is_err());
+    let theirs = site.js(
+        None,
+        vec![
+            json!({ "op": "get", "resource": "notes", "id": "n1" }),
+            json!({ "op": "insert", "resource": "notes", "data": { "id": "n3", "title": "from js", "n": 7 } }),
+        ],
+    );
+    assert_eq!(ok(&theirs[0]), &Value::Object(ours.data));
+    assert!(theirs[1]["ok"] == true, "{theirs:?}");
+    let n3 = notes.get("n3").await.unwrap().unwrap();
+    assert_eq!(n3.data["title"], "from js");
+    assert_eq!(n3.data["n"], 7);
 }

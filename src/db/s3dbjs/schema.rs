@@ -367,3 +367,74 @@ fn rule_value(text: &str) -> Value {
             .map_or_else(|| Value::String(text.to_string()), Value::Number),
     }
 }
+
+/// The `s3db.json` s3db.js 21 writes for a new database with these resources (the manifest's
+/// attributes are s3db.js shorthand): each resource at version `v1`, its attributes numbered in
+/// the schema registry in declaration order, timestamps as s3db.js adds them.
+pub fn new_metadata(
+    resources: &IndexMap<String, crate::db::schema::StoredResource>,
+    writer: &str,
+) -> Value {
+    use sha2::Digest;
+    let mut out = Map::new();
+    for (name, def) in resources {
+        let mut attributes: Map<String, Value> = def
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
+        let mut partitions: Map<String, Value> = def
+            .partitions
+            .iter()
+            .map(|(p, fields)| (p.clone(), serde_json::json!({ "fields": fields })))
+            .collect();
+        if def.timestamps {
+            for field in ["createdAt", "updatedAt"] {
+                attributes
+                    .entry(field)
+                    .or_insert_with(|| Value::String("datetime|optional".into()));
+            }
+            for (p, field) in [
+                ("byCreatedDate", "createdAt"),
+                ("byUpdatedDate", "updatedAt"),
+            ] {
+                partitions.entry(p).or_insert_with(
+                    || serde_json::json!({ "fields": { field: "date|maxlength:10" } }),
+                );
+            }
+        }
+        let mapping: Map<String, Value> = attributes
+            .keys()
+            .enumerate()
+            .map(|(i, k)| (k.clone(), Value::from(i)))
+            .collect();
+        let hash = sha2::Sha256::digest(Value::Object(attributes.clone()).to_string().as_bytes());
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        out.insert(
+            name.clone(),
+            serde_json::json!({
+                "currentVersion": "v1",
+                "partitions": partitions,
+                "createdBy": writer,
+                "versions": { "v1": {
+                    "hash": format!("sha256:{hex}"),
+                    "attributes": attributes,
+                    "behavior": "user-managed",
+                    "timestamps": def.timestamps,
+                    "partitions": partitions,
+                    "idSize": 22,
+                    "idGenerator": "default",
+                    "createdAt": crate::types::time::now_rfc3339(),
+                } },
+                "schemaRegistry": { "nextIndex": mapping.len(), "mapping": mapping, "burned": [] },
+                "pluginSchemaRegistry": {},
+            }),
+        );
+    }
+    serde_json::json!({
+        "version": "1",
+        "s3dbVersion": writer,
+        "lastUpdated": crate::types::time::now_rfc3339(),
+        "resources": out,
+    })
+}

@@ -25,7 +25,11 @@ impl Checker<'_> {
     }
 
     pub(super) fn check_resource_name(&mut self, name: &str, span: Span) {
-        if name.contains("{{") {
+        // On an s3db.js database, resources are defined in its s3db.json, not here; a missing
+        // one is reported when it is used.
+        if name.contains("{{")
+            || self.m.database.format == crate::manifest::model::DatabaseFormat::S3dbjs
+        {
             return;
         }
         let known = self.known_resources();
@@ -66,7 +70,8 @@ impl Checker<'_> {
             }
         }
         for (rname, res) in &self.m.database.resources {
-            for (attr, text) in &res.attributes {
+            let native = self.m.database.format == crate::manifest::model::DatabaseFormat::Native;
+            for (attr, text) in res.attributes.iter().filter(|_| native) {
                 if let Err(e) = text.parse::<AttributeSpec>() {
                     let span = self.span(&["database", "resources", rname, "attributes", attr]);
                     self.emit(

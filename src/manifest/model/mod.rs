@@ -91,6 +91,29 @@ pub struct DatabaseConfig {
     /// `secret`, is used, as s3db.js does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase: Option<Secret>,
+    /// The record format of a new database. An existing one keeps its own: a prefix whose
+    /// `s3db.json` s3db.js wrote is read and written in s3db.js's format whatever this says.
+    /// With `s3dbjs`, resources may be left undeclared (they come from `s3db.json`) and
+    /// attributes are s3db.js's shorthand.
+    #[serde(default, skip_serializing_if = "DatabaseFormat::is_native")]
+    pub format: DatabaseFormat,
+}
+
+/// How records are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseFormat {
+    /// s3db-run's own: one JSON object per record, in the body.
+    #[default]
+    Native,
+    /// s3db.js 21's: values in the object's metadata, so an s3db.js application shares it.
+    S3dbjs,
+}
+
+impl DatabaseFormat {
+    fn is_native(&self) -> bool {
+        *self == DatabaseFormat::Native
+    }
 }
 
 /// How long an S3 request may take and how often it is tried; unset values take the defaults.

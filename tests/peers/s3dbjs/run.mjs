@@ -11,6 +11,7 @@ const [, , input, output] = process.argv;
 const job = JSON.parse(readFileSync(input, 'utf8'));
 const db = new S3db({
   connectionString: job.connection,
+  versioningEnabled: Boolean(job.versioning),
   security: job.passphrase ? { passphrase: job.passphrase } : undefined,
   logLevel: 'silent',
   clientOptions: { httpClientOptions: { useReckerHandler: false } },
