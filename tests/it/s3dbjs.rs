@@ -202,6 +202,26 @@ async fn records_s3db_js_writes_read_back_identically() {
         assert_eq!(listed.len(), samples().len());
     }
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
+    // `db get` prints what s3db.js's `get` returns.
+    let dir = tempfile::tempdir().unwrap();
+    let connection = format!(
+        "s3://testing:testing@{}/{}?region=us-east-1&endpoint={}&forcePathStyle=true",
+        site.bucket,
+        site.prefix,
+        s3::endpoint()
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .current_dir(dir.path())
+        .args(["db", "get", "r0", "a1", "--connection", &connection])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(&printed, ok(&results[1 + samples().len()]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
