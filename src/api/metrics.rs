@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,15 +17,23 @@ use crate::plugins::scheduler::JobEvent;
 use crate::plugins::state_machine::MachineEvent;
 use crate::runtime::Runtime;
 
+// `job_name`, not `job`: Prometheus sets `job` on every scraped series itself, and would keep
+// ours only as `exported_job`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobStatusLabels {
-    job: String,
+    job_name: String,
     status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
-    job: String,
+    job_name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    commit: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,6 +81,10 @@ pub struct Metrics {
     reloads: Family<ReloadLabels, Counter>,
     reload_last_success: Gauge<f64, AtomicU64>,
     manifest: Family<ManifestLabels, Gauge>,
+    /// The process's own metrics (`process_*`, unprefixed as every exporter names them).
+    process: Registry,
+    process_cpu: Counter<f64, AtomicU64>,
+    process_gauges: [Gauge<f64, AtomicU64>; 5],
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -178,7 +190,33 @@ impl Metrics {
             "When a manifest reload last succeeded (Unix time)",
             reload_last_success.clone(),
         );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+                commit: env!("S3DB_BUILD_COMMIT").into(),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "The running build's version and commit",
+            build,
+        );
+        let mut process = Registry::default();
+        let process_cpu = Counter::<f64, AtomicU64>::default();
+        process.register(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            process_cpu.clone(),
+        );
+        let process_gauges: [Gauge<f64, AtomicU64>; 5] = Default::default();
+        for (gauge, (name, help)) in process_gauges.iter().zip(PROCESS_GAUGES) {
+            process.register(name, help, gauge.clone());
+        }
         Arc::new(Self {
+            process,
+            process_cpu,
+            process_gauges,
             registry,
             job_runs,
             job_duration,
@@ -231,17 +269,19 @@ impl Metrics {
                     }) => {
                         this.job_runs
                             .get_or_create(&JobStatusLabels {
-                                job: job.clone(),
+                                job_name: job.clone(),
                                 status: status.clone(),
                             })
                             .inc();
                         this.job_duration
-                            .get_or_create(&JobLabels { job: job.clone() })
+                            .get_or_create(&JobLabels {
+                                job_name: job.clone(),
+                            })
                             .observe(duration_ms as f64 / 1000.0);
                         if status == "success" {
                             let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
                             this.job_last_success
-                                .get_or_create(&JobLabels { job })
+                                .get_or_create(&JobLabels { job_name: job })
                                 .set(now);
                         }
                     }
@@ -315,8 +355,8 @@ impl Metrics {
         }
     }
 
-    /// The text exposition format.
-    pub fn render(&self, runtime: &Runtime) -> String {
+    /// The exposition: OpenMetrics when asked for, else the Prometheus text format 0.0.4.
+    pub fn render(&self, runtime: &Runtime, openmetrics: bool) -> String {
         if let Some(cache) = &runtime.cache {
             let s = cache.snapshot();
             let add = |counter: &Counter, seen: &AtomicU64, now: u64| {
@@ -326,8 +366,130 @@ impl Metrics {
             add(&self.cache_hits, &self.seen_hits, s.hits);
             add(&self.cache_misses, &self.seen_misses, s.misses);
         }
+        self.sample_process();
         let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+        let _ = encode_registry(&mut out, &self.registry);
+        let _ = encode_registry(&mut out, &self.process);
+        let _ = encode_eof(&mut out);
+        if openmetrics {
+            out
+        } else {
+            to_text_format(&out)
+        }
     }
+
+    fn sample_process(&self) {
+        let Some(p) = process_stats() else { return };
+        let seen = self.process_cpu.get();
+        if p.cpu_seconds > seen {
+            self.process_cpu.inc_by(p.cpu_seconds - seen);
+        }
+        let values = [
+            p.resident_bytes,
+            p.virtual_bytes,
+            p.open_fds,
+            p.max_fds,
+            p.start_time_seconds,
+        ];
+        for (g, v) in self.process_gauges.iter().zip(values) {
+            g.set(v);
+        }
+    }
+}
+
+const PROCESS_GAUGES: [(&str, &str); 5] = [
+    (
+        "process_resident_memory_bytes",
+        "Resident memory size in bytes",
+    ),
+    (
+        "process_virtual_memory_bytes",
+        "Virtual memory size in bytes",
+    ),
+    ("process_open_fds", "Number of open file descriptors"),
+    ("process_max_fds", "Maximum number of open file descriptors"),
+    (
+        "process_start_time_seconds",
+        "Start time of the process since the Unix epoch, in seconds",
+    ),
+];
+
+struct ProcessStats {
+    cpu_seconds: f64,
+    resident_bytes: f64,
+    virtual_bytes: f64,
+    open_fds: f64,
+    max_fds: f64,
+    start_time_seconds: f64,
+}
+
+/// From /proc, where Linux keeps them; None elsewhere.
+fn process_stats() -> Option<ProcessStats> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    // Linux reports CPU times in USER_HZ ticks (100 on every Linux ABI) and the resident set
+    // in pages (4 KiB on x86-64 and the usual arm64 kernels); sysconf is not in std.
+    const TICKS: f64 = 100.0;
+    const PAGE: f64 = 4096.0;
+    let (utime, stime) = (num(11)?, num(12)?);
+    let start_ticks = num(19)?;
+    let vsize = num(20)?;
+    let rss_pages = num(21)?;
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as f64;
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Some(ProcessStats {
+        cpu_seconds: (utime + stime) / TICKS,
+        resident_bytes: rss_pages * PAGE,
+        virtual_bytes: vsize,
+        open_fds,
+        max_fds,
+        start_time_seconds: boot + start_ticks / TICKS,
+    })
+}
+
+/// OpenMetrics text as the Prometheus text format 0.0.4: counters are named with their
+/// `_total` suffix in HELP and TYPE, `info` families are gauges, and `# UNIT` and `# EOF`
+/// lines go.
+pub fn to_text_format(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    let mut help: Option<(String, String)> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some((name.to_string(), text.to_string()));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{name}_total"), "counter"),
+                "info" => (format!("{name}_info"), "gauge"),
+                "unknown" => (name.to_string(), "untyped"),
+                other => (name.to_string(), other),
+            };
+            if let Some((_, text)) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
 }

@@ -405,13 +405,22 @@ async fn entity_history(
     )))
 }
 
-async fn render_metrics(State(s): State<Shared>) -> Response {
+/// OpenMetrics to a scraper that asks for it (Prometheus does, first), the Prometheus text
+/// format to everyone else.
+async fn render_metrics(State(s): State<Shared>, headers: header::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    let content_type = if openmetrics {
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    } else {
+        "text/plain; version=0.0.4; charset=utf-8"
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.render(&s.runtime),
+        [(header::CONTENT_TYPE, content_type)],
+        s.metrics.render(&s.runtime, openmetrics),
     )
         .into_response()
 }

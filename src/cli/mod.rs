@@ -34,7 +34,14 @@ pub mod exit {
 #[derive(Debug, Parser)]
 #[command(
     name = "s3db-run",
-    version,
+    version = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("S3DB_BUILD_COMMIT"),
+        ", ",
+        env!("S3DB_BUILD_DATE"),
+        ")"
+    ),
     about = "Run a document database that lives in S3 from one declarative manifest",
     long_about = "s3db-run reads one manifest (s3db.yaml or s3db.toml) that declares a database in S3 \
 (or a local folder), its state machines, scheduled jobs, backups and cache, checks it, and runs it.\n\n\

@@ -247,13 +247,38 @@ async fn every_endpoint_answers_and_needs_the_token() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     for line in [
-        "s3db_job_runs_total{job=\"hello\",status=\"success\"} 1",
-        "s3db_job_duration_seconds_count{job=\"hello\"} 1",
+        "s3db_job_runs_total{job_name=\"hello\",status=\"success\"} 1",
+        "s3db_job_duration_seconds_count{job_name=\"hello\"} 1",
         "s3db_transitions_total{machine=\"order\",event=\"PAY\"} 1",
-        "s3db_job_last_success_timestamp_seconds{job=\"hello\"}",
+        "s3db_job_last_success_timestamp_seconds{job_name=\"hello\"}",
+        "# TYPE s3db_job_runs_total counter",
+        "# HELP s3db_job_runs_total Job runs",
+        "s3db_build_info{version=",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds_total ",
     ] {
         assert!(text.contains(line), "missing {line} in\n{text}");
     }
+    assert!(!text.contains("# EOF"), "{text}");
+    check_with_promtool(&text);
+    // OpenMetrics to a scraper that asks for it.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/metrics", s.base))
+        .bearer_auth("s3cr3t-token")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let open = resp.text().await.unwrap();
+    assert!(open.ends_with("# EOF\n"), "{open}");
+    assert!(open.contains("# TYPE s3db_job_runs counter"), "{open}");
     assert!(
         text.contains(&format!(
             "s3db_manifest_info{{sha256=\"{}\"}} 1",
@@ -475,4 +500,30 @@ async fn a_backup_refused_by_the_lock_or_its_type_is_answered_at_once() {
     .await;
     assert_eq!(status, 400, "{text}");
     assert_eq!(body["code"], "invalid_backup_type");
+}
+
+/// `promtool check metrics` (Prometheus's own linter) accepts the text format. scripts/test
+/// installs promtool (the `prometheus` Debian package) when it runs as root.
+fn check_with_promtool(text: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (the prometheus package; scripts/test installs it as root)");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

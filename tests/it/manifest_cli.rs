@@ -157,3 +157,44 @@ fn help_is_written_for_people() {
         assert!(help.contains(needle), "{help}");
     }
 }
+
+#[test]
+fn version_names_the_commit_and_its_date() {
+    let out = s3db_run(&["--version"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(crate::support::repo())
+        .output()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    assert!(
+        text.starts_with(&format!("s3db-run {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+    // Built from this checkout: the commit is the one checked out (or one before it, when the
+    // build predates the last commit).
+    let named = text
+        .split("commit ")
+        .nth(1)
+        .unwrap_or("")
+        .split(',')
+        .next()
+        .unwrap_or("");
+    assert_eq!(named.len(), 12, "{text}");
+    assert!(
+        !head.is_empty() && named.chars().all(|c| c.is_ascii_hexdigit()),
+        "{text}"
+    );
+    let date = text
+        .trim()
+        .trim_end_matches(')')
+        .rsplit(", ")
+        .next()
+        .unwrap_or("");
+    assert!(
+        chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").is_ok(),
+        "{text}"
+    );
+}
