@@ -45,7 +45,12 @@ fn init_logging(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => builder.json().try_init(),
+        // The message and fields at the top level of each line, as log shippers expect.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Human => builder.with_ansi(super::color_stderr()).try_init(),
     };
 }

@@ -268,7 +268,11 @@ impl HookRunner {
                     tokio::time::sleep(policy.delay(attempt - first + 1)).await;
                     attempt += 1;
                 }
-                other => return other,
+                Err(e) => {
+                    tracing::warn!(hook = %hook.name, attempts = attempt - first + 1, error = %e, "hook failed");
+                    return Err(e);
+                }
+                ok => return ok,
             }
         }
     }
@@ -321,7 +325,7 @@ impl HookRunner {
             program: program.clone(),
             message: e.to_string(),
         })?;
-        tracing::debug!(hook = %hook.name, code = ?out.code, ms = out.duration.as_millis() as u64, output = %out.text(), "shell hook finished");
+        tracing::debug!(hook = %hook.name, code = out.code.unwrap_or(-1), ms = out.duration.as_millis() as u64, output = %out.text(), "shell hook finished");
         if out.timed_out {
             return Err(HookError::Timeout {
                 hook: hook.name.clone(),

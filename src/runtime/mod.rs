@@ -322,7 +322,7 @@ impl Runtime {
         if let Some(backup) = self.backup() {
             if !backup.running().is_empty() {
                 // Cancelled backups end as `cancelled`; their marker is never written.
-                tracing::warn!(backups = ?backup.running(), "grace period over: cancelling running backups");
+                tracing::warn!(backups = %backup.running().join(", "), "grace period over: cancelling running backups");
                 backup.cancel_all();
                 while !backup.running().is_empty() {
                     tokio::time::sleep(Duration::from_millis(20)).await;

@@ -283,7 +283,7 @@ impl Reloader {
             rt.scheduler.reconcile(&config, &n.jobs);
         }
         if !restart.is_empty() {
-            tracing::warn!(sections = ?restart, "these changes take effect after a restart");
+            tracing::warn!(sections = %restart.join(", "), "these changes take effect after a restart");
         }
         result.changes = changes;
         result.restart_required = restart;

@@ -1079,3 +1079,79 @@ async fn a_run_started_by_hand_has_a_scheduled_time() {
         .with_timezone(&Utc);
     assert!(at >= before && at <= Utc::now(), "{at}");
 }
+
+/// A failing job is visible at the default level, and JSON log lines carry the message and
+/// plain values at the top level (what log shippers index).
+#[test]
+fn a_failing_job_is_logged_at_the_default_level_as_plain_json() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        r#"version: 1
+database: { connection: file://./data }
+jobs:
+  broken:
+    schedule: "* * * * * *"
+    retries: 2
+    action: { run: ["sh", "-c", "echo nope >&2; exit 3"] }
+"#,
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(["--log-format", "json", "s3db.yaml"])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .env_remove("S3DB_CONNECTION")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let failed = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break None;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"));
+        lines.push(v.clone());
+        if v["message"] == "job run failed" {
+            break Some(v);
+        }
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let failed = failed.unwrap_or_else(|| panic!("no `job run failed` line in {lines:#?}"));
+    assert_eq!(failed["level"], "ERROR", "{failed}");
+    assert_eq!(failed["job"], "broken", "{failed}");
+    assert_eq!(failed["attempts"], 3, "{failed}");
+    assert!(
+        failed["error"].as_str().unwrap().contains("nope"),
+        "{failed}"
+    );
+    assert!(failed.get("fields").is_none(), "{failed}");
+    let retried = lines
+        .iter()
+        .filter(|l| l["message"] == "job attempt failed; retrying")
+        .count();
+    assert!(retried >= 2, "{lines:#?}");
+    // No value is Rust debug text.
+    for l in &lines {
+        let text = l.to_string();
+        assert!(!text.contains("Some("), "{text}");
+    }
+}

@@ -294,9 +294,12 @@ impl Scheduler {
                 attempt,
             });
             if attempt >= policy.attempts() {
+                tracing::error!(job, status, attempts = attempt, error = %message, "job run failed");
                 break (status, Value::Null, Some(message));
             }
-            tokio::time::sleep(policy.delay(attempt)).await;
+            let delay = policy.delay(attempt);
+            tracing::warn!(job, status, attempt, of = policy.attempts(), retry_in_ms = delay.as_millis() as u64, error = %message, "job attempt failed; retrying");
+            tokio::time::sleep(delay).await;
         };
         if let Some(lease) = lease {
             lease.release().await;
