@@ -198,16 +198,19 @@ async fn full_backup_wipe_restore_gives_identical_records_on_s3() {
 
 /// Off-site copies: a database on the filesystem backs up to two S3 destinations, each with
 /// its own connection string (its own bucket, prefix, endpoint and credentials), without any
-/// AWS settings in the environment; each holds the whole backup under its prefix.
+/// AWS settings in the environment; each holds the whole backup under its prefix. The two are
+/// two S3 servers (two moto_server processes) reached with different credentials.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_destinations_name_their_own_connection() {
-    let (a, b) = (
-        crate::support::s3::connection_string()
-            .await
-            .replace("/db?", "/offsite-a?"),
-        crate::support::s3::connection_string()
-            .await
-            .replace("/db?", "/offsite-b?"),
+    let a = crate::support::s3::connection_string()
+        .await
+        .replace("/db?", "/offsite-a?");
+    let (b_bucket, b) =
+        crate::support::s3::second_connection_string("offsite-key", "offsite-s3cr3t").await;
+    let b = b.replace("/db?", "/offsite-b?");
+    assert_ne!(
+        crate::support::s3::endpoint(),
+        crate::support::s3::second_endpoint()
     );
     let yaml = format!(
         "backup:\n  driver: multi\n  config:\n    strategy: all\n    destinations:\n      - {{ driver: s3, config: {{ connection: \"{a}\", path: \"nightly/\" }} }}\n      - {{ driver: s3, config: {{ connection: \"{b}\" }} }}\n"
@@ -218,14 +221,22 @@ async fn s3_destinations_name_their_own_connection() {
     let before = snapshot(&rt).await;
     let info = backup_of(&rt).backup("full", None).await.unwrap();
     assert_eq!(info.destinations.len(), 2, "{:?}", info.destinations);
-    for (conn, root) in [(&a, "offsite-a/nightly/"), (&b, "offsite-b/backups/")] {
-        let bucket = conn
-            .trim_start_matches("s3://testing:testing@")
-            .split('/')
-            .next()
-            .unwrap();
-        let store =
-            s3db_run::store::s3::S3Store::connect(crate::support::s3::location(bucket, "")).await;
+    let a_bucket = a
+        .trim_start_matches("s3://testing:testing@")
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut b_location = crate::support::s3::location(&b_bucket, "");
+    b_location.endpoint = Some(crate::support::s3::second_endpoint());
+    for (location, root) in [
+        (
+            crate::support::s3::location(&a_bucket, ""),
+            "offsite-a/nightly/",
+        ),
+        (b_location, "offsite-b/backups/"),
+    ] {
+        let store = s3db_run::store::s3::S3Store::connect(location).await;
         let keys: Vec<String> = list_all(&store, "")
             .await
             .unwrap()
@@ -238,7 +249,10 @@ async fn s3_destinations_name_their_own_connection() {
         }
     }
     for d in &info.destinations {
-        assert!(!d.contains("testing"), "a credential in {d}");
+        assert!(
+            !d.contains("testing") && !d.contains("offsite-s3cr3t"),
+            "a credential in {d}"
+        );
     }
     wipe(rt.db.store()).await;
     let fresh = setup.runtime(false).await;
@@ -1066,10 +1080,11 @@ async fn backup_check_finds_each_kind_of_damage() {
     let b = backup_of(&rt);
     let sound = b.backup("full", None).await.unwrap();
     let hurt = b.backup("full", None).await.unwrap();
+    let meta_hurt = b.backup("full", None).await.unwrap();
     let (code, out, err) = cli(&setup, &["backup", "check", "--read-data"]);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
-        out.contains("2 checked") && out.contains("2 sound"),
+        out.contains("3 checked") && out.contains("3 sound"),
         "{out}"
     );
     // The key is part of what only --read-data can check: the hashes hold with any key.
@@ -1099,13 +1114,26 @@ async fn backup_check_finds_each_kind_of_damage() {
             .unwrap()
             .clone()
     };
-    for suffix in [".s3db-backup", ".index"] {
-        let path = file(suffix);
+    let flip = |path: std::path::PathBuf| {
         let mut bytes = std::fs::read(&path).unwrap();
         let at = bytes.len() / 2;
         bytes[at] ^= 0x01;
         std::fs::write(&path, bytes).unwrap();
+    };
+    for suffix in [".s3db-backup", ".index", ".done"] {
+        flip(file(suffix));
     }
+    // And one byte of another backup's metadata.
+    flip(
+        files
+            .iter()
+            .find(|p| {
+                p.to_string_lossy()
+                    .ends_with(&format!("{}.meta.json", meta_hurt.id))
+            })
+            .unwrap()
+            .clone(),
+    );
     let (code, out, _) = cli(&setup, &["backup", "check", "--output", "json"]);
     assert_eq!(code, 1, "{out}");
     let reports: Vec<Value> = serde_json::from_str(&out).unwrap();
@@ -1131,6 +1159,13 @@ async fn backup_check_finds_each_kind_of_damage() {
             .any(|p| p.contains("index does not match")),
         "{hurt_problems:?}"
     );
+    assert!(
+        hurt_problems
+            .iter()
+            .any(|p| p.contains("completion marker does not match")),
+        "{hurt_problems:?}"
+    );
+    assert!(!problems(&meta_hurt.id).is_empty(), "{reports:?}");
     // Only the named backup is checked.
     let (code, out, _) = cli(&setup, &["backup", "check", &sound.id]);
     assert_eq!(code, 0, "{out}");

@@ -198,3 +198,60 @@ fn version_names_the_commit_and_its_date() {
         "{text}"
     );
 }
+
+/// The README's walkthrough, command by command, as a new user types it (with the built
+/// binary in place of `cargo run -q --`), in a copy of `manifests/`.
+#[test]
+fn the_readme_walkthrough_works_as_written() {
+    let readme = std::fs::read_to_string(crate::support::repo().join("README.md")).unwrap();
+    let block = readme
+        .split("```sh\ncd manifests\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README's walkthrough block");
+    let dir = tempfile::tempdir().unwrap();
+    let src = crate::support::repo().join("manifests");
+    for entry in walk(&src) {
+        let rel = entry.strip_prefix(&src).unwrap();
+        if rel.starts_with("data") || rel.starts_with("backups") {
+            continue;
+        }
+        let to = dir.path().join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&entry, &to).unwrap();
+    }
+    let bin = env!("CARGO_BIN_EXE_s3db-run");
+    let mut ran = 0;
+    for line in block.lines().filter(|l| !l.trim().is_empty()) {
+        let command = line.split("  #").next().unwrap().trim();
+        let command = command.replace("cargo run -q --", &format!("'{bin}'"));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &command])
+            .current_dir(dir.path())
+            .env_remove("S3DB_CONNECTION")
+            .env_remove("BACKUP_KEY")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`{line}` failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ran += 1;
+    }
+    assert!(ran >= 8, "{ran} commands");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -80,7 +80,20 @@ impl Backup {
         }
         let key = |suffix: &str| format!("{folder}{}{suffix}", info.id);
         match d.get(&key(".done")).await {
-            Ok(Some(_)) => {}
+            Ok(Some(marker)) => {
+                // The marker names the backup and its archive's hash: one that does not is
+                // not this backup's (damaged, or copied from another).
+                let matches = serde_json::from_slice::<Value>(&marker).is_ok_and(|m| {
+                    m["id"].as_str() == Some(info.id.as_str())
+                        && m["sha256"].as_str() == info.sha256.as_deref()
+                });
+                if !matches {
+                    problems.push(
+                        "its completion marker does not match its metadata (damaged or altered)"
+                            .into(),
+                    );
+                }
+            }
             Ok(None) => problems.push("its completion marker is missing".into()),
             Err(e) => problems.push(format!("the completion marker cannot be read: {e}")),
         }

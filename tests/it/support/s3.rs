@@ -101,6 +101,30 @@ pub async fn connection_string() -> String {
     )
 }
 
+/// A second S3 server (always a moto_server of this test process), for copies to another
+/// account or provider.
+pub fn second_endpoint() -> String {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(start_moto).clone()
+}
+
+/// A fresh bucket on the second server, and its connection string with these credentials.
+pub async fn second_connection_string(key: &str, secret: &str) -> (String, String) {
+    let bucket = bucket_name();
+    let mut location = location(&bucket, "");
+    location.endpoint = Some(second_endpoint());
+    location.credentials = Some((key.into(), s3db_run::types::Secret::new(secret)));
+    let store = S3Store::connect(location).await;
+    ensure_bucket(store.client(), &bucket)
+        .await
+        .expect("create bucket");
+    let conn = format!(
+        "s3://{key}:{secret}@{bucket}/db?region=us-east-1&endpoint={}&forcePathStyle=true",
+        second_endpoint()
+    );
+    (bucket, conn)
+}
+
 /// A store on a fresh bucket of the test server.
 pub async fn store() -> DynStore {
     let bucket = bucket_name();
