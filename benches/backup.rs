@@ -15,15 +15,13 @@ use s3db_run::db::schema::StoredResource;
 use s3db_run::db::Database;
 use s3db_run::plugins::backup::{Backup, RestoreOptions};
 use s3db_run::plugins::{BuildContext, Component};
-use s3db_run::store::connection::S3Location;
 use s3db_run::store::counting::CountingStore;
 use s3db_run::store::s3::{ensure_bucket, S3Store};
 use s3db_run::store::DynStore;
-use s3db_run::types::Secret;
 use serde_json::json;
 
 mod common;
-use common::{moto, raw_list_then_get};
+use common::{location, moto, raw_list_then_get};
 
 // The allocator of the s3db-run binary, so memory figures are the product's.
 #[global_allocator]
@@ -107,16 +105,7 @@ async fn main() {
     println!("{records} records of 1 KiB on S3 (moto), concurrency {concurrency}");
     let (endpoint, mut child) = moto();
     let bucket = format!("bench-{:08x}", rand::random::<u32>());
-    let location = |prefix: &str| S3Location {
-        bucket: bucket.clone(),
-        prefix: prefix.into(),
-        region: Some("us-east-1".into()),
-        endpoint: Some(endpoint.clone()),
-        force_path_style: true,
-        credentials: Some(("testing".into(), Secret::new("testing"))),
-        requests: Default::default(),
-    };
-    let s3 = Arc::new(S3Store::connect(location("db")).await);
+    let s3 = Arc::new(S3Store::connect(location(&endpoint, &bucket, "db")).await);
     ensure_bucket(s3.client(), &bucket).await.expect("bucket");
     let counting = Arc::new(CountingStore::new(s3.clone() as DynStore));
     let counts = counting.counts.clone();
@@ -198,7 +187,7 @@ async fn main() {
     );
 
     // Restore into an empty database beside it (same bucket, another prefix).
-    let target = Arc::new(S3Store::connect(location("restored")).await);
+    let target = Arc::new(S3Store::connect(location(&endpoint, &bucket, "restored")).await);
     let db2 = Database::connect(target as DynStore, &IndexMap::new())
         .await
         .expect("connect")

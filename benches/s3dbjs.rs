@@ -15,13 +15,11 @@ use futures::StreamExt;
 use indexmap::IndexMap;
 use s3db_run::db::schema::StoredResource;
 use s3db_run::db::{ConnectOptions, Database};
-use s3db_run::store::connection::S3Location;
 use s3db_run::store::s3::{ensure_bucket, S3Store};
-use s3db_run::types::Secret;
 use serde_json::{json, Map, Value};
 
 mod common;
-use common::moto;
+use common::{list_keys, location, moto};
 
 fn arg(name: &str, default: usize) -> usize {
     let argv: Vec<String> = std::env::args().collect();
@@ -91,27 +89,7 @@ async fn floor_list_head(store: &S3Store, prefix: &str, concurrency: usize) -> (
     let client = store.client().clone();
     let bucket = store.bucket().to_string();
     let t = Instant::now();
-    let mut keys = Vec::new();
-    let mut token = None;
-    loop {
-        let out = client
-            .list_objects_v2()
-            .bucket(&bucket)
-            .prefix(store.full_key(prefix))
-            .set_continuation_token(token)
-            .send()
-            .await
-            .expect("list");
-        keys.extend(
-            out.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
-        token = out.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
+    let keys = list_keys(store, prefix).await;
     let heads: Vec<usize> = futures::stream::iter(keys.into_iter().map(|k| {
         let client = client.clone();
         let bucket = bucket.clone();
@@ -144,20 +122,11 @@ async fn main() {
     let rounds = arg("--rounds", 3);
     let (endpoint, child) = moto();
     let bucket = format!("bench-{:x}", rand::random::<u32>());
-    let location = |prefix: &str| S3Location {
-        bucket: bucket.clone(),
-        prefix: prefix.into(),
-        region: Some("us-east-1".into()),
-        endpoint: Some(endpoint.clone()),
-        force_path_style: true,
-        credentials: Some(("testing".into(), Secret::new("testing"))),
-        requests: Default::default(),
-    };
-    let js_store = Arc::new(S3Store::connect(location("js")).await);
+    let js_store = Arc::new(S3Store::connect(location(&endpoint, &bucket, "js")).await);
     ensure_bucket(js_store.client(), &bucket)
         .await
         .expect("bucket");
-    let native_store = Arc::new(S3Store::connect(location("native")).await);
+    let native_store = Arc::new(S3Store::connect(location(&endpoint, &bucket, "native")).await);
     let js = Database::connect_with(
         js_store.clone(),
         &declared(true),

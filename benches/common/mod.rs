@@ -8,7 +8,48 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use s3db_run::store::connection::S3Location;
 use s3db_run::store::s3::S3Store;
+use s3db_run::types::Secret;
+
+/// A prefix of a bucket on the bench's S3 server.
+pub fn location(endpoint: &str, bucket: &str, prefix: &str) -> S3Location {
+    S3Location {
+        bucket: bucket.to_string(),
+        prefix: prefix.into(),
+        region: Some("us-east-1".into()),
+        endpoint: Some(endpoint.to_string()),
+        force_path_style: true,
+        credentials: Some(("testing".into(), Secret::new("testing"))),
+        requests: Default::default(),
+    }
+}
+
+/// Every key under `prefix`, listed with the SDK directly.
+pub async fn list_keys(store: &S3Store, prefix: &str) -> Vec<String> {
+    let client = store.client();
+    let mut keys = Vec::new();
+    let mut token = None;
+    loop {
+        let out = client
+            .list_objects_v2()
+            .bucket(store.bucket())
+            .prefix(store.full_key(prefix))
+            .set_continuation_token(token)
+            .send()
+            .await
+            .expect("list");
+        keys.extend(
+            out.contents()
+                .iter()
+                .filter_map(|o| o.key().map(str::to_string)),
+        );
+        token = out.next_continuation_token().map(str::to_string);
+        if token.is_none() {
+            return keys;
+        }
+    }
+}
 
 /// The S3 endpoint: `S3DB_TEST_S3_ENDPOINT` when set, else a `.venv/bin/moto_server` started
 /// here (stop the returned child when done).
@@ -50,27 +91,7 @@ pub async fn raw_list_then_get(
     let client = store.client().clone();
     let bucket = store.bucket().to_string();
     let t = Instant::now();
-    let mut keys = Vec::new();
-    let mut token = None;
-    loop {
-        let out = client
-            .list_objects_v2()
-            .bucket(&bucket)
-            .prefix(store.full_key(prefix))
-            .set_continuation_token(token)
-            .send()
-            .await
-            .expect("list");
-        keys.extend(
-            out.contents()
-                .iter()
-                .filter_map(|o| o.key().map(str::to_string)),
-        );
-        token = out.next_continuation_token().map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
+    let keys = list_keys(store, prefix).await;
     let bodies: Vec<usize> = futures::stream::iter(keys.into_iter().map(|k| {
         let client = client.clone();
         let bucket = bucket.clone();

@@ -14,7 +14,7 @@ use s3db_run::plugins::{BuildContext, Component};
 use s3db_run::runtime::Runtime;
 use s3db_run::store::{list_all, DynStore};
 
-use crate::support::s3;
+use crate::support::{s3, walk};
 
 const RESOURCES: &str = r#"
   resources:
@@ -522,18 +522,6 @@ fn archive_of(dir: &Path) -> (PathBuf, PathBuf) {
         }
     }
     (archive.expect("archive"), meta.expect("meta"))
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        if e.file_type().unwrap().is_dir() {
-            out.extend(walk(&e.path()));
-        } else {
-            out.push(e.path());
-        }
-    }
-    out
 }
 
 /// Rewrites the metadata's SHA-256 and size to match a tampered archive, as an attacker with

@@ -18,7 +18,7 @@ use s3db_run::store::DynStore;
 use s3db_run::types::ManualClock;
 use serde_json::{json, Map, Value};
 
-use crate::support::{context, load_text, Backend};
+use crate::support::{context, load_text, walk, Backend};
 
 #[derive(Clone, Copy, Debug)]
 enum Driver {
@@ -332,19 +332,6 @@ async fn a_corrupt_entry_is_a_miss_and_is_removed(driver: Driver) {
     let hits = s.cache.snapshot().hits;
     items.get_cached("a").await.unwrap();
     assert_eq!(s.cache.snapshot().hits, hits + 1);
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 macro_rules! per_driver {

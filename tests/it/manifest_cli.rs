@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output, Stdio};
 
-use crate::support::repo;
+use crate::support::{repo, walk};
 
 fn s3db_run(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_s3db-run"))
@@ -241,17 +241,4 @@ fn the_readme_walkthrough_works_as_written() {
         ran += 1;
     }
     assert!(ran >= 8, "{ran} commands");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

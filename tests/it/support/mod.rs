@@ -4,6 +4,20 @@ use std::path::{Path, PathBuf};
 
 use s3db_run::manifest::{self, Format, Loaded};
 
+/// Every file under `dir`, recursively (nothing for a missing folder).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
