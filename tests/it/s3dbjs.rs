@@ -660,3 +660,72 @@ async fn a_new_database_in_the_s3db_js_format_is_shared_with_s3db_js() {
     assert_eq!(n3.data["title"], "from js");
     assert_eq!(n3.data["n"], 7);
 }
+
+/// The packed types (s3db.js's mapper packs them into base 62), money and fixed-point
+/// decimals: both directions, against the real package.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn packed_money_and_decimal_types_round_trip_both_ways() {
+    let site = Site::new().await;
+    let attributes = json!({
+        "price": "money|optional", "btc": "crypto|optional", "rate": "decimal:4|optional",
+        "at": "timeonly|optional", "mac": "mac|optional", "net": "cidr|optional",
+        "ver": "semver|optional", "tel": "phone|optional", "hue": "color|optional",
+        "took": "duration|optional", "code": "ean|optional",
+        "v4": "ip4|optional", "v6": "ip6|optional",
+    });
+    let record = |id: &str| {
+        json!({ "id": id, "price": 19.99, "btc": 0.00012345, "rate": 3.1416, "at": "09:05:07.250",
+                "mac": "a4:5e:60:c2:1b:0f", "net": "10.1.2.0/24", "ver": "2.13.107",
+                "tel": "+5511998765432", "hue": "#0a7bff", "took": "PT1H30M5.250S",
+                "code": "4006381333931", "v4": "192.168.10.254", "v6": "2001:db8::8a2e:370:7334" })
+    };
+    let results = site.js(
+        None,
+        vec![
+            json!({ "op": "createResource", "def": { "name": "p", "attributes": attributes } }),
+            json!({ "op": "insert", "resource": "p", "data": record("js") }),
+            json!({ "op": "get", "resource": "p", "id": "js" }),
+        ],
+    );
+    assert_eq!(results[1]["ok"], true, "{results:?}");
+    // s3db.js 21.6.2 cannot read its own `timeonly` values back (its second unmapping pass
+    // decodes the decoded text again and prints `NaN:NaN:NaN.NaN`): that one field is checked
+    // against the value written, the rest against s3db.js's reading too.
+    let without_time = |v: &Value| {
+        let mut v = v.clone();
+        v.as_object_mut().unwrap().remove("at");
+        v
+    };
+    let theirs = ok(&results[2]).clone();
+    let db = site.db(None).await;
+    let p = db.resource("p").unwrap();
+    let ours = Value::Object(p.get("js").await.unwrap().unwrap().data);
+    assert_eq!(ours, record("js"));
+    assert_eq!(without_time(&theirs), without_time(&record("js")));
+    p.insert(record("rs").as_object().unwrap().clone(), None)
+        .await
+        .unwrap();
+    let back = site.js(
+        None,
+        vec![json!({ "op": "get", "resource": "p", "id": "rs" })],
+    );
+    assert_eq!(without_time(ok(&back[0])), without_time(&record("rs")));
+    // A negative amount is refused, as s3db.js refuses it.
+    let mut negative = record("neg").as_object().unwrap().clone();
+    negative.insert("btc".into(), json!(-1));
+    assert!(p.insert(negative, None).await.is_err());
+    // Stored packed, as s3db.js stores them.
+    let obj = db
+        .store()
+        .get("resource=p/data/id=rs")
+        .await
+        .unwrap()
+        .unwrap();
+    let js_obj = db
+        .store()
+        .get("resource=p/data/id=js")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(obj.metadata, js_obj.metadata);
+}

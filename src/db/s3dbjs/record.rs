@@ -154,6 +154,22 @@ fn unmap(f: &Field, text: &str, passphrase: &str) -> Option<Value> {
                 _ => Value::String(text.to_string()),
             }
         }
+        Kind::Money(d) => {
+            super::packed::decode_money(text, *d).unwrap_or_else(|| parse_json_like(text))
+        }
+        Kind::DecimalFixed(p) => {
+            super::packed::decode_fixed(text, *p).unwrap_or_else(|| parse_json_like(text))
+        }
+        Kind::Packed(p) if !text.is_empty() => {
+            super::packed::unpack(*p, text).unwrap_or_else(|| parse_json_like(text))
+        }
+        Kind::Packed(_) => Value::String(String::new()),
+        Kind::Ip4 => {
+            Value::String(super::packed::decode_ip4(text).unwrap_or_else(|| text.to_string()))
+        }
+        Kind::Ip6 => {
+            Value::String(super::packed::decode_ip6(text).unwrap_or_else(|| text.to_string()))
+        }
         Kind::Secret => match v::secret::decrypt(text, passphrase).as_deref() {
             // s3db.js seals an absent value as the text `undefined`.
             Some("undefined") => return None,
@@ -428,6 +444,19 @@ fn map_value(f: &Field, value: &Value, passphrase: &str) -> Result<Option<String
             let text = text_of(value);
             v::parse_time_ms(&text)
                 .map_or(text, |ms| v::to_base62((ms as f64 / 86_400_000.0).floor()))
+        }
+        Kind::Money(d) => super::packed::encode_money(value, *d).unwrap_or_else(|| text_of(value)),
+        Kind::DecimalFixed(p) => {
+            super::packed::encode_fixed(value, *p).unwrap_or_else(|| text_of(value))
+        }
+        Kind::Packed(p) => super::packed::pack(*p, value).unwrap_or_else(|| text_of(value)),
+        Kind::Ip4 => {
+            let text = text_of(value);
+            super::packed::encode_ip4(&text).unwrap_or(text)
+        }
+        Kind::Ip6 => {
+            let text = text_of(value);
+            super::packed::encode_ip6(&text).unwrap_or(text)
         }
         Kind::Secret => {
             let text = text_of(value);

@@ -103,6 +103,15 @@ fn check(f: &Field, v: &Value) -> Result<(), String> {
                 Err("must be a valid UUID".into())
             }
         }
+        "money" | "crypto" => match v.as_f64() {
+            Some(n) if n >= 0.0 => Ok(()),
+            Some(_) => Err("must be greater than or equal to 0".into()),
+            None => Err("must be a number".into()),
+        },
+        "decimal" => v
+            .is_number()
+            .then_some(())
+            .ok_or_else(|| "must be a number".into()),
         "number" => {
             // fastest-validator converts numeric text, as s3db.js configures it.
             let n = match v {

@@ -62,9 +62,31 @@ pub enum Kind {
     DateTime,
     DateOnly,
     Secret,
+    /// `money` (2 decimals), `money:N`, `crypto` (8): `$` and base 62 of the scaled integer.
+    Money(u32),
+    /// `decimal` (2 decimals), `decimal:N`: fixed point, `^` and base 62.
+    DecimalFixed(u32),
+    /// `timeonly`, `mac`, `cidr`, `semver`, `phone`, `color`, `duration`, `ean`: packed
+    /// into base 62 by s3db.js's mapper.
+    Packed(Packing),
+    /// `ip4` and `ip6`: the address's bytes in base64.
+    Ip4,
+    Ip6,
     /// A type whose compact encoding s3db-run does not write yet (ip4, money, geo, …): read as
     /// the text stored, never written.
     Unsupported(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Packing {
+    TimeOnly,
+    Mac,
+    Cidr,
+    Semver,
+    Phone,
+    Color,
+    Duration,
+    Ean,
 }
 
 /// One leaf attribute: its dotted path, metadata key and rules.
@@ -343,6 +365,28 @@ fn leaf(
         "datetime" => Kind::DateTime,
         "dateonly" => Kind::DateOnly,
         "secret" => Kind::Secret,
+        "money" | "crypto" => Kind::Money(
+            type_arg
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(if type_name == "crypto" { 8 } else { 2 }),
+        ),
+        "decimal" => Kind::DecimalFixed(
+            type_arg
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(2),
+        ),
+        "ip4" => Kind::Ip4,
+        "ip6" => Kind::Ip6,
+        "timeonly" => Kind::Packed(Packing::TimeOnly),
+        "mac" => Kind::Packed(Packing::Mac),
+        "cidr" => Kind::Packed(Packing::Cidr),
+        "semver" => Kind::Packed(Packing::Semver),
+        "phone" => Kind::Packed(Packing::Phone),
+        "color" => Kind::Packed(Packing::Color),
+        "duration" => Kind::Packed(Packing::Duration),
+        "ean" => Kind::Packed(Packing::Ean),
         other => Kind::Unsupported(other.to_string()),
     };
     Field {
