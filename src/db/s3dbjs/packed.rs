@@ -123,7 +123,7 @@ pub fn pack(p: Packing, value: &Value) -> Option<String> {
                 .flatten()
                 .map(|n| format!("{:0>5}", to_base62(f64::from(n))))
         }
-        Packing::Duration => duration_ms(s).map(|ms| to_base62(ms)),
+        Packing::Duration => duration_ms(s).map(to_base62),
         Packing::Ean => {
             if !(8..=14).contains(&s.len()) || !s.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
