@@ -59,6 +59,52 @@ impl ApiError {
     }
 }
 
+/// A JSON request body whose refusals (malformed JSON, wrong types, another content type, too
+/// large) are answered as every other error, `{"code","message"}`, with axum's status.
+pub struct Body<T>(pub T);
+
+fn body_rejection(r: axum::extract::rejection::JsonRejection) -> ApiError {
+    use axum::extract::rejection::JsonRejection as R;
+    let code = match &r {
+        R::JsonDataError(_) => "invalid_body",
+        R::JsonSyntaxError(_) => "malformed_body",
+        R::MissingJsonContentType(_) => "unsupported_media_type",
+        R::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
+        _ => "unreadable_body",
+    };
+    ApiError::new(r.status(), code, r.body_text())
+}
+
+impl<S, T> axum::extract::FromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match <Json<T> as axum::extract::FromRequest<S>>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(r) => Err(body_rejection(r)),
+        }
+    }
+}
+
+impl<S, T> axum::extract::OptionalFromRequest<S> for Body<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
+        match <Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state).await {
+            Ok(v) => Ok(v.map(|Json(v)| Body(v))),
+            Err(r) => Err(body_rejection(r)),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body())).into_response()
@@ -258,7 +304,7 @@ struct RunBody {
 async fn run_job(
     State(s): State<Shared>,
     Path(name): Path<String>,
-    body: Option<Json<RunBody>>,
+    body: Option<Body<RunBody>>,
 ) -> ApiResult {
     let context = body
         .map(|b| b.0.context)
@@ -352,7 +398,7 @@ struct InitBody {
 async fn init_entity(
     State(s): State<Shared>,
     Path((machine, entity)): Path<(String, String)>,
-    body: Option<Json<InitBody>>,
+    body: Option<Body<InitBody>>,
 ) -> ApiResult {
     let context = body.map(|b| b.0.context).unwrap_or(Value::Null);
     Ok(Json(json!(
@@ -372,7 +418,7 @@ struct EventBody {
 async fn send_event(
     State(s): State<Shared>,
     Path((machine, entity)): Path<(String, String)>,
-    Json(body): Json<EventBody>,
+    Body(body): Body<EventBody>,
 ) -> ApiResult {
     let r = machines(&s)?
         .send(
@@ -454,7 +500,7 @@ struct BackupBody {
 }
 
 /// Starts a backup and answers at once (202) with its id; `GET /api/v1/backups/{id}` follows it.
-async fn start_backup(State(s): State<Shared>, body: Option<Json<BackupBody>>) -> Response {
+async fn start_backup(State(s): State<Shared>, body: Option<Body<BackupBody>>) -> Response {
     let plugin = match backup(&s) {
         Ok(b) => b,
         Err(e) => return e.into_response(),
@@ -527,7 +573,7 @@ async fn restore_backup(
     State(s): State<Shared>,
     Path(id): Path<String>,
     Query(q): Query<RestoreQuery>,
-    body: Option<Json<RestoreBody>>,
+    body: Option<Body<RestoreBody>>,
 ) -> Response {
     let body = body.map(|b| b.0).unwrap_or_default();
     let plugin = match backup(&s) {

@@ -527,3 +527,70 @@ fn check_with_promtool(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A body the API cannot read (malformed JSON, a wrongly typed field, another content type) is
+/// answered with the documented `{"code","message"}`, not axum's plain text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_bodies_are_answered_as_json_errors() {
+    let s = start();
+    for _ in 0..200 {
+        if call(&s, "GET", "/health", None, None).await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let client = reqwest::Client::new();
+    let send = |path: &str, content_type: &str, body: &str| {
+        client
+            .post(format!("{}{path}", s.base))
+            .bearer_auth("s3cr3t-token")
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+    };
+    for (path, content_type, body, status, code) in [
+        (
+            "/api/v1/backups",
+            "application/json",
+            "{not json",
+            400,
+            "malformed_body",
+        ),
+        (
+            "/api/v1/backups",
+            "application/json",
+            r#"{"type": 5}"#,
+            422,
+            "invalid_body",
+        ),
+        (
+            "/api/v1/backups",
+            "text/plain",
+            r#"{"type":"full"}"#,
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "/api/v1/jobs/hello/run",
+            "application/json",
+            "[",
+            400,
+            "malformed_body",
+        ),
+        (
+            "/api/v1/machines/order/entities/o9/events",
+            "application/json",
+            r#"{"event": 1}"#,
+            422,
+            "invalid_body",
+        ),
+    ] {
+        let resp = send(path, content_type, body).await.unwrap();
+        assert_eq!(resp.status().as_u16(), status, "{path} {body}");
+        let text = resp.text().await.unwrap();
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{path} {body}: not JSON ({e}): {text}"));
+        assert_eq!(v["code"], code, "{path} {body}: {v}");
+        assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    }
+}
