@@ -139,6 +139,11 @@ impl From<MachineError> for ApiError {
                 (StatusCode::CONFLICT, "guard_denied")
             }
             MachineError::Contention { .. } => (StatusCode::SERVICE_UNAVAILABLE, "contention"),
+            // An id the database refuses (empty, too long, a control character) is the
+            // caller's to fix.
+            MachineError::Db(crate::db::DbError::InvalidId { .. }) => {
+                (StatusCode::BAD_REQUEST, "invalid_id")
+            }
             MachineError::Corrupt(..) | MachineError::Db(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "database_error")
             }

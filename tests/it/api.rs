@@ -593,4 +593,18 @@ async fn unreadable_bodies_are_answered_as_json_errors() {
         assert_eq!(v["code"], code, "{path} {body}: {v}");
         assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
     }
+    // A control character in an id is the caller's mistake, not the server's.
+    let (status, v, _) = call(
+        &s,
+        "POST",
+        "/api/v1/machines/order/entities/o%01x/events",
+        Some("s3cr3t-token"),
+        Some(json!({ "event": "PAY" })),
+    )
+    .await;
+    assert_eq!(
+        (status, v["code"].as_str()),
+        (400, Some("invalid_id")),
+        "{v}"
+    );
 }
