@@ -178,6 +178,18 @@ impl Resource {
     }
 
     fn refs(&self, data: &Map<String, Value>, id: &str) -> Vec<String> {
+        // s3db.js's `byVersion` partition (versioning on) files a record under the schema
+        // version it was written at, a field the record itself does not carry.
+        let versioned;
+        let data = match &self.schema.s3dbjs {
+            Some(js) if !data.contains_key("_v") => {
+                let mut with = data.clone();
+                with.insert("_v".into(), Value::String(js.current.name.clone()));
+                versioned = with;
+                &versioned
+            }
+            _ => data,
+        };
         self.schema
             .partitions
             .iter()

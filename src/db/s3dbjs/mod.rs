@@ -2,6 +2,7 @@
 //! is read and written the way s3db.js 21 does, so s3db-run can run beside an s3db.js
 //! application on the same prefix.
 
+pub mod encoders;
 pub mod packed;
 pub mod record;
 pub mod rules;

@@ -170,6 +170,24 @@ fn unmap(f: &Field, text: &str, passphrase: &str) -> Option<Value> {
         Kind::Ip6 => {
             Value::String(super::packed::decode_ip6(text).unwrap_or_else(|| text.to_string()))
         }
+        Kind::Geo(g) => {
+            super::encoders::decode_geo(*g, text).unwrap_or_else(|| parse_json_like(text))
+        }
+        Kind::Binary(bits) => {
+            let bytes = super::encoders::decode_binary(text);
+            match bits {
+                // s3db.js keeps the text when the bitmap's size is not the declared one.
+                Some(n) if bytes.len() != (*n as usize).div_ceil(8) => {
+                    Value::String(text.to_string())
+                }
+                _ => super::encoders::buffer_value(&bytes),
+            }
+        }
+        Kind::Text(_) if text.starts_with("z:") || text.starts_with("z85:") => {
+            super::encoders::decompress_text(text)
+                .map_or_else(|| Value::String(text.to_string()), Value::String)
+        }
+        Kind::Text(_) | Kind::Password(_) => parse_json_like(text),
         Kind::Secret => match v::secret::decrypt(text, passphrase).as_deref() {
             // s3db.js seals an absent value as the text `undefined`.
             Some("undefined") => return None,
@@ -210,8 +228,10 @@ pub fn lookup<'a>(data: &'a Map<String, Value>, path: &str) -> Option<&'a Value>
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
-    #[error("`{field}` has type `{kind}`, whose s3db.js encoding s3db-run does not write yet")]
+    #[error("`{field}` has type `{kind}`, which s3db.js's schema does not know: s3db-run reads it as stored text and does not write it")]
     Unsupported { field: String, kind: String },
+    #[error("`{field}` {reason}")]
+    Invalid { field: String, reason: String },
     #[error("the record's metadata is {size} bytes, over the {limit} the `enforce-limits` behavior allows")]
     TooLarge { size: usize, limit: usize },
     #[error("the record's metadata is {size} bytes, over {limit}: cutting values down (`truncate-data`) is not written by s3db-run yet")]
@@ -234,7 +254,8 @@ pub fn encode(
     // The record as s3db.js's own update writes it, secrets sealed as in the metadata.
     let plain = {
         let mut plain = data.clone();
-        for f in version.fields.iter().filter(|f| f.kind == Kind::Secret) {
+        let sealed = |k: &Kind| matches!(k, Kind::Secret | Kind::Password(_));
+        for f in version.fields.iter().filter(|f| sealed(&f.kind)) {
             if let Some(sealed) = mapped.get(&f.key) {
                 set_path(&mut plain, &f.path, Value::String(sealed.clone()));
             }
@@ -397,7 +418,10 @@ fn map_value(f: &Field, value: &Value, passphrase: &str) -> Result<Option<String
                 kind: kind.clone(),
             })
         }
-        Kind::String => text_of(value),
+        Kind::String => {
+            let text = text_of(value);
+            super::rules::normalize(&f.type_name, &text).unwrap_or(text)
+        }
         Kind::Integer => as_number(value).map_or_else(|| text_of(value), v::to_base62),
         Kind::Decimal => as_number(value).map_or_else(|| text_of(value), v::encode_decimal),
         Kind::Boolean => {
@@ -457,6 +481,38 @@ fn map_value(f: &Field, value: &Value, passphrase: &str) -> Result<Option<String
         Kind::Ip6 => {
             let text = text_of(value);
             super::packed::encode_ip6(&text).unwrap_or(text)
+        }
+        Kind::Geo(g) => super::encoders::encode_geo(*g, value).unwrap_or_else(|| text_of(value)),
+        Kind::Binary(bits) => {
+            let invalid = |reason: String| EncodeError::Invalid {
+                field: f.path.clone(),
+                reason,
+            };
+            let bytes = super::encoders::buffer_bytes(value).ok_or_else(|| {
+                invalid(r#"must be binary: {"type":"Buffer","data":[bytes…]}, as JSON.stringify writes a Node Buffer"#.into())
+            })?;
+            if let Some(n) = bits.filter(|n| bytes.len() != (*n as usize).div_ceil(8)) {
+                return Err(invalid(format!(
+                    "must hold {} bytes ({n} bits), not {}",
+                    (n as usize).div_ceil(8),
+                    bytes.len()
+                )));
+            }
+            super::encoders::encode_binary(&bytes)
+        }
+        Kind::Text(c) => super::encoders::compress_text(&text_of(value), *c),
+        Kind::Password(argon2id) => {
+            let text = text_of(value);
+            if super::encoders::is_password_hash(&text) {
+                text
+            } else {
+                super::encoders::hash_password(&text, *argon2id).map_err(|reason| {
+                    EncodeError::Invalid {
+                        field: f.path.clone(),
+                        reason,
+                    }
+                })?
+            }
         }
         Kind::Secret => {
             let text = text_of(value);

@@ -3,8 +3,9 @@
 
 use serde_json::{Map, Value};
 
+use super::encoders::Geo;
 use super::record::lookup;
-use super::schema::{Field, Version};
+use super::schema::{Field, Kind, Version};
 
 /// The first field that s3db.js would refuse, and why.
 pub fn validate(version: &Version, data: &Map<String, Value>) -> Result<(), (String, String)> {
@@ -39,7 +40,29 @@ fn flag(f: &Field, rule: &str) -> bool {
 
 fn check(f: &Field, v: &Value) -> Result<(), String> {
     match f.type_name.as_str() {
-        "string" | "secret" => {
+        "geo" | "geo-lat" | "geo-lon" => {
+            let (lo, hi) = match f.kind {
+                Kind::Geo(Geo::Lat(_)) => (-90.0, 90.0),
+                Kind::Geo(Geo::Lon(_)) => (-180.0, 180.0),
+                _ => return Ok(()),
+            };
+            let n = v.as_f64().ok_or("must be a number")?;
+            let min = num(f, "min").unwrap_or(lo);
+            let max = num(f, "max").unwrap_or(hi);
+            if n < min {
+                return Err(format!("must be at least {min}"));
+            }
+            if n > max {
+                return Err(format!("must be at most {max}"));
+            }
+            Ok(())
+        }
+        "cron" | "locale" | "currency" | "country" => v
+            .as_str()
+            .and_then(|s| normalize(&f.type_name, s))
+            .map(|_| ())
+            .ok_or_else(|| format!("must be a valid {}", f.type_name)),
+        "string" | "secret" | "text" | "password" => {
             let s = v.as_str().ok_or("must be a string")?;
             text_rules(f, s)?;
             if let Some(Value::Array(allowed)) = f.rules.get("enum") {
@@ -218,4 +241,50 @@ fn length_rules(f: &Field, n: usize, what: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The value s3db.js stores for its string types that normalise (`cron` spacing, `locale`
+/// case, `currency` and `country` upper case); None when it refuses the value.
+pub fn normalize(type_name: &str, s: &str) -> Option<String> {
+    let letters = |t: &str, n: usize| t.len() == n && t.bytes().all(|b| b.is_ascii_alphabetic());
+    match type_name {
+        "cron" => {
+            let parts: Vec<&str> = s.split_whitespace().collect();
+            (parts.len() == 5 && parts.iter().all(|p| cron_field(p))).then(|| parts.join(" "))
+        }
+        "locale" => match s.split_once(['-', '_']) {
+            Some((l, c)) if letters(l, 2) && letters(c, 2) => Some(format!(
+                "{}-{}",
+                l.to_ascii_lowercase(),
+                c.to_ascii_uppercase()
+            )),
+            None if letters(s, 2) => Some(s.to_ascii_lowercase()),
+            _ => None,
+        },
+        "currency" => letters(s, 3).then(|| s.to_ascii_uppercase()),
+        "country" => letters(s, 2).then(|| s.to_ascii_uppercase()),
+        _ => Some(s.to_string()),
+    }
+}
+
+/// One field of s3db.js's cron check: `*`, `*/N`, or a list of `N`, `N-M`, `N/S`, `N-M/S`.
+fn cron_field(p: &str) -> bool {
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if p == "*" {
+        return true;
+    }
+    if let Some(step) = p.strip_prefix("*/") {
+        return digits(step);
+    }
+    p.split(',').all(|item| {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        let range_ok = match range.split_once('-') {
+            Some((a, b)) => digits(a) && digits(b),
+            None => digits(range),
+        };
+        range_ok && step.is_none_or(digits)
+    })
 }

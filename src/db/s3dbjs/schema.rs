@@ -72,9 +72,61 @@ pub enum Kind {
     /// `ip4` and `ip6`: the address's bytes in base64.
     Ip4,
     Ip6,
-    /// A type whose compact encoding s3db-run does not write yet (ip4, money, geo, …): read as
-    /// the text stored, never written.
+    /// `geo:lat`, `geo:lon`, `geo:point` (with their decimal places): `~` and base 62.
+    Geo(super::encoders::Geo),
+    /// `buffer`, `bits` and `bits:N` (N bits exactly): base64 of the bytes.
+    Binary(Option<u32>),
+    /// `text`: raw deflate behind `z:`/`z85:` once past the threshold.
+    Text(super::encoders::TextCompression),
+    /// `password`, `password:bcrypt` (false), `password:argon2id` (true): the compacted hash.
+    Password(bool),
+    /// A type s3db.js's schema does not know: read as the text stored, never written.
     Unsupported(String),
+}
+
+impl Kind {
+    /// `bits` without a count takes any number of bytes.
+    fn bits_or_any(self) -> Self {
+        match self {
+            Kind::Binary(Some(0)) => Kind::Binary(None),
+            other => other,
+        }
+    }
+}
+
+/// `geo:lat[:P]`, `geo:lon[:P]`, `geo:point[:P]` (6 places unless P).
+fn geo_of(type_name: &str, arg: Option<&str>) -> Option<super::encoders::Geo> {
+    use super::encoders::Geo;
+    let spec = match type_name.strip_prefix("geo-") {
+        Some(which) => which.to_string(),
+        None => arg?.to_string(),
+    };
+    let (which, places) = match spec.split_once(':') {
+        Some((w, p)) => (w, p.parse().ok()?),
+        None => (spec.as_str(), 6),
+    };
+    Some(match which {
+        "lat" => Geo::Lat(places),
+        "lon" => Geo::Lon(places),
+        "point" => Geo::Point(places),
+        _ => return None,
+    })
+}
+
+/// The compression a `text` attribute asks for; None when `compress:false` or `compress:0`.
+fn text_compression(rules: &HashMap<String, Value>) -> Option<super::encoders::TextCompression> {
+    let mut c = super::encoders::TextCompression::default();
+    match rules.get("compress") {
+        Some(Value::Bool(false)) => return None,
+        Some(Value::Number(n)) if n.as_f64() == Some(0.0) => return None,
+        Some(Value::Number(n)) => c.level = n.as_f64().map_or(6, |n| n as u32),
+        _ => {}
+    }
+    if let Some(t) = rules.get("threshold").and_then(Value::as_f64) {
+        c.threshold = t as usize;
+    }
+    c.base85 = rules.get("encoding").and_then(Value::as_str) == Some("base85");
+    Some(c)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -342,7 +394,8 @@ fn leaf(
         .to_string();
     let integer = flag("integer") || items.contains("integer");
     let kind = match type_name.as_str() {
-        "string" | "email" | "url" | "enum" | "date" | "any" => Kind::String,
+        "string" | "email" | "url" | "enum" | "date" | "any" | "cron" | "locale" | "currency"
+        | "country" => Kind::String,
         "number" if integer => Kind::Integer,
         "number" => Kind::Decimal,
         "boolean" | "bool" => Kind::Boolean,
@@ -387,6 +440,22 @@ fn leaf(
         "color" => Kind::Packed(Packing::Color),
         "duration" => Kind::Packed(Packing::Duration),
         "ean" => Kind::Packed(Packing::Ean),
+        "geo" | "geo-lat" | "geo-lon" | "geo-point" => {
+            match geo_of(&type_name, type_arg.as_deref()) {
+                Some(g) => Kind::Geo(g),
+                None => Kind::Unsupported(text.to_string()),
+            }
+        }
+        "buffer" => Kind::Binary(None),
+        "bits" => Kind::Binary(Some(
+            type_arg
+                .as_deref()
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(0),
+        ))
+        .bits_or_any(),
+        "text" => text_compression(&rules).map_or(Kind::String, Kind::Text),
+        "password" => Kind::Password(type_arg.as_deref() == Some("argon2id")),
         other => Kind::Unsupported(other.to_string()),
     };
     Field {

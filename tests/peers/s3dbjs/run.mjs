@@ -6,6 +6,7 @@
 // INPUT: { connection, passphrase?, ops: [{ op, ... }] }
 import { readFileSync, writeFileSync } from 'node:fs';
 import { S3db } from 's3db.js';
+import { verifyPassword } from './node_modules/s3db.js/dist/concerns/password-hashing.js';
 
 const [, , input, output] = process.argv;
 const job = JSON.parse(readFileSync(input, 'utf8'));
@@ -21,6 +22,17 @@ await db.connect();
 // What a caller sees of a record: s3db.js's own bookkeeping fields (`_etag`, `_v`…) dropped.
 const visible = (r) => r && Object.fromEntries(Object.entries(r).filter(([k]) => !k.startsWith('_') && !k.startsWith('$')));
 
+// JSON cannot carry a Buffer: `{"$buffer": "<base64>"}` in the input stands for one. Output
+// Buffers are written as JSON.stringify writes them, `{"type":"Buffer","data":[…]}`.
+const revive = (v) => {
+  if (Array.isArray(v)) return v.map(revive);
+  if (v && typeof v === 'object') {
+    if (Object.keys(v).length === 1 && typeof v.$buffer === 'string') return Buffer.from(v.$buffer, 'base64');
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, revive(x)]));
+  }
+  return v;
+};
+
 const results = [];
 for (const o of job.ops) {
   try {
@@ -31,7 +43,7 @@ for (const o of job.ops) {
         break;
       }
       case 'insert': {
-        const r = await db.resources[o.resource].insert(o.data);
+        const r = await db.resources[o.resource].insert(revive(o.data));
         results.push({ ok: true, value: visible(r) });
         break;
       }
@@ -43,6 +55,12 @@ for (const o of job.ops) {
       case 'get': {
         const r = await db.resources[o.resource].get(o.id);
         results.push({ ok: true, value: visible(r) });
+        break;
+      }
+      case 'verifyPassword': {
+        // What an s3db.js application does at login: the stored hash against the plain text.
+        const r = await db.resources[o.resource].get(o.id);
+        results.push({ ok: true, value: await verifyPassword(o.plain, r[o.field]) });
         break;
       }
       case 'delete': {
