@@ -153,7 +153,12 @@ pub async fn open_database_and_cache(
     };
     db.map(|(db, cache)| (db.with_concurrency(concurrency), cache))
         .map_err(|e| {
-            eprintln!("error: {e}");
+            let e = crate::runtime::BuildError::Database(e);
+            if e.manifest_path().is_some() {
+                super::report_build(manifest_path, &e);
+            } else if let crate::runtime::BuildError::Database(e) = e {
+                eprintln!("error: {e}");
+            }
             exit::INVALID
         })
 }

@@ -168,11 +168,22 @@ impl DatabaseArgs {
         match crate::runtime::Runtime::build(&checked, self.connection.as_deref()).await {
             Ok(rt) => Ok((checked, rt)),
             Err(e) => {
-                report(&e.code(), &e, e.help().as_deref());
+                report_build(&self.manifest, &e);
                 Err(exit::INVALID)
             }
         }
     }
+}
+
+/// Prints a failure to build the manifest's plugins, with the manifest entry it concerns.
+pub fn report_build(manifest: &std::path::Path, e: &crate::runtime::BuildError) {
+    if let Some(at) = e
+        .manifest_path()
+        .and_then(|p| crate::manifest::locate(manifest, &p))
+    {
+        eprintln!("{at}:");
+    }
+    report(&e.code(), e, e.help().as_deref());
 }
 
 /// Prints an error a user can fix the way manifest diagnostics read: the code, what went

@@ -65,7 +65,11 @@ pub fn run(args: &Args) -> u8 {
         let rt = match Runtime::build(&checked, None).await {
             Ok(rt) => rt,
             Err(e) => {
-                tracing::error!(code = %e.code(), error = %e, help = e.help().unwrap_or_default(), "cannot start");
+                let at = e
+                    .manifest_path()
+                    .and_then(|p| crate::manifest::locate(&args.manifest, &p))
+                    .unwrap_or_default();
+                tracing::error!(code = %e.code(), error = %e, help = e.help().unwrap_or_default(), at, "cannot start");
                 return exit::INVALID;
             }
         };

@@ -49,6 +49,9 @@ pub enum DbError {
     Corrupt { key: String, message: String },
     #[error("resource definition: {0}")]
     Schema(String),
+    /// A resource the manifest declares with an attribute s3db.js's definition lacks.
+    #[error("resource `{resource}` is declared with attribute `{attribute}`, which the s3db.js definition in s3db.json does not have")]
+    ContradictsS3dbjs { resource: String, attribute: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{0}")]
@@ -336,9 +339,10 @@ fn check_declared(
             .any(|f| f.path == attr || f.path.starts_with(&format!("{attr}.")))
     };
     if let Some(missing) = declared.attributes.keys().find(|a| !known(a)) {
-        return Err(DbError::Schema(format!(
-            "resource `{name}` is declared with attribute `{missing}`, which the s3db.js definition in s3db.json does not have (s3db.js's definition is the one used: remove `{missing}` from the manifest, or add it with s3db.js)"
-        )));
+        return Err(DbError::ContradictsS3dbjs {
+            resource: name.to_string(),
+            attribute: missing.clone(),
+        });
     }
     Ok(())
 }

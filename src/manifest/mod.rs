@@ -80,6 +80,26 @@ pub fn load_path(path: &Path, format: Option<Format>, env: &dyn Env) -> std::io:
     Ok(load_str(&name, text, format, &base_dir, env))
 }
 
+/// `file:line:column` of the key at `path` (mapping keys from the root) in a manifest file, for
+/// errors found after loading (against the stored database) that concern one of its entries.
+pub fn locate(file: &Path, path: &[String]) -> Option<String> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let root = match Format::from_path(file) {
+        Format::Yaml => tree::parse_yaml(&text),
+        Format::Toml => tree::parse_toml(&text),
+    }
+    .ok()?;
+    let mut node = &root;
+    let mut span = root.span;
+    for key in path {
+        let (k, next) = node.entry(key)?;
+        span = k.span;
+        node = next;
+    }
+    let (line, column) = diagnostic::LineIndex::new(&text).line_col(span.start);
+    Some(format!("{}:{line}:{column}", file.display()))
+}
+
 /// Loads a manifest from text. `file` is the name diagnostics show.
 pub fn load_str(
     file: &str,

@@ -97,6 +97,9 @@ impl BuildError {
     /// A rule-style code for the error: the part it concerns and what went wrong.
     pub fn code(&self) -> String {
         match self {
+            BuildError::Database(crate::db::DbError::ContradictsS3dbjs { .. }) => {
+                "database::contradicts_s3dbjs".into()
+            }
             BuildError::Database(_) => "runtime::database".into(),
             BuildError::Cache(_) => "runtime::cache".into(),
             BuildError::Backup(crate::plugins::backup::BackupError::Key(k)) => k.code().into(),
@@ -110,8 +113,28 @@ impl BuildError {
     pub fn help(&self) -> Option<String> {
         match self {
             BuildError::Backup(e) => e.help(),
+            BuildError::Database(crate::db::DbError::ContradictsS3dbjs { attribute, .. }) => Some(format!(
+                "s3db.js's definition is the one used: remove `{attribute}` from the manifest, or add it with s3db.js"
+            )),
             BuildError::Database(_) => Some(
                 "check `database.connection` (or --connection / S3DB_CONNECTION) and that the storage is reachable".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+impl BuildError {
+    /// The manifest entry the error is about, as mapping keys from the root.
+    pub fn manifest_path(&self) -> Option<Vec<String>> {
+        match self {
+            BuildError::Database(crate::db::DbError::ContradictsS3dbjs {
+                resource,
+                attribute,
+            }) => Some(
+                ["database", "resources", resource, "attributes", attribute]
+                    .map(str::to_string)
+                    .to_vec(),
             ),
             _ => None,
         }

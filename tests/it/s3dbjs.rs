@@ -965,3 +965,43 @@ async fn normalised_string_types_match_s3db_js() {
     }
     assert_eq!(accepted, 2);
 }
+
+/// A manifest that declares an attribute s3db.js's definition lacks stops the start with a
+/// located error: file, line and column of the attribute, a rule name and a hint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_declaration_contradicting_s3db_js_is_reported_at_its_line() {
+    let site = Site::new().await;
+    let created = site.js(
+        None,
+        vec![json!({ "op": "createResource", "def": { "name": "c", "attributes": { "a": "string" } } })],
+    );
+    assert_eq!(created[0]["ok"], true, "{created:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let connection = format!(
+        "s3://testing:testing@{}/{}?region=us-east-1&endpoint={}&forcePathStyle=true",
+        site.bucket,
+        site.prefix,
+        s3::endpoint()
+    );
+    let manifest = dir.path().join("s3db.yaml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "version: 1\ndatabase:\n  connection: \"{connection}\"\n  resources:\n    c:\n      attributes:\n        a: string\n        extra: number\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .current_dir(dir.path())
+        .args(["db", "list", "c", "--manifest", "s3db.yaml"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("s3db.yaml:8:9"), "{stderr}");
+    assert!(stderr.contains("database::contradicts_s3dbjs"), "{stderr}");
+    assert!(
+        stderr.contains("`extra`") && stderr.contains("help:"),
+        "{stderr}"
+    );
+}
