@@ -311,8 +311,10 @@ async fn execute(db: &Database, command: &DbCommand) -> Result<u8, Failure> {
             return import(db, resource, file, *upsert).await;
         }
         DbCommand::Export { resource } => {
-            for r in db.resource(resource)?.list(ListOptions::default()).await? {
-                print_line(&r.to_json());
+            // Printed as read: memory stays flat however large the resource.
+            let mut records = std::pin::pin!(db.resource(resource)?.stream(None));
+            while let Some(r) = records.next().await {
+                print_line(&r?.to_json());
             }
         }
     }
@@ -321,51 +323,62 @@ async fn execute(db: &Database, command: &DbCommand) -> Result<u8, Failure> {
 
 async fn import(db: &Database, resource: &str, file: &Path, upsert: bool) -> Result<u8, Failure> {
     let res = db.resource(resource)?;
-    let reader: Box<dyn BufRead> = if file == Path::new("-") {
-        Box::new(std::io::BufReader::new(std::io::stdin()))
+    // Standard input is kept in a temporary file: the lines are checked in a first pass (a bad
+    // one imports nothing) and written in a second, so memory stays flat however long the input.
+    let spooled;
+    let path = if file == Path::new("-") {
+        let mut tmp = tempfile::NamedTempFile::new()
+            .map_err(|e| Failure::Usage(format!("cannot keep standard input: {e}")))?;
+        std::io::copy(&mut std::io::stdin().lock(), &mut tmp)
+            .map_err(|e| Failure::Usage(format!("cannot read standard input: {e}")))?;
+        spooled = tmp;
+        spooled.path()
     } else {
-        let f = std::fs::File::open(file)
-            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))?;
-        Box::new(std::io::BufReader::new(f))
+        file
     };
-    let mut lines = Vec::new();
-    for (n, line) in reader.lines().enumerate() {
+    let open = || -> Result<std::io::BufReader<std::fs::File>, Failure> {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|e| Failure::Usage(format!("cannot read {}: {e}", file.display())))
+    };
+    for (n, line) in open()?.lines().enumerate() {
         let line = line.map_err(|e| Failure::Usage(format!("line {}: {e}", n + 1)))?;
-        if line.trim().is_empty() {
-            continue;
+        if !line.trim().is_empty() {
+            parse_object(&line, &format!("line {}", n + 1)).map_err(Failure::Usage)?;
         }
-        let data = parse_object(&line, &format!("line {}", n + 1)).map_err(Failure::Usage)?;
-        lines.push((n + 1, data));
     }
-    let results: Vec<(usize, Result<(), DbError>)> =
-        futures::stream::iter(lines.into_iter().map(|(n, data)| {
-            let res = res.clone();
-            async move {
-                let outcome = match (
+    let lines = open()?
+        .lines()
+        .enumerate()
+        .filter_map(|(n, line)| Some((n + 1, line.ok()?)))
+        .filter(|(_, l)| !l.trim().is_empty());
+    let mut writes = futures::stream::iter(lines.map(|(n, line)| {
+        let res = res.clone();
+        async move {
+            let outcome = match parse_object(&line, "") {
+                Ok(data) => match (
                     upsert,
                     data.get("id").and_then(Value::as_str).map(str::to_string),
                 ) {
                     (true, Some(id)) => res.upsert(&id, data).await.map(|_| ()),
                     _ => res.insert(data, None).await.map(|_| ()),
-                };
-                (n, outcome)
+                },
+                Err(e) => Err(DbError::Schema(e)),
+            };
+            (n, outcome)
+        }
+    }))
+    .buffered(db.concurrency());
+    let (mut imported, mut failed) = (0usize, 0usize);
+    while let Some((n, outcome)) = writes.next().await {
+        match outcome {
+            Ok(()) => imported += 1,
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: line {n}: {e}");
             }
-        }))
-        .buffer_unordered(db.concurrency())
-        .collect()
-        .await;
-    let mut failed = 0;
-    let mut results = results;
-    results.sort_by_key(|(n, _)| *n);
-    for (n, r) in &results {
-        if let Err(e) = r {
-            failed += 1;
-            eprintln!("error: line {n}: {e}");
         }
     }
-    eprintln!(
-        "imported {} record(s) into {resource}, {failed} failed",
-        results.len() - failed
-    );
+    eprintln!("imported {imported} record(s) into {resource}, {failed} failed");
     Ok(if failed == 0 { exit::OK } else { exit::INVALID })
 }

@@ -654,6 +654,47 @@ impl Resource {
             .collect())
     }
 
+    /// The ids of every record in key order, listed a page at a time: memory stays flat
+    /// however many records there are.
+    pub fn id_stream(&self) -> impl futures::Stream<Item = DbResult<String>> + Send + 'static {
+        let store = self.db.store().clone();
+        let prefix = codec::data_prefix(&self.schema.name);
+        futures::stream::try_unfold(Some(None), move |state: Option<Option<String>>| {
+            let (store, prefix) = (store.clone(), prefix.clone());
+            async move {
+                let Some(token) = state else {
+                    return Ok(None);
+                };
+                let page = store.list(&prefix, token.as_deref(), 1000).await?;
+                let ids: Vec<DbResult<String>> = page
+                    .objects
+                    .iter()
+                    .filter_map(|o| codec::id_from_key(&o.key))
+                    .map(Ok)
+                    .collect();
+                Ok::<_, DbError>(Some((futures::stream::iter(ids), page.next.map(Some))))
+            }
+        })
+        .try_flatten()
+    }
+
+    /// Every record (matching `filter`) in id order, read `concurrency` at a time while the
+    /// listing goes on page by page.
+    pub fn stream(
+        &self,
+        filter: Option<Filter>,
+    ) -> impl futures::Stream<Item = DbResult<Record>> + Send + 'static {
+        let this = self.clone();
+        let filter = filter.filter(|f| !f.is_empty());
+        self.id_stream()
+            .map_ok(move |id| this.owned_get(id))
+            .try_buffered(self.db.concurrency())
+            .try_filter_map(move |r| {
+                let keep = r.filter(|r| filter.as_ref().is_none_or(|f| f.matches(&r.data)));
+                futures::future::ready(Ok(keep))
+            })
+    }
+
     fn partition_and_values<'a>(
         &'a self,
         name: &str,
@@ -694,36 +735,44 @@ impl Resource {
     /// Records are read `concurrency` at a time; a listing without filter reads only the records
     /// it returns.
     pub async fn list(&self, options: ListOptions) -> DbResult<Vec<Record>> {
-        let (ids, partition_check) = match &options.partition {
-            None => (self.ids().await?, None),
-            Some((name, values)) => {
-                let (partition, ordered) = self.partition_and_values(name, values)?;
-                let prefix = codec::partition_prefix(&self.schema.name, name, &ordered);
-                let objects = list_all(self.db.store().as_ref(), &prefix).await?;
-                let mut ids: Vec<String> = objects
-                    .iter()
-                    .filter_map(|o| codec::id_from_key(&o.key))
-                    .collect();
-                ids.sort();
-                ids.dedup();
-                let wanted: Vec<(String, String)> = ordered
-                    .iter()
-                    .map(|(f, v)| (f.to_string(), v.clone()))
-                    .collect();
-                (ids, Some((partition, wanted)))
-            }
-        };
-        let filter = options.filter.as_ref().filter(|f| !f.is_empty());
         let limit = options.limit.unwrap_or(usize::MAX);
-        if filter.is_none() && partition_check.is_none() {
-            let page: Vec<&String> = ids.iter().skip(options.offset).take(limit).collect();
-            let records: Vec<Option<Record>> =
-                futures::stream::iter(page.into_iter().cloned().map(|id| self.owned_get(id)))
-                    .buffered(self.db.concurrency())
+        let Some((name, values)) = &options.partition else {
+            // Ids and records both stream: only the page asked for is kept.
+            let filter = options.filter.clone().filter(|f| !f.is_empty());
+            if filter.is_none() {
+                let this = self.clone();
+                return self
+                    .id_stream()
+                    .skip(options.offset)
+                    .take(limit)
+                    .map_ok(move |id| this.owned_get(id))
+                    .try_buffered(self.db.concurrency())
+                    .try_filter_map(|r| futures::future::ready(Ok(r)))
                     .try_collect()
-                    .await?;
-            return Ok(records.into_iter().flatten().collect());
-        }
+                    .await;
+            }
+            return self
+                .stream(filter)
+                .skip(options.offset)
+                .take(limit)
+                .try_collect()
+                .await;
+        };
+        let (partition, ordered) = self.partition_and_values(name, values)?;
+        let prefix = codec::partition_prefix(&self.schema.name, name, &ordered);
+        let objects = list_all(self.db.store().as_ref(), &prefix).await?;
+        let mut ids: Vec<String> = objects
+            .iter()
+            .filter_map(|o| codec::id_from_key(&o.key))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let wanted: Vec<(String, String)> = ordered
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.clone()))
+            .collect();
+        let partition_check = Some((partition, wanted));
+        let filter = options.filter.as_ref().filter(|f| !f.is_empty());
         let mut stream = futures::stream::iter(ids.iter().cloned().map(|id| self.owned_get(id)))
             .buffered(self.db.concurrency());
         let mut out = Vec::new();
@@ -754,17 +803,20 @@ impl Resource {
         Ok(out)
     }
 
-    /// How many records match (without a filter, counting keys reads no record).
+    /// How many records match (without a filter, counting keys reads no record). Nothing is
+    /// kept but the count.
     pub async fn count(&self, filter: Option<Filter>) -> DbResult<usize> {
         match filter.filter(|f| !f.is_empty()) {
-            None => Ok(self.ids().await?.len()),
-            Some(f) => Ok(self
-                .list(ListOptions {
-                    filter: Some(f),
-                    ..Default::default()
-                })
-                .await?
-                .len()),
+            None => {
+                self.id_stream()
+                    .try_fold(0usize, |n, _| futures::future::ready(Ok(n + 1)))
+                    .await
+            }
+            Some(f) => {
+                self.stream(Some(f))
+                    .try_fold(0usize, |n, _| futures::future::ready(Ok(n + 1)))
+                    .await
+            }
         }
     }
 }

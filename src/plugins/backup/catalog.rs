@@ -1,5 +1,7 @@
 //! What backups exist and in what state: listing every destination, one backup's status, finding a completed one and reading its index or archive back.
 
+use std::io::Write;
+
 use super::*;
 
 impl Backup {
@@ -196,6 +198,71 @@ impl Backup {
 
     /// Reads a backup's index: every record's ETag and size at the time of that backup.
     pub(super) async fn load_index(&self, id: &str) -> Result<RecordIndex, BackupError> {
+        self.visit_index(id, |lines| {
+            let mut map = HashMap::new();
+            for line in lines {
+                let (res, rid, etag, size) = line?;
+                map.insert((res, rid), (etag, size));
+            }
+            Ok(map)
+        })
+        .await
+    }
+
+    /// A backup's index decoded into a plain temporary file, for an incremental to read forward
+    /// beside its listing: lines `[resource, id, etag, size]`, resources in the order of
+    /// `names`, each resource's records in key order. An index not in that order (written by
+    /// an older version) is refused, so the caller takes a full backup instead.
+    pub(super) async fn load_index_sorted(
+        &self,
+        id: &str,
+        names: &[String],
+    ) -> Result<SortedIndex, BackupError> {
+        let file = TempFile(
+            self.inner
+                .temp_dir
+                .join(format!("{id}.index.plain.{}", random_suffix())),
+        );
+        let (path, names) = (file.0.clone(), names.to_vec());
+        self.visit_index(id, move |lines| {
+            let out = std::fs::File::create(&path).map_err(|e| e.to_string())?;
+            let mut out = std::io::BufWriter::new(out);
+            let mut last: Option<(usize, String)> = None;
+            for line in lines {
+                let (res, rid, etag, size) = line?;
+                let at = names
+                    .iter()
+                    .position(|n| n == &res)
+                    .ok_or_else(|| format!("its index names resource `{res}`, not backed up"))?;
+                let key = codec::record_key(&res, &rid);
+                if last
+                    .as_ref()
+                    .is_some_and(|(a, k)| (*a, k.as_str()) >= (at, key.as_str()))
+                {
+                    return Err(
+                        "its index is not in listing order (an older version wrote it)".into(),
+                    );
+                }
+                serde_json::to_writer(&mut out, &(&res, &rid, &etag, size))
+                    .map_err(|e| e.to_string())?;
+                out.write_all(b"\n").map_err(|e| e.to_string())?;
+                last = Some((at, key));
+            }
+            out.flush().map_err(|e| e.to_string())
+        })
+        .await?;
+        Ok(SortedIndex { file })
+    }
+
+    /// Fetches a completed backup's index from the first destination with an intact copy and
+    /// hands its decoded lines to `visit` (on a blocking thread).
+    async fn visit_index<T: Send + 'static>(
+        &self,
+        id: &str,
+        visit: impl FnOnce(&mut dyn Iterator<Item = Result<IndexLine, String>>) -> Result<T, String>
+            + Send
+            + 'static,
+    ) -> Result<T, BackupError> {
         let (info, holders) = self.find_completed(id).await?;
         let tmp = TempFile(
             self.inner
@@ -214,18 +281,20 @@ impl Backup {
                 Ok(Some(_)) => {
                     let (keys, path, id) = (self.keyring(), tmp.0.clone(), id.to_string());
                     return tokio::task::spawn_blocking(move || {
-                        let mut map = HashMap::new();
+                        let mut visit = Some(visit);
+                        let mut out = None;
                         ArchiveReader::open(&path, &id, &keys)?.for_each_member(|_, r| {
-                            for line in r.lines() {
+                            let mut lines = r.lines().map(|line| {
                                 let line = line.map_err(|e| e.to_string())?;
-                                let (res, rid, etag, size): (String, String, String, u64) =
-                                    serde_json::from_str(&line)
-                                        .map_err(|e| format!("damaged index: {e}"))?;
-                                map.insert((res, rid), (etag, size));
+                                serde_json::from_str::<IndexLine>(&line)
+                                    .map_err(|e| format!("damaged index: {e}"))
+                            });
+                            if let Some(visit) = visit.take() {
+                                out = Some(visit(&mut lines)?);
                             }
                             Ok(())
                         })?;
-                        Ok(map)
+                        out.ok_or_else(|| ArchiveError::Damaged("the index is empty".into()))
                     })
                     .await
                     .map_err(|e| BackupError::Archive(e.to_string()))?

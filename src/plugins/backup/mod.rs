@@ -224,6 +224,83 @@ pub type ProgressFn = Arc<dyn Fn(Progress) + Send + Sync>;
 /// Every record of a backup: (resource, id) → (ETag, size).
 type RecordIndex = HashMap<(String, String), (String, u64)>;
 
+/// One line of a backup's index: resource, id, ETag (or content hash) and size.
+type IndexLine = (String, String, String, u64);
+
+/// A parent's index as a plain file in listing order (see `load_index_sorted`).
+pub(super) struct SortedIndex {
+    file: TempFile,
+}
+
+impl SortedIndex {
+    pub(super) fn cursor(&self) -> Result<IndexCursor, BackupError> {
+        let f = std::fs::File::open(&self.file.0)
+            .map_err(|e| BackupError::Archive(format!("the parent's index: {e}")))?;
+        Ok(IndexCursor {
+            lines: std::io::BufReader::new(f).lines(),
+            peeked: None,
+        })
+    }
+}
+
+/// Reads a sorted index forward, one entry of look-ahead, so an incremental compares its
+/// listing with its parent record by record and finds deletions without keeping either.
+pub(super) struct IndexCursor {
+    lines: std::io::Lines<std::io::BufReader<std::fs::File>>,
+    peeked: Option<(IndexLine, String)>,
+}
+
+impl IndexCursor {
+    /// The next entry and its record key, without moving past it.
+    pub(super) fn peek(&mut self) -> Result<Option<&(IndexLine, String)>, BackupError> {
+        if self.peeked.is_none() {
+            if let Some(line) = self.lines.next() {
+                let line =
+                    line.map_err(|e| BackupError::Archive(format!("the parent's index: {e}")))?;
+                let entry: IndexLine = serde_json::from_str(&line)
+                    .map_err(|e| BackupError::Archive(format!("the parent's index: {e}")))?;
+                let key = codec::record_key(&entry.0, &entry.1);
+                self.peeked = Some((entry, key));
+            }
+        }
+        Ok(self.peeked.as_ref())
+    }
+
+    /// The next entry of `resource` if its key sorts before `key` (None: up to the end).
+    pub(super) fn next_before(
+        &mut self,
+        resource: &str,
+        key: Option<&str>,
+    ) -> Result<Option<IndexLine>, BackupError> {
+        let before = self.peek()?.is_some_and(|((res, ..), k)| {
+            res == resource && key.is_none_or(|key| k.as_str() < key)
+        });
+        Ok(if before {
+            self.peeked.take().map(|(e, _)| e)
+        } else {
+            None
+        })
+    }
+
+    /// The entry of `resource` with exactly `key`, taken if it is next.
+    pub(super) fn take_at(
+        &mut self,
+        resource: &str,
+        key: &str,
+    ) -> Result<Option<(String, u64)>, BackupError> {
+        let here = self
+            .peek()?
+            .is_some_and(|((res, ..), k)| res == resource && k == key);
+        Ok(if here {
+            self.peeked
+                .take()
+                .map(|((_, _, etag, size), _)| (etag, size))
+        } else {
+            None
+        })
+    }
+}
+
 /// The destinations (by index) holding a backup, each with the folder it is in there.
 type Holders = Vec<(usize, String)>;
 

@@ -298,7 +298,7 @@ impl Backup {
         let id = info.id.clone();
 
         let parent_index = match info.parent.clone() {
-            Some(parent) => match self.load_index(&parent).await {
+            Some(parent) => match self.load_index_sorted(&parent, &info.resources).await {
                 Ok(index) => Some(index),
                 Err(e) => {
                     // A chain built on an unreadable index could not be trusted; a full backup
@@ -396,13 +396,22 @@ impl Backup {
     pub(super) async fn produce(
         &self,
         info: &mut BackupInfo,
-        parent: Option<&RecordIndex>,
+        parent: Option<&SortedIndex>,
         tx: &tokio::sync::mpsc::Sender<Cmd>,
         stop: &CancellationToken,
     ) -> Result<(), BackupError> {
         let store = self.inner.db.store().clone();
         let concurrency = self.inner.db.concurrency();
         let closed = || BackupError::Archive("the archive writer stopped".into());
+        let index_line = |name: &str, id: &str, etag: &str, size: u64| {
+            serde_json::to_vec(&json!([name, id, etag, size])).unwrap_or_default()
+        };
+        let tombstone = |id: &str| {
+            serde_json::to_vec(&json!({ "id": id, "deleted": true })).unwrap_or_default()
+        };
+        // The parent's index is read forward beside the listing (both in key order): nothing
+        // of either is kept beyond the page at hand, whatever the database's size.
+        let mut cursor = parent.map(SortedIndex::cursor).transpose()?;
         let mut done = 0u64;
         for name in info.resources.clone() {
             tx.send(Cmd::Begin(name.clone()))
@@ -419,45 +428,67 @@ impl Backup {
                 .ok()
                 .filter(|r| r.schema().s3dbjs.is_some());
             let mut token: Option<String> = None;
-            let mut seen: HashSet<String> = HashSet::new();
-            let mut count = 0u64;
+            let (mut count, mut tombstones) = (0u64, 0u64);
             loop {
                 if stop.is_cancelled() {
                     return Err(BackupError::Cancelled(info.id.clone()));
                 }
                 let page = store.list(&prefix, token.as_deref(), 1000).await?;
-                let wanted: Vec<_> = page
-                    .objects
-                    .iter()
-                    .filter_map(|m| codec::id_from_key(&m.key).map(|id| (id, m.clone())))
-                    .collect();
-                let mut fetch = Vec::new();
-                for (id, meta) in wanted {
-                    let unchanged = js.is_none()
-                        && parent.and_then(|p| p.get(&(name.clone(), id.clone())))
-                            == Some(&(meta.etag.0.clone(), meta.size));
-                    if parent.is_some() {
-                        seen.insert(id.clone());
+                let mut items = Vec::with_capacity(page.objects.len());
+                for meta in page.objects {
+                    let Some(id) = codec::id_from_key(&meta.key) else {
+                        continue;
+                    };
+                    let mut previous = None;
+                    if let Some(c) = cursor.as_mut() {
+                        // What the parent has before this key is gone since.
+                        while let Some((_, gone, _, _)) = c.next_before(&name, Some(&meta.key))? {
+                            tx.send(Cmd::Line(tombstone(&gone)))
+                                .await
+                                .map_err(|_| closed())?;
+                            tombstones += 1;
+                        }
+                        previous = c.take_at(&name, &meta.key)?;
                     }
-                    if unchanged {
-                        let line = serde_json::to_vec(&json!([name, id, meta.etag.0, meta.size]))
-                            .unwrap_or_default();
-                        tx.send(Cmd::Index(line)).await.map_err(|_| closed())?;
-                    } else {
-                        fetch.push((id, meta.key));
-                    }
+                    items.push((id, meta, previous));
                 }
-                let mut bodies = futures::stream::iter(fetch.into_iter().map(|(id, key)| {
-                    let store = store.clone();
-                    async move { (id, store.get(&key).await) }
-                }))
-                .buffered(concurrency);
-                while let Some((id, got)) = bodies.next().await {
+                // In listing order, so this backup's index is in listing order too.
+                let mut reads =
+                    futures::stream::iter(items.into_iter().map(|(id, meta, previous)| {
+                        let store = store.clone();
+                        let unchanged = js.is_none()
+                            && previous.as_ref().is_some_and(|(etag, size)| {
+                                etag == &meta.etag.0 && *size == meta.size
+                            });
+                        async move {
+                            let got = if unchanged {
+                                None
+                            } else {
+                                Some(store.get(&meta.key).await)
+                            };
+                            (id, meta, previous, got)
+                        }
+                    }))
+                    .buffered(concurrency);
+                while let Some((id, meta, previous, got)) = reads.next().await {
                     if stop.is_cancelled() {
                         return Err(BackupError::Cancelled(info.id.clone()));
                     }
-                    // Deleted between the listing and the read: it is not in this backup.
-                    let Some(mut obj) = got? else { continue };
+                    let Some(got) = got else {
+                        let line = index_line(&name, &id, &meta.etag.0, meta.size);
+                        tx.send(Cmd::Index(line)).await.map_err(|_| closed())?;
+                        continue;
+                    };
+                    // Deleted between the listing and the read: gone, as if not listed.
+                    let Some(mut obj) = got? else {
+                        if previous.is_some() {
+                            tx.send(Cmd::Line(tombstone(&id)))
+                                .await
+                                .map_err(|_| closed())?;
+                            tombstones += 1;
+                        }
+                        continue;
+                    };
                     if let Some(res) = &js {
                         // Secrets stay sealed in the archive, as s3db.js stored them.
                         let record = res.decode_with(&obj.meta.key, &id, &obj, None)?;
@@ -468,16 +499,8 @@ impl Backup {
                         ));
                         obj.meta.size = body.len() as u64;
                         obj.body = Bytes::from(body);
-                        let unchanged = parent.and_then(|p| p.get(&(name.clone(), id.clone())))
-                            == Some(&(obj.meta.etag.0.clone(), obj.meta.size));
-                        if unchanged {
-                            let line = serde_json::to_vec(&json!([
-                                name,
-                                id,
-                                obj.meta.etag.0,
-                                obj.meta.size
-                            ]))
-                            .unwrap_or_default();
+                        if previous == Some((obj.meta.etag.0.clone(), obj.meta.size)) {
+                            let line = index_line(&name, &id, &obj.meta.etag.0, obj.meta.size);
                             tx.send(Cmd::Index(line)).await.map_err(|_| closed())?;
                             continue;
                         }
@@ -498,9 +521,7 @@ impl Backup {
                     );
                     line.extend_from_slice(&obj.body);
                     line.push(b'}');
-                    let index =
-                        serde_json::to_vec(&json!([name, id, obj.meta.etag.0, obj.meta.size]))
-                            .unwrap_or_default();
+                    let index = index_line(&name, &id, &obj.meta.etag.0, obj.meta.size);
                     tx.send(Cmd::Line(line)).await.map_err(|_| closed())?;
                     tx.send(Cmd::Index(index)).await.map_err(|_| closed())?;
                     count += 1;
@@ -515,15 +536,13 @@ impl Backup {
                 }
             }
             info.records.insert(name.clone(), count);
-            if let Some(parent) = parent {
-                let mut tombstones = 0;
-                for (res, id) in parent.keys() {
-                    if res == &name && !seen.contains(id) {
-                        let line = serde_json::to_vec(&json!({ "id": id, "deleted": true }))
-                            .unwrap_or_default();
-                        tx.send(Cmd::Line(line)).await.map_err(|_| closed())?;
-                        tombstones += 1;
-                    }
+            if let Some(c) = cursor.as_mut() {
+                // Whatever the parent still has of this resource is gone.
+                while let Some((_, gone, _, _)) = c.next_before(&name, None)? {
+                    tx.send(Cmd::Line(tombstone(&gone)))
+                        .await
+                        .map_err(|_| closed())?;
+                    tombstones += 1;
                 }
                 info.tombstones.insert(name.clone(), tombstones);
             }
