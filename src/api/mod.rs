@@ -549,10 +549,20 @@ async fn start_backup(State(s): State<Shared>, body: Option<Body<BackupBody>>) -
 async fn backup_status(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
     let plugin = backup(&s)?;
     if plugin.running().contains(&id) {
-        if let Ok(info) = plugin.status(&id).await {
-            return Ok(Json(json!(info)));
-        }
-        return Ok(Json(json!({ "id": id, "status": "running" })));
+        let progress = plugin.live_progress().unwrap_or(Value::Null);
+        // The stored metadata may be slow to read while the backup itself keeps the store
+        // busy (or stalled); what this process knows is answered regardless.
+        let stored =
+            tokio::time::timeout(std::time::Duration::from_secs(2), plugin.status(&id)).await;
+        let mut answer = match stored {
+            Ok(Ok(info)) => json!(info),
+            _ => json!({ "id": id, "status": "running" }),
+        };
+        // This process runs it: whatever the stored metadata says (its lease may look stale
+        // while the store is slow), it is running.
+        answer["status"] = json!("running");
+        answer["progress"] = progress;
+        return Ok(Json(answer));
     }
     Ok(Json(json!(plugin.status(&id).await?)))
 }

@@ -608,3 +608,120 @@ async fn unreadable_bodies_are_answered_as_json_errors() {
         "{v}"
     );
 }
+
+/// A running backup's status carries its progress (phase, records done, rate), as the terminal
+/// shows it. The S3 server is held still through a proxy once the backup is under way, so the
+/// backup is caught running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_backup_reports_its_progress() {
+    use crate::support::proxy::{self, Fault};
+    let connection = crate::support::s3::connection_string().await;
+    let conn: s3db_run::store::Connection = connection.parse().unwrap();
+    let store = conn.open(std::path::Path::new(".")).await.unwrap();
+    let mut declared = indexmap::IndexMap::new();
+    declared.insert(
+        "things".to_string(),
+        s3db_run::db::schema::StoredResource {
+            attributes: [("n".to_string(), "number".to_string())]
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        },
+    );
+    let db = s3db_run::db::Database::connect(store, &declared)
+        .await
+        .unwrap();
+    let things = db.resource("things").unwrap();
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter((0..3000).map(|i| {
+        let mut data = serde_json::Map::new();
+        data.insert("n".into(), json!(i));
+        let things = things.clone();
+        async move { things.insert(data, Some(&format!("t{i:05}"))).await }
+    }))
+    .buffer_unordered(16)
+    .try_collect::<Vec<_>>()
+    .await
+    .unwrap();
+    let endpoint = crate::support::s3::endpoint();
+    let (via, control) = proxy::start_in_background(endpoint.clone(), Fault::None);
+    let dir = tempfile::tempdir().unwrap();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let through = connection.replace(&endpoint, &via);
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        format!(
+            r#"version: 1
+database:
+  connection: "{through}"
+  resources: {{ things: {{ attributes: {{ n: number }} }} }}
+backup: {{ driver: filesystem, config: {{ path: "./backups/" }} }}
+server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
+"#
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .arg("s3db.yaml")
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let s = Server {
+        _process: crate::support::Process(child),
+        base: format!("http://127.0.0.1:{port}"),
+        _dir: dir,
+    };
+    for _ in 0..400 {
+        if reqwest::get(format!("{}/healthz", s.base)).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let (status, started, _) = call(&s, "POST", "/api/v1/backups", T, Some(json!({}))).await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    // Once past the first 500 records (a progress step), the server stops answering.
+    let path = format!("/api/v1/backups/{id}");
+    let status_of = || call(&s, "GET", &path, T, None);
+    let mut seen = Value::Null;
+    for _ in 0..2000 {
+        let (_, body, _) = status_of().await;
+        if body["progress"]["done"].as_u64().is_some_and(|d| d >= 500) {
+            seen = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        seen["status"], "running",
+        "never seen past 500 records: {seen}"
+    );
+    control.set(Fault::Stall);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, body, _) = status_of().await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["status"], "running", "{body}");
+    let progress = &body["progress"];
+    assert_eq!(progress["phase"], "records", "{body}");
+    let done = progress["done"].as_u64().unwrap();
+    assert!(done >= 500 && done.is_multiple_of(500), "{body}");
+    assert!(progress["perSecond"].as_f64().unwrap() > 0.0, "{body}");
+    // Let it finish: the completed status has no progress left.
+    control.set(Fault::None);
+    let mut finished = Value::Null;
+    for _ in 0..400 {
+        let (_, body, _) = call(&s, "GET", &format!("/api/v1/backups/{id}"), T, None).await;
+        if body["status"] == "completed" {
+            finished = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(finished["records"]["things"], 3000, "{finished}");
+    assert!(finished.get("progress").is_none(), "{finished}");
+}

@@ -359,7 +359,17 @@ struct Shared {
     /// The last backups refused before they started.
     refused: Mutex<std::collections::VecDeque<Refusal>>,
     progress: Mutex<Option<ProgressFn>>,
+    /// Where the running backup or restore is (one at a time: they share a lease).
+    live: Mutex<Option<Live>>,
     owner: String,
+}
+
+/// The progress of the running operation, and when its phase began (for the rate).
+struct Live {
+    phase: &'static str,
+    done: u64,
+    total: Option<u64>,
+    since: Instant,
 }
 
 pub(crate) fn random_suffix() -> String {
@@ -427,6 +437,7 @@ impl Drop for RunningEntry {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&self.id);
+        *self.shared.live.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -484,6 +495,7 @@ impl Backup {
             started: Mutex::new(HashSet::new()),
             refused: Mutex::new(std::collections::VecDeque::new()),
             progress: Mutex::new(None),
+            live: Mutex::new(None),
             owner: crate::types::id::holder(&host),
         });
         Self::build_with(config, db, base_dir, hooks, shared).await
@@ -590,6 +602,24 @@ impl Backup {
         if self.inner.config.verbose {
             tracing::info!(phase, done, total, "backup progress");
         }
+        {
+            let mut live = self
+                .inner
+                .shared
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            let since = match &*live {
+                Some(l) if l.phase == phase => l.since,
+                _ => Instant::now(),
+            };
+            *live = Some(Live {
+                phase,
+                done,
+                total,
+                since,
+            });
+        }
         if let Some(f) = &*self
             .inner
             .shared
@@ -661,6 +691,35 @@ impl Backup {
         {
             token.cancel();
         }
+    }
+
+    /// The running backup's progress, as the terminal shows it: phase, records done, total
+    /// when known, rate and time left. None when nothing runs.
+    pub fn live_progress(&self) -> Option<Value> {
+        let live = self
+            .inner
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let l = live.as_ref()?;
+        let secs = l.since.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 {
+            l.done as f64 / secs
+        } else {
+            0.0
+        };
+        let eta = l
+            .total
+            .filter(|_| rate > 0.0)
+            .map(|t| (t.saturating_sub(l.done) as f64 / rate).ceil() as u64);
+        Some(json!({
+            "phase": l.phase,
+            "done": l.done,
+            "total": l.total,
+            "perSecond": (rate * 10.0).round() / 10.0,
+            "etaSeconds": eta,
+        }))
     }
 
     pub fn running(&self) -> Vec<String> {

@@ -232,7 +232,9 @@ impl Backup {
             ..Default::default()
         };
         let dedupe = chain.len() > 1;
-        let mut seen: HashSet<(String, String)> = HashSet::new();
+        // 16 bytes per record (a 128-bit digest of resource and id, not the strings): the set
+        // a chain's dedupe needs stays small at millions of records.
+        let mut seen: HashSet<u128> = HashSet::new();
         for (bid, file) in &files {
             let lines = chain
                 .iter()
@@ -271,7 +273,7 @@ impl Backup {
         lines: u64,
         options: &RestoreOptions,
         dedupe: bool,
-        seen: &mut HashSet<(String, String)>,
+        seen: &mut HashSet<u128>,
         stats: &mut RestoreStats,
     ) -> Result<(), BackupError> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<Vec<u8>>)>(8);
@@ -325,7 +327,7 @@ impl Backup {
             for raw in lines {
                 let line: Line = serde_json::from_slice(&raw)
                     .map_err(|e| BackupError::Archive(format!("damaged record line: {e}")))?;
-                if dedupe && !seen.insert((resource.clone(), line.id.clone())) {
+                if dedupe && !seen.insert(record_digest(&resource, &line.id)) {
                     continue;
                 }
                 work.push(line);
@@ -397,6 +399,20 @@ impl Backup {
         }
         read.map_err(|e| BackupError::Archive(e.to_string()))
     }
+}
+
+/// A record's identity in a restore's dedupe set: a collision (odds about n²/2¹²⁹) is the
+/// only way two records could be taken for one.
+fn record_digest(resource: &str, id: &str) -> u128 {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(resource.as_bytes());
+    h.update([0]);
+    h.update(id.as_bytes());
+    let d = h.finalize();
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&d[..16]);
+    u128::from_le_bytes(first)
 }
 
 impl Backup {
