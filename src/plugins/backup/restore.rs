@@ -276,7 +276,7 @@ impl Backup {
         seen: &mut HashSet<u128>,
         stats: &mut RestoreStats,
     ) -> Result<(), BackupError> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Vec<Vec<u8>>)>(8);
+        let (tx, rx) = tokio::sync::mpsc::channel::<(String, Vec<Vec<u8>>)>(8);
         let reader = {
             let (keys, path, id) = (self.keyring(), path.to_path_buf(), id.to_string());
             let wanted = wanted.to_vec();
@@ -315,82 +315,99 @@ impl Backup {
         // What this archive holds for the wanted resources: the progress total (records a
         // newer backup of the chain already restored are skipped without being counted).
         let stats_total = stats.records + stats.skipped + stats.deleted + lines;
-        while let Some((resource, lines)) = rx.recv().await {
+        // One stream of writes across the reader's batches, `concurrency` always in flight (a
+        // batch's last writes do not hold the next batch back).
+        let db = self.inner.db.clone();
+        let batches = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|batch| (batch, rx))
+        });
+        let mut parsed = Vec::new();
+        let work = batches.flat_map(|(resource, raw_lines)| {
             // A dry run registers nothing: a resource this database does not know has no
             // records yet, so everything in it would be written.
-            let res = match self.inner.db.resource(&resource) {
-                Ok(r) => Some(r),
-                Err(_) if dry_run => None,
-                Err(e) => return Err(e.into()),
+            let res = match db.resource(&resource) {
+                Ok(r) => Ok(Some(r)),
+                Err(_) if dry_run => Ok(None),
+                Err(e) => Err(BackupError::from(e)),
             };
-            let mut work = Vec::new();
-            for raw in lines {
-                let line: Line = serde_json::from_slice(&raw)
-                    .map_err(|e| BackupError::Archive(format!("damaged record line: {e}")))?;
-                if dedupe && !seen.insert(record_digest(&resource, &line.id)) {
-                    continue;
-                }
-                work.push(line);
-            }
-            let mut writes = futures::stream::iter(work.into_iter().map(|line| {
-                let res = res.clone();
-                async move {
-                    let Some(res) = res else {
-                        return Ok::<_, BackupError>((u64::from(!line.deleted), 0, 0));
-                    };
-                    if dry_run {
-                        let exists = res.exists(&line.id).await?;
-                        return Ok(match (line.deleted, exists, overwrite) {
-                            (true, true, true) => (0, 0, 1),
-                            (true, true, false) | (false, true, false) => (0, 1, 0),
-                            (true, false, _) => (0, 0, 0),
-                            (false, _, _) => (1, 0, 0),
-                        });
-                    }
-                    if line.deleted {
-                        if !overwrite {
-                            // Kept only if there is something to keep: a delete marker for a
-                            // record the database does not have leaves it as the backup does.
-                            let kept = res.exists(&line.id).await?;
-                            return Ok((0, u64::from(kept), 0));
-                        }
-                        let gone = res.delete(&line.id, None).await?;
-                        return Ok((0, 0, u64::from(gone)));
-                    }
-                    let data: Map<String, Value> = line
-                        .data
-                        .as_ref()
-                        .map(|d| serde_json::from_str(d.get()))
-                        .transpose()
-                        .map_err(|e| BackupError::Archive(format!("damaged record: {e}")))?
-                        .unwrap_or_default();
-                    let written = res.restore(&line.id, data, overwrite).await?;
-                    Ok(if written { (1, 0, 0) } else { (0, 1, 0) })
-                }
-            }))
-            .buffer_unordered(concurrency);
-            while let Some(r) = writes.next().await {
-                match r {
-                    Ok((w, s, d)) => {
-                        stats.records += w;
-                        stats.skipped += s;
-                        stats.deleted += d;
-                    }
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                    }
+            parsed.clear();
+            for raw in raw_lines {
+                let line = res.clone().and_then(|res| {
+                    let line: Line = serde_json::from_slice(&raw)
+                        .map_err(|e| BackupError::Archive(format!("damaged record line: {e}")))?;
+                    Ok((res, line))
+                });
+                match line {
+                    Ok((_, line)) if dedupe && !seen.insert(record_digest(&resource, &line.id)) => {}
+                    other => parsed.push(other),
                 }
             }
-            if failure.is_some() {
-                break;
+            futures::stream::iter(std::mem::take(&mut parsed))
+        })
+        .map(|item| async move {
+            let (res, line) = item?;
+            let Some(res) = res else {
+                return Ok::<_, BackupError>((u64::from(!line.deleted), 0, 0));
+            };
+            if dry_run {
+                let exists = res.exists(&line.id).await?;
+                return Ok(match (line.deleted, exists, overwrite) {
+                    (true, true, true) => (0, 0, 1),
+                    (true, true, false) | (false, true, false) => (0, 1, 0),
+                    (true, false, _) => (0, 0, 0),
+                    (false, _, _) => (1, 0, 0),
+                });
             }
-            self.progress_of(
-                "restore",
-                stats.records + stats.skipped + stats.deleted,
-                Some(stats_total),
-            );
+            if line.deleted {
+                if !overwrite {
+                    // Kept only if there is something to keep: a delete marker for a record
+                    // the database does not have leaves it as the backup does.
+                    let kept = res.exists(&line.id).await?;
+                    return Ok((0, u64::from(kept), 0));
+                }
+                let gone = res.delete(&line.id, None).await?;
+                return Ok((0, 0, u64::from(gone)));
+            }
+            let data: Map<String, Value> = line
+                .data
+                .as_ref()
+                .map(|d| serde_json::from_str(d.get()))
+                .transpose()
+                .map_err(|e| BackupError::Archive(format!("damaged record: {e}")))?
+                .unwrap_or_default();
+            let written = res.restore(&line.id, data, overwrite).await?;
+            Ok(if written { (1, 0, 0) } else { (0, 1, 0) })
+        })
+        .buffer_unordered(concurrency);
+        let mut work = std::pin::pin!(work);
+        let mut n = 0u64;
+        while let Some(r) = work.next().await {
+            match r {
+                Ok((w, s, d)) => {
+                    stats.records += w;
+                    stats.skipped += s;
+                    stats.deleted += d;
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    break;
+                }
+            }
+            n += 1;
+            if n.is_multiple_of(256) {
+                self.progress_of(
+                    "restore",
+                    stats.records + stats.skipped + stats.deleted,
+                    Some(stats_total),
+                );
+            }
         }
-        drop(rx);
+        drop(work);
+        self.progress_of(
+            "restore",
+            stats.records + stats.skipped + stats.deleted,
+            Some(stats_total),
+        );
         let read = reader
             .await
             .map_err(|e| BackupError::Archive(e.to_string()))?;
