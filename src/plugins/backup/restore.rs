@@ -379,7 +379,9 @@ impl Backup {
             Ok(if written { (1, 0, 0) } else { (0, 1, 0) })
         })
         .buffer_unordered(concurrency);
-        let mut work = std::pin::pin!(work);
+        // Boxed, so dropping it (and the receiver in it) lets a reader blocked on a full
+        // channel end when a write fails.
+        let mut work = Box::pin(work);
         let mut n = 0u64;
         while let Some(r) = work.next().await {
             match r {
