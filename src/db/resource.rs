@@ -201,11 +201,14 @@ impl Resource {
     }
 
     async fn put_refs(&self, keys: &[String]) -> DbResult<()> {
+        self.put_refs_with(keys, &PutOptions::default()).await
+    }
+
+    async fn put_refs_with(&self, keys: &[String], options: &PutOptions) -> DbResult<()> {
         let store = self.db.store();
-        let options = PutOptions::default();
         futures::future::try_join_all(
             keys.iter()
-                .map(|k| store.put(k, bytes::Bytes::new(), PutMode::Overwrite, &options)),
+                .map(|k| store.put(k, bytes::Bytes::new(), PutMode::Overwrite, options)),
         )
         .await?;
         Ok(())
@@ -450,8 +453,16 @@ impl Resource {
     ) -> DbResult<bool> {
         Self::check_id(id)?;
         data.insert("id".into(), Value::String(id.to_string()));
-        let (body, options) = self.encode(&data)?;
-        self.put_refs(&self.refs(&data, id)).await?;
+        let (body, mut options) = self.encode(&data)?;
+        // A restore is a bulk load: the store may make many writes durable at once (the
+        // restore syncs the store when done).
+        options.bulk = true;
+        let refs_options = PutOptions {
+            bulk: true,
+            ..Default::default()
+        };
+        self.put_refs_with(&self.refs(&data, id), &refs_options)
+            .await?;
         let mode = if overwrite {
             PutMode::Overwrite
         } else {

@@ -91,4 +91,8 @@ impl ObjectStore for CountingStore {
         self.counts.lists.fetch_add(1, Ordering::Relaxed);
         self.inner.list(prefix, token, max_keys).await
     }
+
+    async fn sync(&self) -> StoreResult<()> {
+        self.inner.sync().await
+    }
 }

@@ -28,6 +28,56 @@ pub struct FsStore {
     /// The sorted keys of the last listing walk, reused for its continuation pages, so paging
     /// through a folder of n objects walks it once, not n/1000 times.
     walked: std::sync::Arc<std::sync::Mutex<Option<Walked>>>,
+    /// Group commit for bulk writes: one `syncfs` makes every temporary file written before it
+    /// durable, so concurrent writers share it.
+    group: std::sync::Arc<GroupSync>,
+}
+
+#[derive(Debug, Default)]
+struct GroupSync {
+    state: std::sync::Mutex<GroupState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GroupState {
+    /// Writers that asked for a sync, numbered; the last number given.
+    asked: u64,
+    /// Every writer up to this number has its data on disk.
+    synced: u64,
+    syncing: bool,
+}
+
+impl GroupSync {
+    /// Returns once a `syncfs` that began after this call has finished: whatever the caller
+    /// wrote before calling is then durable. A writer that finds none running runs one for
+    /// everyone waiting.
+    fn wait(&self, root: &Path) -> io::Result<()> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.asked += 1;
+        let mine = st.asked;
+        loop {
+            if st.synced >= mine {
+                return Ok(());
+            }
+            if st.syncing {
+                st = self.done.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            st.syncing = true;
+            let covers = st.asked;
+            drop(st);
+            let result =
+                File::open(root).and_then(|f| nix::unistd::syncfs(&f).map_err(io::Error::from));
+            st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.syncing = false;
+            if result.is_ok() {
+                st.synced = st.synced.max(covers);
+            }
+            self.done.notify_all();
+            result?;
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -51,6 +101,7 @@ impl FsStore {
         Ok(Self {
             root,
             walked: Default::default(),
+            group: Default::default(),
         })
     }
 
@@ -98,7 +149,13 @@ impl FsStore {
         }
     }
 
-    fn write_blocking(&self, key: &str, body: &[u8], mode: &PutMode) -> StoreResult<ETag> {
+    fn write_blocking(
+        &self,
+        key: &str,
+        body: &[u8],
+        mode: &PutMode,
+        bulk: bool,
+    ) -> StoreResult<ETag> {
         let _lock = self.lock(key)?;
         let current = self.read(key)?;
         match (mode, &current) {
@@ -120,6 +177,18 @@ impl FsStore {
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&parent).map_err(|e| io_error(key, e))?;
         let tmp = self.root.join(TMP_DIR).join(crate::types::fs::temp_name());
+        if bulk {
+            // The data is durable (a group sync) before the rename makes it the object, so a
+            // crash leaves the old object or the new one; the folder is synced by `sync`.
+            let written = fs::write(&tmp, body)
+                .and_then(|()| self.group.wait(&self.root))
+                .and_then(|()| fs::rename(&tmp, &target));
+            if let Err(e) = written {
+                let _ = fs::remove_file(&tmp);
+                return Err(io_error(key, e));
+            }
+            return Ok(ETag::of(body));
+        }
         let durable = crate::types::fs::WriteOptions {
             mode: None,
             durable: true,
@@ -312,8 +381,13 @@ impl ObjectStore for FsStore {
                 "the filesystem store cannot keep object metadata (the s3db.js record format needs an S3 or memory store)",
             ));
         }
-        let (this, k) = (self.clone(), key.to_string());
-        blocking(move || this.write_blocking(&k, &body, &mode)).await
+        let (this, k, bulk) = (self.clone(), key.to_string(), options.bulk);
+        blocking(move || this.write_blocking(&k, &body, &mode, bulk)).await
+    }
+
+    async fn sync(&self) -> StoreResult<()> {
+        let this = self.clone();
+        blocking(move || this.group.wait(&this.root).map_err(|e| io_error("", e))).await
     }
 
     async fn delete(&self, key: &str, if_match: Option<&ETag>) -> StoreResult<()> {

@@ -89,6 +89,11 @@ pub struct PutOptions {
     /// User metadata to store with the object. A backend that cannot keep it (the filesystem)
     /// refuses a put that carries some rather than dropping it.
     pub metadata: UserMetadata,
+    /// One write of a bulk load (a restore), which calls `sync` when done. The filesystem
+    /// store then makes data durable for many writes at once (one `syncfs` per group rather
+    /// than two `fsync`s per object): an object is still old or new at any crash, never torn,
+    /// though a new one may be missing until `sync` returns.
+    pub bulk: bool,
 }
 
 /// One page of a listing, in key order.
@@ -181,6 +186,11 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         token: Option<&str>,
         max_keys: usize,
     ) -> StoreResult<ListPage>;
+
+    /// Makes every `bulk` put so far durable (their folders included).
+    async fn sync(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 pub type DynStore = Arc<dyn ObjectStore>;

@@ -24,7 +24,63 @@ per_backend!(
     listing_is_limited_to_the_prefix,
     invalid_keys_are_rejected,
     user_metadata_is_kept_or_refused_never_dropped,
+    bulk_puts_keep_their_modes_and_are_durable_after_sync,
 );
+
+/// A restore's bulk writes (the filesystem store's group commit): many at once, each whole,
+/// create-only ones still refused over an existing object, every one there after `sync`.
+async fn bulk_puts_keep_their_modes_and_are_durable_after_sync(b: Backend) {
+    let s = &b.store;
+    let bulk = PutOptions {
+        bulk: true,
+        ..opts()
+    };
+    s.put(
+        "bulk/kept",
+        Bytes::from_static(b"old"),
+        PutMode::Create,
+        &opts(),
+    )
+    .await
+    .unwrap();
+    let writes = (0..64).map(|i| {
+        let bulk = bulk.clone();
+        async move {
+            s.put(
+                &format!("bulk/r{i:03}"),
+                Bytes::from(format!("record {i}")),
+                PutMode::Create,
+                &bulk,
+            )
+            .await
+        }
+    });
+    let etags = futures::future::try_join_all(writes).await.unwrap();
+    assert_eq!(etags.len(), 64);
+    let refused = s
+        .put(
+            "bulk/kept",
+            Bytes::from_static(b"new"),
+            PutMode::Create,
+            &bulk,
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::AlreadyExists { .. })),
+        "{refused:?}"
+    );
+    s.sync().await.unwrap();
+    for i in [0, 31, 63] {
+        let got = s.get(&format!("bulk/r{i:03}")).await.unwrap().unwrap();
+        assert_eq!(got.body, Bytes::from(format!("record {i}")));
+    }
+    assert_eq!(
+        s.get("bulk/kept").await.unwrap().unwrap().body,
+        Bytes::from_static(b"old")
+    );
+    let listed = s.list("bulk/", None, 1000).await.unwrap();
+    assert_eq!(listed.objects.len(), 65);
+}
 
 /// s3db.js keeps a record's values in the object's metadata: a store either keeps it exactly
 /// (S3, memory) or refuses the put (the filesystem), so no value is silently lost.

@@ -256,6 +256,8 @@ impl Backup {
         if options.dry_run {
             return Ok(stats);
         }
+        // The records were written as a bulk load: durable from here on.
+        self.inner.db.store().sync().await?;
         for name in &wanted {
             if let Ok(r) = self.inner.db.resource(name) {
                 r.invalidate_all().await;
@@ -322,63 +324,66 @@ impl Backup {
             rx.recv().await.map(|batch| (batch, rx))
         });
         let mut parsed = Vec::new();
-        let work = batches.flat_map(|(resource, raw_lines)| {
-            // A dry run registers nothing: a resource this database does not know has no
-            // records yet, so everything in it would be written.
-            let res = match db.resource(&resource) {
-                Ok(r) => Ok(Some(r)),
-                Err(_) if dry_run => Ok(None),
-                Err(e) => Err(BackupError::from(e)),
-            };
-            parsed.clear();
-            for raw in raw_lines {
-                let line = res.clone().and_then(|res| {
-                    let line: Line = serde_json::from_slice(&raw)
-                        .map_err(|e| BackupError::Archive(format!("damaged record line: {e}")))?;
-                    Ok((res, line))
-                });
-                match line {
-                    Ok((_, line)) if dedupe && !seen.insert(record_digest(&resource, &line.id)) => {}
-                    other => parsed.push(other),
+        let work = batches
+            .flat_map(|(resource, raw_lines)| {
+                // A dry run registers nothing: a resource this database does not know has no
+                // records yet, so everything in it would be written.
+                let res = match db.resource(&resource) {
+                    Ok(r) => Ok(Some(r)),
+                    Err(_) if dry_run => Ok(None),
+                    Err(e) => Err(BackupError::from(e)),
+                };
+                parsed.clear();
+                for raw in raw_lines {
+                    let line = res.clone().and_then(|res| {
+                        let line: Line = serde_json::from_slice(&raw).map_err(|e| {
+                            BackupError::Archive(format!("damaged record line: {e}"))
+                        })?;
+                        Ok((res, line))
+                    });
+                    match line {
+                        Ok((_, line))
+                            if dedupe && !seen.insert(record_digest(&resource, &line.id)) => {}
+                        other => parsed.push(other),
+                    }
                 }
-            }
-            futures::stream::iter(std::mem::take(&mut parsed))
-        })
-        .map(|item| async move {
-            let (res, line) = item?;
-            let Some(res) = res else {
-                return Ok::<_, BackupError>((u64::from(!line.deleted), 0, 0));
-            };
-            if dry_run {
-                let exists = res.exists(&line.id).await?;
-                return Ok(match (line.deleted, exists, overwrite) {
-                    (true, true, true) => (0, 0, 1),
-                    (true, true, false) | (false, true, false) => (0, 1, 0),
-                    (true, false, _) => (0, 0, 0),
-                    (false, _, _) => (1, 0, 0),
-                });
-            }
-            if line.deleted {
-                if !overwrite {
-                    // Kept only if there is something to keep: a delete marker for a record
-                    // the database does not have leaves it as the backup does.
-                    let kept = res.exists(&line.id).await?;
-                    return Ok((0, u64::from(kept), 0));
+                futures::stream::iter(std::mem::take(&mut parsed))
+            })
+            .map(|item| async move {
+                let (res, line) = item?;
+                let Some(res) = res else {
+                    return Ok::<_, BackupError>((u64::from(!line.deleted), 0, 0));
+                };
+                if dry_run {
+                    let exists = res.exists(&line.id).await?;
+                    return Ok(match (line.deleted, exists, overwrite) {
+                        (true, true, true) => (0, 0, 1),
+                        (true, true, false) | (false, true, false) => (0, 1, 0),
+                        (true, false, _) => (0, 0, 0),
+                        (false, _, _) => (1, 0, 0),
+                    });
                 }
-                let gone = res.delete(&line.id, None).await?;
-                return Ok((0, 0, u64::from(gone)));
-            }
-            let data: Map<String, Value> = line
-                .data
-                .as_ref()
-                .map(|d| serde_json::from_str(d.get()))
-                .transpose()
-                .map_err(|e| BackupError::Archive(format!("damaged record: {e}")))?
-                .unwrap_or_default();
-            let written = res.restore(&line.id, data, overwrite).await?;
-            Ok(if written { (1, 0, 0) } else { (0, 1, 0) })
-        })
-        .buffer_unordered(concurrency);
+                if line.deleted {
+                    if !overwrite {
+                        // Kept only if there is something to keep: a delete marker for a record
+                        // the database does not have leaves it as the backup does.
+                        let kept = res.exists(&line.id).await?;
+                        return Ok((0, u64::from(kept), 0));
+                    }
+                    let gone = res.delete(&line.id, None).await?;
+                    return Ok((0, 0, u64::from(gone)));
+                }
+                let data: Map<String, Value> = line
+                    .data
+                    .as_ref()
+                    .map(|d| serde_json::from_str(d.get()))
+                    .transpose()
+                    .map_err(|e| BackupError::Archive(format!("damaged record: {e}")))?
+                    .unwrap_or_default();
+                let written = res.restore(&line.id, data, overwrite).await?;
+                Ok(if written { (1, 0, 0) } else { (0, 1, 0) })
+            })
+            .buffer_unordered(concurrency);
         // Boxed, so dropping it (and the receiver in it) lets a reader blocked on a full
         // channel end when a write fails.
         let mut work = Box::pin(work);
