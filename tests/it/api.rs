@@ -38,6 +38,11 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
         ),
     )
     .unwrap();
+    serve(dir, port)
+}
+
+/// Runs the `s3db.yaml` in `dir` and waits until its API on `port` accepts connections.
+fn serve(dir: tempfile::TempDir, port: u16) -> Server {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
         .arg("s3db.yaml")
         .current_dir(dir.path())
@@ -46,7 +51,7 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    for _ in 0..200 {
+    for _ in 0..400 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
             break;
         }
@@ -665,23 +670,7 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
         ),
     )
     .unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
-        .arg("s3db.yaml")
-        .current_dir(dir.path())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let s = Server {
-        _process: crate::support::Process(child),
-        base: format!("http://127.0.0.1:{port}"),
-        _dir: dir,
-    };
-    for _ in 0..400 {
-        if reqwest::get(format!("{}/healthz", s.base)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let s = serve(dir, port);
     let (status, started, _) = call(&s, "POST", "/api/v1/backups", T, Some(json!({}))).await;
     assert_eq!(status, 202, "{started}");
     let id = started["id"].as_str().unwrap().to_string();

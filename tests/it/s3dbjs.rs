@@ -496,27 +496,25 @@ async fn older_versions_and_partitions_read_and_list_alike() {
     let theirs = site.js_job(json!({ "versioning": true, "ops": [
         { "op": "list", "resource": "v", "options": { "partition": "byA", "partitionValues": { "a": "x" } } },
     ]}));
-    let mut ids: Vec<String> = ok(&theirs[0])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap().to_string())
-        .collect();
-    ids.sort();
-    assert_eq!(ids, ["mine", "old"]);
+    assert_eq!(sorted_ids(&theirs[0]), ["mine", "old"]);
     // And s3db.js's own `byVersion` partition (versioning on) files it under the version
     // it was written at.
     let by_version = site.js_job(json!({ "versioning": true, "ops": [
         { "op": "list", "resource": "v", "options": { "partition": "byVersion", "partitionValues": { "_v": "v2" } } },
     ]}));
-    let mut ids: Vec<String> = ok(&by_version[0])
+    assert_eq!(sorted_ids(&by_version[0]), ["mine", "new"]);
+}
+
+/// The ids of the records a peer's `list` returned, sorted.
+fn sorted_ids(result: &Value) -> Vec<String> {
+    let mut ids: Vec<String> = ok(result)
         .as_array()
         .unwrap()
         .iter()
         .map(|r| r["id"].as_str().unwrap().to_string())
         .collect();
     ids.sort();
-    assert_eq!(ids, ["mine", "new"]);
+    ids
 }
 
 /// The runtime, its cache, a state machine and a job, on a database s3db.js wrote.
