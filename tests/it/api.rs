@@ -12,13 +12,18 @@ struct Server {
     _dir: tempfile::TempDir,
 }
 
-fn start() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
+/// A loopback port nothing listens on.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+fn start() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
     std::fs::write(
         dir.path().join("s3db.yaml"),
         format!(
@@ -651,11 +656,7 @@ async fn a_running_backup_reports_its_progress() {
     let endpoint = crate::support::s3::endpoint();
     let (via, control) = proxy::start_in_background(endpoint.clone(), Fault::None);
     let dir = tempfile::tempdir().unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let through = connection.replace(&endpoint, &via);
     std::fs::write(
         dir.path().join("s3db.yaml"),

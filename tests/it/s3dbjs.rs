@@ -262,12 +262,7 @@ async fn records_s3db_run_writes_read_back_identically_in_s3db_js() {
         .collect();
     assert!(mismatches.is_empty(), "{}", mismatches.join("\n"));
     // The secret is sealed in the object, not stored in clear.
-    let obj = db
-        .store()
-        .get("resource=r0/data/id=a1")
-        .await
-        .unwrap()
-        .unwrap();
+    let obj = stored(&db, "resource=r0/data/id=a1").await;
     let all: String = obj.metadata.values().cloned().collect::<Vec<_>>().join(" ")
         + &String::from_utf8_lossy(&obj.body);
     assert!(!all.contains("hunter2"), "{all}");
@@ -607,7 +602,7 @@ jobs:
         &json!({ "id": "p2", "name": "Ink", "quantity": 5 })
     );
     // s3db.json is s3db.js's still: s3db-run kept its own resources beside it.
-    let s3db_json = rt.db.store().get("s3db.json").await.unwrap().unwrap();
+    let s3db_json = stored(&rt.db, "s3db.json").await;
     let parsed: Value = serde_json::from_slice(&s3db_json.body).unwrap();
     assert!(parsed["resources"].get("inventory").is_some());
     assert_eq!(
@@ -726,18 +721,8 @@ async fn packed_money_and_decimal_types_round_trip_both_ways() {
     negative.insert("btc".into(), json!(-1));
     assert!(p.insert(negative, None).await.is_err());
     // Stored packed, as s3db.js stores them.
-    let obj = db
-        .store()
-        .get("resource=p/data/id=rs")
-        .await
-        .unwrap()
-        .unwrap();
-    let js_obj = db
-        .store()
-        .get("resource=p/data/id=js")
-        .await
-        .unwrap()
-        .unwrap();
+    let obj = stored(&db, "resource=p/data/id=rs").await;
+    let js_obj = stored(&db, "resource=p/data/id=js").await;
     assert_eq!(obj.metadata, js_obj.metadata);
 }
 
@@ -830,12 +815,7 @@ async fn geo_binary_and_password_types_round_trip_both_ways() {
     );
     assert_eq!(ok(&back[3]), &json!(false));
     // Never stored in plain text.
-    let obj = db
-        .store()
-        .get("resource=g/data/id=rs")
-        .await
-        .unwrap()
-        .unwrap();
+    let obj = stored(&db, "resource=g/data/id=rs").await;
     let raw = format!("{:?}{}", obj.metadata, String::from_utf8_lossy(&obj.body));
     assert!(!raw.contains("correct horse"), "{raw}");
     // Out-of-range coordinates are refused as s3db.js refuses them; binary values of the wrong
@@ -1002,4 +982,13 @@ async fn a_declaration_contradicting_s3db_js_is_reported_at_its_line() {
         stderr.contains("`extra`") && stderr.contains("help:"),
         "{stderr}"
     );
+}
+
+/// The object behind `key`, which must exist.
+async fn stored(db: &Database, key: &str) -> s3db_run::store::Object {
+    db.store()
+        .get(key)
+        .await
+        .unwrap()
+        .expect("the object exists")
 }
