@@ -25,9 +25,9 @@ const LOCK_STRIPES: u64 = 256;
 #[derive(Debug, Clone)]
 pub struct FsStore {
     root: PathBuf,
-    /// The sorted keys of the last listing walk, reused for its continuation pages, so paging
+    /// The sorted keys of recent listing walks, reused for their continuation pages, so paging
     /// through a folder of n objects walks it once, not n/1000 times.
-    walked: std::sync::Arc<std::sync::Mutex<Option<Walked>>>,
+    walked: std::sync::Arc<std::sync::Mutex<Vec<Walked>>>,
     /// Group commit for bulk writes: one `syncfs` makes every temporary file written before it
     /// durable, so concurrent writers share it.
     group: std::sync::Arc<GroupSync>,
@@ -80,16 +80,56 @@ impl GroupSync {
     }
 }
 
+/// One listing walk: the keys under a prefix, sorted, kept compact (one buffer of names relative
+/// to the walked folder, and 8 bytes of position per key) because a folder can hold millions of
+/// records: as `String`s a million keys took ~90 MiB, this way ~30 MiB.
 #[derive(Debug)]
 struct Walked {
     prefix: String,
-    at: std::time::Instant,
-    keys: std::sync::Arc<Vec<String>>,
+    /// The folder part of the prefix, which every key starts with (plus a `/` when not empty).
+    base: String,
+    names: String,
+    /// `(start, len)` of each key's name in `names`, in key order.
+    sorted: Vec<(u32, u32)>,
+    last_used: std::time::Instant,
 }
 
-/// How long a walk serves continuation pages. A key created meanwhile may be missed by that
-/// listing (S3 listings are not snapshots either); a key deleted meanwhile is skipped.
-const WALK_REUSE: std::time::Duration = std::time::Duration::from_secs(30);
+impl Walked {
+    fn name(&self, i: usize) -> &str {
+        let (start, len) = self.sorted[i];
+        &self.names[start as usize..(start + len) as usize]
+    }
+
+    fn key(&self, i: usize) -> String {
+        if self.base.is_empty() {
+            self.name(i).to_string()
+        } else {
+            format!("{}/{}", self.base, self.name(i))
+        }
+    }
+
+    /// The index of the first key after `token`.
+    fn after(&self, token: &str) -> usize {
+        let folder = if self.base.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.base)
+        };
+        match token.strip_prefix(folder.as_str()) {
+            Some(rel) => self.sorted.partition_point(|&(start, len)| {
+                &self.names[start as usize..(start + len) as usize] <= rel
+            }),
+            // A token outside the folder sorts wholly before or after every key in it.
+            None if token < folder.as_str() => 0,
+            None => self.sorted.len(),
+        }
+    }
+}
+
+/// A walk nobody has paged through for this long is dropped: its listing was abandoned.
+const WALK_IDLE: std::time::Duration = std::time::Duration::from_secs(300);
+/// Walks kept at once, for listings of different prefixes that page at the same time.
+const WALKS_KEPT: usize = 4;
 
 impl FsStore {
     /// Opens (creating it if needed) the store rooted at `root`.
@@ -251,54 +291,101 @@ impl FsStore {
         } else {
             self.path(dir_part)
         };
-        let reused = token.and_then(|_| {
-            let walked = self.walked.lock().unwrap_or_else(|e| e.into_inner());
-            walked
-                .as_ref()
-                .filter(|w| w.prefix == prefix && w.at.elapsed() < WALK_REUSE)
-                .map(|w| w.keys.clone())
-        });
-        let keys = match reused {
-            Some(keys) => keys,
+        let now = std::time::Instant::now();
+        let mut walks = self.walked.lock().unwrap_or_else(|e| e.into_inner());
+        walks.retain(|w| now.duration_since(w.last_used) < WALK_IDLE);
+        // A first page always walks afresh; continuation pages reuse the walk of that prefix,
+        // however long the listing has taken (a walk is replaced, never duplicated).
+        let found = match token {
+            Some(_) => walks.iter().position(|w| w.prefix == prefix),
+            None => None,
+        };
+        let index = match found {
+            Some(i) => i,
             None => {
-                let mut keys = Vec::new();
-                walk(&start_dir, dir_part, &mut keys).map_err(|e| io_error(prefix, e))?;
-                keys.retain(|k| k.starts_with(prefix) && !k.starts_with(".s3db-"));
-                keys.sort();
-                let keys = std::sync::Arc::new(keys);
-                *self.walked.lock().unwrap_or_else(|e| e.into_inner()) = Some(Walked {
-                    prefix: prefix.to_string(),
-                    at: std::time::Instant::now(),
-                    keys: keys.clone(),
-                });
-                keys
+                // The walk runs without the lock held: other listings go on meanwhile.
+                drop(walks);
+                let walked =
+                    walk_sorted(&start_dir, dir_part, prefix).map_err(|e| io_error(prefix, e))?;
+                walks = self.walked.lock().unwrap_or_else(|e| e.into_inner());
+                walks.retain(|w| w.prefix != prefix);
+                if walks.len() >= WALKS_KEPT {
+                    walks.sort_by_key(|w| std::cmp::Reverse(w.last_used));
+                    walks.truncate(WALKS_KEPT - 1);
+                }
+                walks.push(walked);
+                walks.len() - 1
             }
         };
-        let start = match token {
-            Some(t) => keys.partition_point(|k| k.as_str() <= t),
-            None => 0,
-        };
-        let max = max_keys.max(1);
+        let w = &mut walks[index];
+        w.last_used = now;
+        let start = token.map_or(0, |t| w.after(t));
+        let end = (start + max_keys.max(1)).min(w.sorted.len());
+        let keys: Vec<String> = (start..end).map(|i| w.key(i)).collect();
+        let more = end < w.sorted.len();
+        if !more {
+            // The listing is done: its walk is not needed any more.
+            walks.remove(index);
+        }
+        drop(walks);
+        // The last key walked, listed or deleted since, is where the next page starts.
+        let next = if more { keys.last().cloned() } else { None };
         let mut page = ListPage::default();
-        for key in keys.iter().skip(start) {
-            if page.objects.len() == max {
-                page.next = page.objects.last().map(|m| m.key.clone());
-                break;
-            }
+        for key in keys {
             // A file deleted since the walk is simply not listed.
-            if let Some(body) = self.read(key)? {
+            if let Some(body) = self.read(&key)? {
                 page.objects.push(ObjectMeta {
-                    key: key.clone(),
                     etag: ETag::of(&body),
                     size: body.len() as u64,
+                    key,
                 });
             }
         }
+        page.next = next;
         Ok(page)
     }
 }
 
-fn walk(dir: &Path, key_prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
+/// Walks `dir` (the folder `base` of the store) for the keys that start with `prefix`, sorted.
+fn walk_sorted(dir: &Path, base: &str, prefix: &str) -> io::Result<Walked> {
+    let rest = if base.is_empty() {
+        prefix
+    } else {
+        prefix.get(base.len() + 1..).unwrap_or("")
+    };
+    let mut w = Walked {
+        prefix: prefix.to_string(),
+        base: base.to_string(),
+        names: String::new(),
+        sorted: Vec::new(),
+        last_used: std::time::Instant::now(),
+    };
+    walk(dir, "", &mut |name: &str| {
+        if !name.starts_with(rest) || (base.is_empty() && name.starts_with(".s3db-")) {
+            return Ok(());
+        }
+        let start = u32::try_from(w.names.len()).map_err(|_| too_many())?;
+        let len = u32::try_from(name.len()).map_err(|_| too_many())?;
+        start.checked_add(len).ok_or_else(too_many)?;
+        w.names.push_str(name);
+        w.sorted.push((start, len));
+        Ok(())
+    })?;
+    let names = &w.names;
+    w.sorted.sort_unstable_by(|a, b| {
+        names[a.0 as usize..(a.0 + a.1) as usize].cmp(&names[b.0 as usize..(b.0 + b.1) as usize])
+    });
+    w.names.shrink_to_fit();
+    w.sorted.shrink_to_fit();
+    Ok(w)
+}
+
+fn too_many() -> io::Error {
+    io::Error::other("more than 4 GiB of key names in one listing")
+}
+
+/// Calls `found` with the path, relative to the walk's start, of every file under `dir`.
+fn walk(dir: &Path, rel: &str, found: &mut dyn FnMut(&str) -> io::Result<()>) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e)
@@ -308,21 +395,24 @@ fn walk(dir: &Path, key_prefix: &str, out: &mut Vec<String>) -> io::Result<()> {
         }
         Err(e) => return Err(e),
     };
+    let mut key = String::with_capacity(rel.len() + 64);
     for entry in entries {
         let entry = entry?;
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
             continue;
         };
-        let key = if key_prefix.is_empty() {
-            name
-        } else {
-            format!("{key_prefix}/{name}")
-        };
+        key.clear();
+        if !rel.is_empty() {
+            key.push_str(rel);
+            key.push('/');
+        }
+        key.push_str(name);
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            walk(&entry.path(), &key, out)?;
+            walk(&entry.path(), &key, found)?;
         } else if kind.is_file() {
-            out.push(key);
+            found(&key)?;
         }
     }
     Ok(())
@@ -404,5 +494,88 @@ impl ObjectStore for FsStore {
     ) -> StoreResult<ListPage> {
         let (this, p, t) = (self.clone(), prefix.to_string(), token.map(str::to_string));
         blocking(move || this.list_blocking(&p, t.as_deref(), max_keys)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn put(store: &FsStore, key: &str) {
+        store
+            .put(
+                key,
+                Bytes::from_static(b"x"),
+                PutMode::Overwrite,
+                &PutOptions::default(),
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn keys(
+        store: &FsStore,
+        prefix: &str,
+        token: Option<&str>,
+    ) -> (Vec<String>, Option<String>) {
+        let page = store.list(prefix, token, 2).await.unwrap();
+        (page.objects.into_iter().map(|o| o.key).collect(), page.next)
+    }
+
+    #[tokio::test]
+    async fn pages_follow_key_order_across_folders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        // '-' < '/' < '0': a folder's keys sort between its siblings, not before them.
+        for k in ["r/a0", "r/a/b", "r/a-c", "r/a/a", "r/b", "s/x"] {
+            put(&store, k).await;
+        }
+        let mut all = Vec::new();
+        let mut token = None;
+        loop {
+            let (page, next) = keys(&store, "r/", token.as_deref()).await;
+            all.extend(page);
+            match next {
+                Some(n) => token = Some(n),
+                None => break,
+            }
+        }
+        assert_eq!(all, ["r/a-c", "r/a/a", "r/a/b", "r/a0", "r/b"]);
+        // A finished listing leaves no walk behind.
+        assert!(store.walked.lock().unwrap().is_empty());
+        // A token from outside the walked folder.
+        assert_eq!(
+            store
+                .list("r/a/", Some("r/a-"), 10)
+                .await
+                .unwrap()
+                .objects
+                .len(),
+            2
+        );
+        assert!(store
+            .list("r/a/", Some("r/a0"), 10)
+            .await
+            .unwrap()
+            .objects
+            .is_empty());
+    }
+
+    #[tokio::test]
+    async fn interleaved_listings_each_keep_their_walk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        for k in ["a/1", "a/2", "a/3", "a/4", "b/1", "b/2", "b/3", "b/4"] {
+            put(&store, k).await;
+        }
+        let (_, a) = keys(&store, "a/", None).await;
+        let (_, b) = keys(&store, "b/", None).await;
+        // Written after both walks: a listing that walked again would list them.
+        put(&store, "a/35").await;
+        put(&store, "b/35").await;
+        let (a_rest, _) = keys(&store, "a/", a.as_deref()).await;
+        let (b_rest, _) = keys(&store, "b/", b.as_deref()).await;
+        assert_eq!(a_rest, ["a/3", "a/4"]);
+        assert_eq!(b_rest, ["b/3", "b/4"]);
     }
 }
