@@ -125,14 +125,27 @@ pub fn run(cli: Cli) -> u8 {
         Command::Restore(args) => restore::run(&args),
         Command::Job(args) => job::run(&args),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "s3db-run",
-                &mut std::io::stdout(),
-            );
-            exit::OK
+            use std::io::Write;
+            let script = completions(shell);
+            match std::io::stdout().write_all(script.as_bytes()) {
+                Ok(()) => exit::OK,
+                Err(_) => exit::FAILURE,
+            }
         }
+    }
+}
+
+/// The completion script for `shell`.
+pub fn completions(shell: clap_complete::Shell) -> String {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "s3db-run", &mut out);
+    let script = String::from_utf8_lossy(&out).into_owned();
+    match shell {
+        // clap_complete's bash script names the command state `s3db__run…` where it walks the
+        // words but `s3db__subcmd__run…` where it offers options (it reads the hyphen as a
+        // subcommand separator), so no option of any subcommand was ever offered.
+        clap_complete::Shell::Bash => script.replace("s3db__subcmd__run", "s3db__run"),
+        _ => script,
     }
 }
 

@@ -142,11 +142,63 @@ fn init_writes_a_valid_starter_and_never_overwrites() {
     );
 }
 
+/// What bash's completion function offers for a command line typed up to its end, run in a
+/// real bash that sourced `s3db-run completions bash`.
+fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
+    let program = format!(
+        r#"source "$1"; shift
+COMP_WORDS=("$@"); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
+COMP_LINE="$*"; COMP_POINT=${{#COMP_LINE}}; COMPREPLY=()
+prev=""; [ "$COMP_CWORD" -gt 0 ] && prev="${{COMP_WORDS[COMP_CWORD-1]}}"
+_s3db__run s3db-run "${{COMP_WORDS[COMP_CWORD]}}" "$prev"
+printf '%s\n' "${{COMPREPLY[@]}}""#
+    );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(program)
+        .arg("bash")
+        .arg(script)
+        .args(words)
+        .output()
+        .expect("bash runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 #[test]
-fn completions_are_generated_for_bash() {
+fn bash_completes_subcommands_and_their_options() {
     let out = s3db_run(&["completions", "bash"]);
     assert_eq!(out.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("validate"));
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("s3db-run.bash");
+    std::fs::write(&script, &out.stdout).unwrap();
+    assert_eq!(bash_completes(&script, &["s3db-run", "ba"]), ["backup"]);
+    let backup = bash_completes(&script, &["s3db-run", "backup", "--"]);
+    for option in ["--dry-run", "--output", "--manifest", "--read-data"] {
+        assert!(backup.contains(&option.to_string()), "{backup:?}");
+    }
+    assert_eq!(
+        bash_completes(&script, &["s3db-run", "validate", "--for"]),
+        ["--format"]
+    );
+    let db_list = bash_completes(&script, &["s3db-run", "db", "list", "--"]);
+    assert!(db_list.contains(&"--limit".to_string()), "{db_list:?}");
+}
+
+#[test]
+fn zsh_and_fish_completions_offer_each_subcommands_options() {
+    let zsh = String::from_utf8(s3db_run(&["completions", "zsh"]).stdout).unwrap();
+    assert!(zsh.starts_with("#compdef s3db-run"), "{zsh}");
+    assert!(zsh.contains("'--dry-run[Verify the backup"), "{zsh}");
+    let fish = String::from_utf8(s3db_run(&["completions", "fish"]).stdout).unwrap();
+    assert!(
+        fish.contains(r#"-n "__fish_s3db_run_using_subcommand restore" -l dry-run"#),
+        "{fish}"
+    );
 }
 
 #[test]
