@@ -10,11 +10,7 @@ use serde_json::json;
 use super::exit;
 use crate::plugins::backup::{Backup, BackupInfo};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Output {
-    Human,
-    Json,
-}
+pub use super::Output;
 
 #[derive(Debug, Clone, clap::Args)]
 #[command(
@@ -58,7 +54,8 @@ pub struct BackupArgs {
     /// With `prune`: show what would be deleted, delete nothing.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long, value_enum, default_value_t = Output::Human)]
+    /// `human`, or `json` for scripts.
+    #[arg(long = "output", visible_alias = "format", value_enum, default_value_t = super::Output::Human)]
     pub output: Output,
 }
 

@@ -16,8 +16,8 @@ pub struct Args {
 pub enum CacheCommand {
     /// Entries and bytes the driver holds, and this process's counters.
     Stats {
-        #[arg(long, value_enum, default_value_t = super::validate::OutputFormat::Human)]
-        format: super::validate::OutputFormat,
+        #[arg(long = "output", visible_alias = "format", value_enum, default_value_t = super::Output::Human)]
+        output: super::Output,
     },
     /// Remove every entry.
     Clear,
@@ -44,15 +44,15 @@ pub fn run(args: &Args) -> u8 {
             return exit::INVALID;
         };
         match &args.command {
-            CacheCommand::Stats { format } => {
+            CacheCommand::Stats { output } => {
                 let (entries, bytes) = cache.usage().await;
                 let stats = cache.snapshot();
-                match format {
-                    super::validate::OutputFormat::Json => println!(
+                match output {
+                    super::Output::Json => println!(
                         "{}",
                         json!({ "driver": stats.driver, "entries": entries, "bytes": bytes, "process": stats })
                     ),
-                    super::validate::OutputFormat::Human => {
+                    super::Output::Human => {
                         println!("driver     {}", stats.driver);
                         println!("entries    {entries}");
                         println!("bytes      {bytes}");

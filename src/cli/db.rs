@@ -29,8 +29,11 @@ pub struct Args {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum DbCommand {
-    /// List the resources.
-    Resources,
+    /// List the resources (`--output json`: a JSON array of their names).
+    Resources {
+        #[arg(long = "output", visible_alias = "format", value_enum, default_value_t = super::Output::Human)]
+        output: super::Output,
+    },
     /// Print one record as JSON.
     Get { resource: String, id: String },
     /// Insert a record given as a JSON object (`-` reads it from standard input).
@@ -223,9 +226,14 @@ fn print_line(value: &Value) {
 
 async fn execute(db: &Database, command: &DbCommand) -> Result<u8, Failure> {
     match command {
-        DbCommand::Resources => {
-            for name in db.resource_names() {
-                println!("{name}");
+        DbCommand::Resources { output } => {
+            let names = db.resource_names();
+            if *output == super::Output::Json {
+                println!("{}", serde_json::json!(names));
+            } else {
+                for name in names {
+                    println!("{name}");
+                }
             }
         }
         DbCommand::Get { resource, id } => match db.resource(resource)?.get_cached(id).await? {

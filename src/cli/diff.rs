@@ -14,8 +14,8 @@ pub struct Args {
     pub new: PathBuf,
     /// `human` (`+ job x`, `- machine y`, `~ job z` with the changed fields) or `json` (a list of
     /// {kind, name, change, fields}).
-    #[arg(long, value_enum, default_value_t = super::validate::OutputFormat::Human)]
-    pub format: super::validate::OutputFormat,
+    #[arg(long = "output", visible_alias = "format", value_enum, default_value_t = super::Output::Human)]
+    pub output: super::Output,
 }
 
 /// Exit status: 0 when nothing changes, 1 when something does, 2 when a manifest cannot be read
@@ -30,12 +30,12 @@ pub fn run(args: &Args) -> u8 {
         Err(_) => return exit::USAGE,
     };
     let changes = diff(&old.manifest, &new.manifest);
-    match args.format {
-        super::validate::OutputFormat::Json => println!(
+    match args.output {
+        super::Output::Json => println!(
             "{}",
             serde_json::to_string_pretty(&changes).unwrap_or_default()
         ),
-        super::validate::OutputFormat::Human => {
+        super::Output::Human => {
             if changes.is_empty() {
                 println!("no changes");
             } else {

@@ -17,8 +17,12 @@ pub struct Args {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum JobCommand {
-    /// List the manifest's jobs: name, schedule, zone, enabled, next run.
-    List,
+    /// List the manifest's jobs: name, schedule, zone, enabled, next run (`--output json`: every
+    /// field, as the API's `/api/v1/jobs`).
+    List {
+        #[arg(long = "output", visible_alias = "format", value_enum, default_value_t = super::Output::Human)]
+        output: super::Output,
+    },
     /// Run a job now and print its run record as JSON (exit 1 if it failed).
     Run {
         name: String,
@@ -60,7 +64,7 @@ pub enum JobCommand {
 
 pub fn run(args: &Args) -> u8 {
     match &args.command {
-        JobCommand::List
+        JobCommand::List { .. }
         | JobCommand::Run { .. }
         | JobCommand::History { .. }
         | JobCommand::Enable { .. }
@@ -114,7 +118,13 @@ async fn with_scheduler(args: &Args) -> u8 {
     };
     let scheduler = runtime.scheduler;
     match &args.command {
-        JobCommand::List => {
+        JobCommand::List {
+            output: super::Output::Json,
+        } => {
+            println!("{}", serde_json::json!(scheduler.all_status()));
+            exit::OK
+        }
+        JobCommand::List { .. } => {
             for s in scheduler.all_status() {
                 println!(
                     "{}\t{}\t{}\t{}\t{}",

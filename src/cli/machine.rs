@@ -14,8 +14,11 @@ pub struct Args {
 
 #[derive(Debug, Clone, clap::Subcommand)]
 pub enum MachineCommand {
-    /// List the machines with their states.
-    List,
+    /// List the machines with their initial and other states.
+    List {
+        #[arg(long = "output", visible_alias = "format", value_enum, default_value_t = super::Output::Human)]
+        output: super::Output,
+    },
     /// Create an entity in the machine's initial state.
     Init {
         machine: String,
@@ -98,7 +101,23 @@ async fn run_async(args: &Args) -> u8 {
     let print = |v: &dyn erased::Json| println!("{}", v.json());
     let outcome: Result<(), crate::plugins::state_machine::MachineError> = async {
         match &args.command {
-            MachineCommand::List => {
+            MachineCommand::List {
+                output: super::Output::Json,
+            } => {
+                let list: Vec<Value> = m
+                    .machines
+                    .iter()
+                    .map(|(name, def)| {
+                        serde_json::json!({
+                            "name": name,
+                            "initialState": def.initial_state,
+                            "states": def.states.keys().collect::<Vec<_>>(),
+                        })
+                    })
+                    .collect();
+                println!("{}", Value::Array(list));
+            }
+            MachineCommand::List { .. } => {
                 for (name, def) in &m.machines {
                     let states: Vec<&str> = def.states.keys().map(String::as_str).collect();
                     println!(

@@ -94,6 +94,13 @@ pub enum Command {
     },
 }
 
+/// `--output human|json` (also spelled `--format`): every command that prints data takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Human,
+    Json,
+}
+
 /// Where a manifest comes from: a path, or `-` for standard input.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ManifestInput {

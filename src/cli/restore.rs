@@ -21,7 +21,8 @@ pub struct RestoreArgs {
     /// deleted; write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    #[arg(long, value_enum, default_value_t = Output::Human)]
+    /// `human`, or `json` for scripts.
+    #[arg(long = "output", visible_alias = "format", value_enum, default_value_t = super::Output::Human)]
     pub output: Output,
 }
 

@@ -13,16 +13,10 @@ pub struct Args {
     pub files: Vec<PathBuf>,
     /// `human` (with source excerpts, coloured on a terminal) or `json` (one object per line per
     /// diagnostic: code, severity, file, line, column, message, help).
-    #[arg(long, value_enum, default_value_t = OutputFormat::Human)]
-    pub format: OutputFormat,
+    #[arg(long = "output", visible_alias = "format", value_enum, default_value_t = super::Output::Human)]
+    pub output: super::Output,
     #[command(flatten)]
     pub input: ManifestInput,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    Human,
-    Json,
 }
 
 pub fn run(args: &Args) -> u8 {
@@ -39,14 +33,14 @@ pub fn run(args: &Args) -> u8 {
             }
         };
         let report = &loaded.report;
-        match args.format {
-            OutputFormat::Json => {
+        match args.output {
+            super::Output::Json => {
                 for record in report.records() {
                     let line = serde_json::to_string(&record).unwrap_or_default();
                     let _ = writeln!(out, "{line}");
                 }
             }
-            OutputFormat::Human => {
+            super::Output::Human => {
                 eprint!("{}", report.render_human(super::color_stderr()));
                 let errors = report.diagnostics.iter().filter(|d| d.is_error()).count();
                 let warnings = report.diagnostics.len() - errors;

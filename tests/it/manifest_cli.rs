@@ -161,7 +161,11 @@ printf '%s\n' "${{COMPREPLY[@]}}""#
         .args(words)
         .output()
         .expect("bash runs");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| !l.is_empty())
@@ -293,4 +297,66 @@ fn the_readme_walkthrough_works_as_written() {
         ran += 1;
     }
     assert!(ran >= 8, "{ran} commands");
+}
+
+/// Every command that prints data takes `--output json` (and `--format json`, the other
+/// spelling) and prints JSON a script can parse.
+#[test]
+fn every_data_command_takes_output_json_in_either_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("S3DB_CONNECTION")
+            .output()
+            .expect("binary runs");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    run(&["init"]);
+    let manifest = dir.path().join("s3db.yaml");
+    let starter = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        format!("{starter}\ncache: {{ driver: memory }}\n"),
+    )
+    .unwrap();
+    let commands: [&[&str]; 7] = [
+        &["db", "resources"],
+        &["job", "list"],
+        &["machine", "list"],
+        &["cache", "stats"],
+        &["backup", "list"],
+        &["diff", "s3db.yaml", "s3db.yaml"],
+        &["validate", "s3db.yaml"],
+    ];
+    for command in commands {
+        for spelling in ["--output", "--format"] {
+            let mut args = command.to_vec();
+            args.extend([spelling, "json"]);
+            let text = run(&args);
+            for line in text.lines() {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("{args:?} printed non-JSON {line:?}: {e}"));
+            }
+            if command[0] != "validate" {
+                assert!(!text.trim().is_empty(), "{args:?} printed nothing");
+            }
+        }
+    }
+    let jobs: serde_json::Value =
+        serde_json::from_str(&run(&["job", "list", "--output", "json"])).unwrap();
+    assert_eq!(jobs[0]["name"], "nightly_backup");
+    let machines: serde_json::Value =
+        serde_json::from_str(&run(&["machine", "list", "--output", "json"])).unwrap();
+    assert_eq!(machines[0]["initialState"], "pending");
+    let resources: serde_json::Value =
+        serde_json::from_str(&run(&["db", "resources", "--output", "json"])).unwrap();
+    assert_eq!(resources[0], "orders");
 }
