@@ -145,14 +145,12 @@ fn init_writes_a_valid_starter_and_never_overwrites() {
 /// What bash's completion function offers for a command line typed up to its end, run in a
 /// real bash that sourced `s3db-run completions bash`.
 fn bash_completes(script: &std::path::Path, words: &[&str]) -> Vec<String> {
-    let program = format!(
-        r#"source "$1"; shift
-COMP_WORDS=("$@"); COMP_CWORD=$(( ${{#COMP_WORDS[@]}} - 1 ))
-COMP_LINE="$*"; COMP_POINT=${{#COMP_LINE}}; COMPREPLY=()
-prev=""; [ "$COMP_CWORD" -gt 0 ] && prev="${{COMP_WORDS[COMP_CWORD-1]}}"
-_s3db__run s3db-run "${{COMP_WORDS[COMP_CWORD]}}" "$prev"
-printf '%s\n' "${{COMPREPLY[@]}}""#
-    );
+    let program = r#"source "$1"; shift
+COMP_WORDS=("$@"); COMP_CWORD=$(( ${#COMP_WORDS[@]} - 1 ))
+COMP_LINE="$*"; COMP_POINT=${#COMP_LINE}; COMPREPLY=()
+prev=""; [ "$COMP_CWORD" -gt 0 ] && prev="${COMP_WORDS[COMP_CWORD-1]}"
+_s3db__run s3db-run "${COMP_WORDS[COMP_CWORD]}" "$prev"
+printf '%s\n' "${COMPREPLY[@]}""#;
     let out = Command::new("bash")
         .arg("-c")
         .arg(program)
