@@ -8,6 +8,7 @@ mod backup;
 mod cache;
 mod db_core;
 mod db_processes;
+mod deploy;
 mod diff;
 mod fleet;
 mod hooks;
