@@ -188,6 +188,31 @@ fn machines(state: &ApiState) -> Result<&crate::plugins::state_machine::StateMac
     })
 }
 
+fn cache(state: &ApiState) -> Result<&crate::plugins::cache::Cache, ApiError> {
+    state.runtime.cache.as_deref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_cache",
+            "this manifest has no `cache:` section",
+        )
+    })
+}
+
+/// The runner's own cache: a memory cache lives only in this process, so `cache stats` and
+/// `cache clear` come here rather than opening a cache of their own.
+async fn cache_stats(State(s): State<Shared>) -> ApiResult {
+    Ok(Json(cache(&s)?.report().await))
+}
+
+async fn cache_clear(State(s): State<Shared>) -> ApiResult {
+    let cache = cache(&s)?;
+    let (entries, bytes) = cache.usage().await;
+    cache.clear().await;
+    Ok(Json(
+        json!({ "cleared": true, "entries": entries, "bytes": bytes }),
+    ))
+}
+
 /// The router, with the token check when a token is configured.
 pub fn router(state: Shared) -> Router {
     let api = Router::new()
@@ -218,6 +243,8 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/backups/{id}/restore", post(restore_backup))
         .route("/api/v1/restores", get(list_restores))
         .route("/api/v1/restores/{id}", get(restore_status))
+        .route("/api/v1/cache", get(cache_stats))
+        .route("/api/v1/cache/clear", post(cache_clear))
         .route("/api/v1/manifest", get(effective_manifest))
         .route("/api/v1/reload", get(last_reload).post(reload_now))
         .route("/metrics", get(render_metrics))

@@ -58,6 +58,8 @@ pub fn document() -> Value {
             "/readyz": { "get": { "summary": "Readiness", "security": [], "responses": { "200": { "description": "OK" } } } },
             "/metrics": { "get": op("Prometheus metrics", "metrics", &[], None) },
             "/api/v1/openapi.json": { "get": op("This document", "meta", &[], None) },
+            "/api/v1/cache": { "get": op("The runner's cache: driver, entries, bytes and its hit/miss counters", "cache", &[], None) },
+            "/api/v1/cache/clear": { "post": op("Empty the runner's cache (its memory too)", "cache", &[], None) },
             "/api/v1/manifest": { "get": op("The effective manifest, secrets redacted, and its SHA-256", "meta", &[], None) },
             "/api/v1/jobs": { "get": op("Every job with its next run", "jobs", &[], None) },
             "/api/v1/jobs/{name}": { "get": op("A job's status", "jobs", &["name"], None) },

@@ -715,3 +715,95 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
     assert_eq!(finished["records"]["things"], 3000, "{finished}");
     assert!(finished.get("progress").is_none(), "{finished}");
 }
+
+/// Runs `s3db-run ARGS` in the runner's folder (so on its manifest) and returns stdout.
+fn cli_in(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("S3DB_CONNECTION")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// `cache stats` and `cache clear` reach the running runner's memory cache through its API,
+/// not a fresh cache of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_stats_and_clear_reach_the_runner_s_memory_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        format!(
+            r#"version: 1
+database:
+  connection: file://./data
+  resources:
+    items: {{ attributes: {{ name: string }} }}
+cache: {{ driver: memory, ttl: 5m }}
+guards:
+  itemExists: {{ builtin: record.check, with: {{ resource: items, id: "{{{{context.item}}}}" }} }}
+machines:
+  order:
+    initialState: pending
+    states:
+      pending: {{ on: {{ PAY: paid }}, guards: {{ PAY: itemExists }} }}
+      paid: {{ type: final }}
+server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
+"#
+        ),
+    )
+    .unwrap();
+    cli_in(
+        dir.path(),
+        &["db", "put", "items", r#"{"id":"i1","name":"pen"}"#],
+    );
+    let path = dir.path().to_path_buf();
+    let s = serve(dir, port);
+    // The guard reads the item through the runner's cache: a miss, then a hit.
+    for entity in ["o1", "o2"] {
+        let base = format!("/api/v1/machines/order/entities/{entity}");
+        assert_eq!(call(&s, "POST", &base, T, Some(json!({}))).await.0, 200);
+        let (status, body, _) = call(
+            &s,
+            "POST",
+            &format!("{base}/events"),
+            T,
+            Some(json!({ "event": "PAY", "context": { "item": "i1" } })),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, api, _) = call(&s, "GET", "/api/v1/cache", T, None).await;
+    assert_eq!(status, 200, "{api}");
+    assert_eq!(api["driver"], "memory");
+    assert!(api["entries"].as_u64().unwrap() >= 1, "{api}");
+    assert!(api["process"]["hits"].as_u64().unwrap() >= 1, "{api}");
+
+    let stats: Value =
+        serde_json::from_str(&cli_in(&path, &["cache", "stats", "--output", "json"])).unwrap();
+    assert_eq!(stats["runner"], s.base.as_str(), "{stats}");
+    assert_eq!(stats["entries"], api["entries"], "{stats}");
+    assert!(stats["process"]["hits"].as_u64().unwrap() >= 1, "{stats}");
+    // This process's own memory cache is empty: that is what `--local` shows.
+    let local: Value = serde_json::from_str(&cli_in(
+        &path,
+        &["cache", "stats", "--local", "--output", "json"],
+    ))
+    .unwrap();
+    assert_eq!(local["entries"], 0, "{local}");
+    assert_eq!(local["runner"], Value::Null, "{local}");
+
+    let cleared = cli_in(&path, &["cache", "clear"]);
+    assert!(cleared.contains(&s.base), "{cleared}");
+    let (_, after, _) = call(&s, "GET", "/api/v1/cache", T, None).await;
+    assert_eq!(after["entries"], 0, "{after}");
+    // Without the token the runner refuses, and so does the command that would need it.
+    assert_eq!(call(&s, "GET", "/api/v1/cache", None, None).await.0, 401);
+}

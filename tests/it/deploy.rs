@@ -41,7 +41,11 @@ fn the_systemd_unit_verifies_and_is_rated_ok_by_systemd_analyze_security() {
     let report = String::from_utf8_lossy(&security.stdout);
     assert!(security.status.success(), "{report}");
     let unit_text = std::fs::read_to_string(unit).unwrap();
-    for needed in ["DynamicUser=yes", "StateDirectory=s3db-run", "NoNewPrivileges=yes"] {
+    for needed in [
+        "DynamicUser=yes",
+        "StateDirectory=s3db-run",
+        "NoNewPrivileges=yes",
+    ] {
         assert!(unit_text.contains(needed), "{needed}");
     }
 }
@@ -97,7 +101,10 @@ fn the_kubernetes_example_runs_the_dockerfile_s_image_locked_down() {
     let container = &pod["spec"]["containers"][0];
     assert_eq!(
         container["image"],
-        format!("registry.example.com/s3db-run:{}", env!("CARGO_PKG_VERSION"))
+        format!(
+            "registry.example.com/s3db-run:{}",
+            env!("CARGO_PKG_VERSION")
+        )
     );
     // The pod runs as the Dockerfile's user, unprivileged and read-only.
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();

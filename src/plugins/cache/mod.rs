@@ -404,6 +404,14 @@ impl Cache {
         self.active().driver.usage().await
     }
 
+    /// What `cache stats` and `GET /api/v1/cache` show: the driver's entries and bytes and this
+    /// process's counters.
+    pub async fn report(&self) -> serde_json::Value {
+        let (entries, bytes) = self.usage().await;
+        let stats = self.snapshot();
+        serde_json::json!({ "driver": stats.driver, "entries": entries, "bytes": bytes, "process": stats })
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let s = &self.stats;
         let hits = s.hits.load(Ordering::Relaxed);
