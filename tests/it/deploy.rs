@@ -110,8 +110,8 @@ fn the_kubernetes_example_runs_the_dockerfile_s_image_locked_down() {
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).unwrap();
     let user = dockerfile
         .lines()
-        .filter_map(|l| l.strip_prefix("USER "))
-        .last()
+        .rev()
+        .find_map(|l| l.strip_prefix("USER "))
         .expect("the runtime stage names its user");
     let uid: u64 = user.split(':').next().unwrap().parse().unwrap();
     assert_ne!(uid, 0);
