@@ -140,11 +140,23 @@ pub fn run(args: &Args) -> u8 {
                 metrics,
                 restores: Default::default(),
             }));
+            let idle = {
+                let reloader = reloader.clone();
+                std::sync::Arc::new(move || {
+                    reloader
+                        .manifest()
+                        .manifest
+                        .server
+                        .idle_timeout
+                        .map_or(DEFAULT_IDLE_TIMEOUT, |d| d.as_std())
+                }) as IdleTimeout
+            };
             Some(tokio::spawn(serve_api(
                 listener,
                 app,
                 stop.clone(),
                 moved_rx,
+                idle,
             )))
         } else {
             None
@@ -181,6 +193,56 @@ pub fn run(args: &Args) -> u8 {
     })
 }
 
+/// `server.idleTimeout` when it is not set.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long requests in flight may finish once the API stops or moves.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// The running manifest's `server.idleTimeout`, read for each new connection (a reload changes
+/// it for the connections after it).
+type IdleTimeout = std::sync::Arc<dyn Fn() -> Duration + Send + Sync>;
+
+/// Accepts connections until `shutdown`, then lets requests in flight finish (for at most
+/// `DRAIN`). Each connection must send a request's headers within the idle timeout, whether it
+/// is new or kept alive after a response, so a client that connects and goes quiet (or a half-
+/// open connection) is closed instead of held forever; `axum::serve` sets no such limit.
+async fn serve_connections(
+    listener: &tokio::net::TcpListener,
+    app: &axum::Router,
+    shutdown: impl std::future::Future<Output = ()>,
+    idle: &IdleTimeout,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait instead of spinning.
+                    tracing::warn!(error = %e, "the control API could not accept a connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(idle())
+            .serve_connection(
+                hyper_util::rt::TokioIo::new(stream),
+                hyper_util::service::TowerToHyperService::new(app.clone()),
+            );
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+    let _ = tokio::time::timeout(DRAIN, graceful.shutdown()).await;
+}
+
 /// Serves the API until `stop`. When a reload moves `server.listen`, the new address is bound
 /// first; only then does the old listener close (its requests in flight finish). If the new
 /// address cannot be bound, the API stays where it is and the error is logged.
@@ -189,6 +251,7 @@ async fn serve_api(
     app: axum::Router,
     stop: CancellationToken,
     mut moved: tokio::sync::watch::Receiver<std::net::SocketAddr>,
+    idle: IdleTimeout,
 ) {
     loop {
         let next: std::sync::Arc<std::sync::Mutex<Option<tokio::net::TcpListener>>> =
@@ -219,9 +282,7 @@ async fn serve_api(
                 }
             }
         };
-        let _ = axum::serve(listener, app.clone())
-            .with_graceful_shutdown(shutdown)
-            .await;
+        serve_connections(&listener, &app, shutdown, &idle).await;
         let taken = next.lock().unwrap_or_else(|e| e.into_inner()).take();
         match taken {
             Some(l) if !stop.is_cancelled() => listener = l,

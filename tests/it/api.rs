@@ -807,3 +807,49 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
     // Without the token the runner refuses, and so does the command that would need it.
     assert_eq!(call(&s, "GET", "/api/v1/cache", None, None).await.0, 401);
 }
+
+/// A connection that sends nothing, one that sends half its headers, and one left idle after a
+/// response are all closed after `server.idleTimeout`, not held forever.
+#[test]
+fn quiet_slow_and_idle_connections_are_closed_after_the_idle_timeout() {
+    use std::io::{Read, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        format!(
+            "version: 1\ndatabase: {{ connection: file://./data }}\nserver: {{ listen: \"127.0.0.1:{port}\", idleTimeout: 1s }}\n"
+        ),
+    )
+    .unwrap();
+    let _s = serve(dir, port);
+    // Whether the server closes the connection within 15 s (it should take about 1 s).
+    let closed = |mut c: std::net::TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 4096];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+                Err(_) => return false,
+            }
+        }
+    };
+    let quiet = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let mut idle = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    let threads: Vec<_> = [quiet, slow, idle]
+        .into_iter()
+        .map(|c| std::thread::spawn(move || closed(c)))
+        .collect();
+    let results: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(results, [true, true, true], "quiet, slow, idle");
+}

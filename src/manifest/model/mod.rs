@@ -283,6 +283,11 @@ pub struct ServerConfig {
     pub token: Option<Secret>,
     /// Serve the API at all.
     pub enabled: bool,
+    /// How long a connection may take to send a request's headers, and how long an idle
+    /// keep-alive connection stays open. Default `30s`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schemars(example = "30s")]
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for ServerConfig {
@@ -291,6 +296,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:7070".into(),
             token: None,
             enabled: true,
+            idle_timeout: None,
         }
     }
 }
