@@ -3,6 +3,7 @@
 //! `server.token` is set, every endpoint but `/healthz` and `/readyz` needs it as a bearer token.
 //! Errors are JSON: `{"code": "...", "message": "..."}`.
 
+pub mod events;
 pub mod metrics;
 pub mod openapi;
 pub mod restores;
@@ -32,6 +33,8 @@ pub struct ApiState {
     pub metrics: Arc<metrics::Metrics>,
     /// Restores started over the API, followed at `/api/v1/restores`.
     pub restores: restores::Restores,
+    /// The plugins' events, streamed at `/api/v1/events`.
+    pub events: Arc<events::Events>,
 }
 
 type Shared = Arc<ApiState>;
@@ -188,6 +191,26 @@ fn machines(state: &ApiState) -> Result<&crate::plugins::state_machine::StateMac
     })
 }
 
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Comma-separated event types to keep.
+    types: Option<String>,
+}
+
+async fn event_stream(State(s): State<Shared>, Query(q): Query<EventsQuery>) -> Response {
+    let types = q
+        .types
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    s.events.stream(types).into_response()
+}
+
 fn cache(state: &ApiState) -> Result<&crate::plugins::cache::Cache, ApiError> {
     state.runtime.cache.as_deref().ok_or_else(|| {
         ApiError::new(
@@ -243,6 +266,7 @@ pub fn router(state: Shared) -> Router {
         .route("/api/v1/backups/{id}/restore", post(restore_backup))
         .route("/api/v1/restores", get(list_restores))
         .route("/api/v1/restores/{id}", get(restore_status))
+        .route("/api/v1/events", get(event_stream))
         .route("/api/v1/cache", get(cache_stats))
         .route("/api/v1/cache/clear", post(cache_clear))
         .route("/api/v1/manifest", get(effective_manifest))

@@ -58,6 +58,15 @@ pub fn document() -> Value {
             "/readyz": { "get": { "summary": "Readiness", "security": [], "responses": { "200": { "description": "OK" } } } },
             "/metrics": { "get": op("Prometheus metrics", "metrics", &[], None) },
             "/api/v1/openapi.json": { "get": op("This document", "meta", &[], None) },
+            "/api/v1/events": { "get": {
+                "summary": "The runner's events as Server-Sent Events (event: the type, data: the event as JSON)",
+                "tags": ["events"],
+                "parameters": [{ "name": "types", "in": "query", "required": false, "schema": { "type": "string" }, "description": "Comma-separated event types to keep" }],
+                "responses": {
+                    "200": { "description": "An endless event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
+                    "401": { "$ref": "#/components/responses/Unauthorized" }
+                }
+            } },
             "/api/v1/cache": { "get": op("The runner's cache: driver, entries, bytes and its hit/miss counters", "cache", &[], None) },
             "/api/v1/cache/clear": { "post": op("Empty the runner's cache (its memory too)", "cache", &[], None) },
             "/api/v1/manifest": { "get": op("The effective manifest, secrets redacted, and its SHA-256", "meta", &[], None) },

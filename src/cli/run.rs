@@ -118,6 +118,8 @@ pub fn run(args: &Args) -> u8 {
             let metrics = crate::api::metrics::Metrics::new(&checked.sha256);
             metrics.follow(&rt);
             let m = metrics.clone();
+            let events = crate::api::events::Events::follow(&rt);
+            let e = events.clone();
             // `--listen` pins the address; otherwise a reload may move the API.
             let (moved_tx, moved_rx) = tokio::sync::watch::channel(addr);
             let pinned = args.listen.is_some();
@@ -128,6 +130,7 @@ pub fn run(args: &Args) -> u8 {
                     &r.result,
                     (r.result == "applied").then_some(r.sha256.as_str()),
                 );
+                e.publish("reload", serde_json::to_value(r).unwrap_or_default());
                 if r.result == "applied" && !pinned {
                     if let Ok(new) = current.manifest().manifest.server.listen.parse() {
                         moved_tx.send_if_modified(|a| std::mem::replace(a, new) != new);
@@ -139,6 +142,7 @@ pub fn run(args: &Args) -> u8 {
                 reloader: reloader.clone(),
                 metrics,
                 restores: Default::default(),
+                events,
             }));
             let idle = {
                 let reloader = reloader.clone();

@@ -853,3 +853,143 @@ fn quiet_slow_and_idle_connections_are_closed_after_the_idle_timeout() {
     let results: Vec<bool> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     assert_eq!(results, [true, true, true], "quiet, slow, idle");
 }
+
+/// Reads the SSE stream until `want` events of the given types arrived; returns them as
+/// (type, data).
+async fn read_events(resp: &mut reqwest::Response, want: usize) -> Vec<(String, Value)> {
+    let mut buf = String::new();
+    let mut out = Vec::new();
+    while out.len() < want {
+        let chunk = tokio::time::timeout(Duration::from_secs(20), resp.chunk())
+            .await
+            .expect("an event within 20 s")
+            .unwrap()
+            .expect("the stream stays open");
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            let mut kind = String::new();
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(k) = line.strip_prefix("event: ") {
+                    kind = k.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    data.push_str(d);
+                }
+            }
+            if !kind.is_empty() {
+                out.push((kind, serde_json::from_str(&data).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+/// The plugins' events reach an SSE subscriber, filtered by type, and the manifest's
+/// `stateMachine.onTransition` and `onActionError` hooks are called for every transition and
+/// failed action without a hook in each state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_stream_over_sse_and_reach_the_state_machine_callbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(
+        dir.path().join("s3db.yaml"),
+        format!(
+            r#"version: 1
+database: {{ connection: file://./data }}
+actions:
+  record: {{ run: ["/bin/sh", "-c", "cat >> callbacks.jsonl; echo >> callbacks.jsonl"] }}
+  broken: {{ run: ["/bin/sh", "-c", "echo no printer >&2; exit 3"] }}
+stateMachine: {{ onTransition: record, onActionError: record }}
+machines:
+  order:
+    initialState: pending
+    states:
+      pending: {{ on: {{ PAY: paid }} }}
+      paid: {{ entry: broken, on: {{ SHIP: shipped }} }}
+      shipped: {{ type: final }}
+server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
+"#
+        ),
+    )
+    .unwrap();
+    let path = dir.path().to_path_buf();
+    let s = serve(dir, port);
+    let client = reqwest::Client::new();
+    let mut all = client
+        .get(format!("{}/api/v1/events", s.base))
+        .bearer_auth("s3cr3t-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.status(), 200);
+    assert_eq!(all.headers()["content-type"], "text/event-stream");
+    let mut transitions = client
+        .get(format!("{}/api/v1/events?types=transition", s.base))
+        .bearer_auth("s3cr3t-token")
+        .send()
+        .await
+        .unwrap();
+    // Without the token: refused like every other endpoint.
+    assert_eq!(call(&s, "GET", "/api/v1/events", None, None).await.0, 401);
+
+    let base = "/api/v1/machines/order/entities/o1";
+    assert_eq!(call(&s, "POST", base, T, Some(json!({}))).await.0, 200);
+    for event in ["PAY", "SHIP"] {
+        let (status, body, _) = call(
+            &s,
+            "POST",
+            &format!("{base}/events"),
+            T,
+            Some(json!({ "event": event, "context": { "by": "test" } })),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let seen = read_events(&mut all, 4).await;
+    let kinds: Vec<&str> = seen.iter().map(|(k, _)| k.as_str()).collect();
+    for kind in ["entity_initialized", "transition", "action_error"] {
+        assert!(kinds.contains(&kind), "{kinds:?}");
+    }
+    let only = read_events(&mut transitions, 2).await;
+    assert_eq!(
+        only.iter()
+            .map(|(k, d)| (k.as_str(), d["to"].as_str().unwrap()))
+            .collect::<Vec<_>>(),
+        [("transition", "paid"), ("transition", "shipped")]
+    );
+
+    // The callbacks: two transitions and the failed entry action, in order.
+    let file = path.join("callbacks.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let calls: Vec<Value> = loop {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let calls: Vec<Value> = text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if calls.len() >= 3 || std::time::Instant::now() > deadline {
+            break calls;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    let transition = calls.iter().find(|c| c["to"] == "paid").expect("PAY");
+    assert_eq!(transition["from"], "pending");
+    assert_eq!(transition["event"], "PAY");
+    assert_eq!(transition["context"]["by"], "test");
+    assert_eq!(transition["kind"], "callback");
+    let failed = calls
+        .iter()
+        .find(|c| c.get("stats").is_some())
+        .expect("the failed action");
+    assert_eq!(failed["stats"]["action"], "broken");
+    assert!(
+        failed["stats"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no printer"),
+        "{failed}"
+    );
+}

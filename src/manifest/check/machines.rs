@@ -162,6 +162,15 @@ impl Checker<'_> {
     }
 
     pub(super) fn state_machine_settings(&mut self) {
+        let sm = &self.m.state_machine;
+        for (key, hook) in [
+            ("onTransition", &sm.on_transition),
+            ("onActionError", &sm.on_action_error),
+        ] {
+            if let Some(h) = hook {
+                self.hook_ref(h, BuiltinKind::Action, &["stateMachine", key]);
+            }
+        }
         let retention = self.m.state_machine.transition_retention.as_ref();
         if retention.is_some_and(|r| r.max_per_entity == 0) {
             let span = self.span(&["stateMachine", "transitionRetention", "maxPerEntity"]);

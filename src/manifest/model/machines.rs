@@ -139,6 +139,15 @@ pub struct StateMachineConfig {
     /// other processes set (its own fire on time). One LIST per poll, whatever the number of
     /// entities.
     pub deadline_poll: Duration,
+    /// A hook called after every transition of every machine (input: `machine`, `entity`,
+    /// `event`, `from`, `to`, `context`), so one hook can notify a system of all of them. Called
+    /// in order, after the transition is committed; its failure is logged and changes nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_transition: Option<super::HookRef>,
+    /// A hook called when a state's entry or exit action fails (input: `machine`, `entity`,
+    /// and `stats: {action, error}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_action_error: Option<super::HookRef>,
 }
 
 /// How much of each entity's transition log to keep.
@@ -160,6 +169,8 @@ impl Default for StateMachineConfig {
             transition_retention: None,
             verbose: false,
             deadline_poll: Duration::from_millis(1_000),
+            on_transition: None,
+            on_action_error: None,
         }
     }
 }

@@ -419,6 +419,9 @@ impl StateMachines {
                 clock: ctx.clock.clone(),
             }),
         };
+        if config.on_transition.is_some() || config.on_action_error.is_some() {
+            spawn_event_hooks(plugin.subscribe(), hooks.clone(), config.clone());
+        }
         plugin.emit(MachineEvent::Initialized {
             machines: plugin.machine_names(),
         });
@@ -560,4 +563,83 @@ impl MachineOps for StateMachines {
             json!({ "sent": sent, "failed": failed.len(), "errors": failed.into_iter().take(10).collect::<Vec<_>>() }),
         )
     }
+}
+
+/// Calls `stateMachine.onTransition` and `onActionError` for the plugin's events, in order, on
+/// a task of their own: a slow hook delays the next call, never a transition. The task holds
+/// only the event queue, so it ends when the plugin is dropped.
+fn spawn_event_hooks(
+    mut events: broadcast::Receiver<MachineEvent>,
+    hooks: Arc<HookRunner>,
+    config: StateMachineConfig,
+) {
+    tokio::spawn(async move {
+        loop {
+            let (key, hook, mut input) = match events.recv().await {
+                Ok(MachineEvent::Transition {
+                    machine,
+                    entity,
+                    from,
+                    to,
+                    event,
+                    context,
+                    ..
+                }) => {
+                    let Some(hook) = &config.on_transition else {
+                        continue;
+                    };
+                    let mut input = HookInput::new("", HookKind::Callback);
+                    input.machine = Some(machine);
+                    input.entity = Some(entity);
+                    input.event = Some(event);
+                    input.from = Some(from);
+                    input.to = Some(to);
+                    input.context = context;
+                    ("onTransition", hook, input)
+                }
+                Ok(MachineEvent::ActionError {
+                    action,
+                    machine,
+                    entity,
+                    error,
+                }) => {
+                    let Some(hook) = &config.on_action_error else {
+                        continue;
+                    };
+                    let mut input = HookInput::new("", HookKind::Callback);
+                    input.machine = Some(machine);
+                    input.entity = Some(entity);
+                    input.stats = Some(serde_json::json!({ "action": action, "error": error }));
+                    ("onActionError", hook, input)
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::warn!(
+                        missed,
+                        "state machine callbacks fell behind: some events were not delivered to them"
+                    );
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            let resolved = match hooks.resolve(hook, BuiltinKind::Action) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(callback = key, error = %e, "state machine callback is not defined");
+                    continue;
+                }
+            };
+            input.hook = resolved.name.clone();
+            if let Err(e) = hooks.action(&resolved, &input).await {
+                tracing::warn!(
+                    callback = key,
+                    hook = %resolved.name,
+                    machine = input.machine.as_deref().unwrap_or(""),
+                    entity = input.entity.as_deref().unwrap_or(""),
+                    error = %e,
+                    "state machine callback failed"
+                );
+            }
+        }
+    });
 }
