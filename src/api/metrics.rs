@@ -59,6 +59,10 @@ struct ManifestLabels {
     sha256: String,
 }
 
+/// How often the last-success and last-failure gauges are brought up to the shared history
+/// (what other runners did); this runner's own runs move them at once.
+const HISTORY_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+
 fn duration_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.005, 2.0, 16))
 }
@@ -68,6 +72,12 @@ pub struct Metrics {
     job_runs: Family<JobStatusLabels, Counter>,
     job_duration: Family<JobLabels, Histogram, fn() -> Histogram>,
     job_last_success: Family<JobLabels, Gauge<f64, AtomicU64>>,
+    job_last_failure: Family<JobLabels, Gauge<f64, AtomicU64>>,
+    jobs_running: Gauge,
+    deadlines_pending: Gauge,
+    restores: Family<RestoreLabels, Counter>,
+    restore_duration: Histogram,
+    backup_last_failure: Gauge<f64, AtomicU64>,
     transitions: Family<TransitionLabels, Counter>,
     action_errors: Family<ActionLabels, Counter>,
     cache_hits: Counter,
@@ -85,6 +95,11 @@ pub struct Metrics {
     process: Registry,
     process_cpu: Counter<f64, AtomicU64>,
     process_gauges: [Gauge<f64, AtomicU64>; 5],
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RestoreLabels {
+    status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -118,6 +133,47 @@ impl Metrics {
             "job_last_success_timestamp_seconds",
             "When each job last succeeded (Unix time)",
             job_last_success.clone(),
+        );
+        let job_last_failure = Family::<JobLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "job_last_failure_timestamp_seconds",
+            "When each job last failed (error, timeout or interrupted; Unix time)",
+            job_last_failure.clone(),
+        );
+        let jobs_running = Gauge::default();
+        registry.register(
+            "jobs_running",
+            "Jobs running in this runner now",
+            jobs_running.clone(),
+        );
+        let deadlines_pending = Gauge::default();
+        registry.register(
+            "deadlines_pending",
+            "State machine `after` deadlines this runner is waiting for",
+            deadlines_pending.clone(),
+        );
+        let restores = Family::<RestoreLabels, Counter>::default();
+        registry.register(
+            "restores",
+            "Restores by final status (completed, failed)",
+            restores.clone(),
+        );
+        let restore_duration = Histogram::new(exponential_buckets(0.05, 2.0, 16));
+        registry.register(
+            "restore_duration_seconds",
+            "Duration of completed restores",
+            restore_duration.clone(),
+        );
+        let backup_last_failure = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "backup_last_failure_timestamp_seconds",
+            "When a backup last failed (Unix time)",
+            backup_last_failure.clone(),
+        );
+        registry.register(
+            "hook_failures",
+            "Hook calls that failed after their retries, by hook and kind (guard, action, job, callback)",
+            crate::hooks::runner::HOOK_FAILURES.clone(),
         );
         let transitions = Family::<TransitionLabels, Counter>::default();
         registry.register(
@@ -202,6 +258,17 @@ impl Metrics {
             "The running build's version and commit",
             build,
         );
+        let s3 = &crate::store::s3_metrics::S3_METRICS;
+        registry.register(
+            "s3_requests",
+            "S3 operations (retries included) by operation and outcome: success, not_found, precondition_failed, not_modified, throttled, client_error, server_error, timeout, network_error",
+            s3.requests.clone(),
+        );
+        registry.register(
+            "s3_request_duration_seconds",
+            "Duration of S3 operations, retries included, by operation",
+            s3.duration.clone(),
+        );
         let mut process = Registry::default();
         let process_cpu = Counter::<f64, AtomicU64>::default();
         process.register(
@@ -221,6 +288,12 @@ impl Metrics {
             job_runs,
             job_duration,
             job_last_success,
+            job_last_failure,
+            jobs_running,
+            deadlines_pending,
+            restores,
+            restore_duration,
+            backup_last_failure,
             transitions,
             action_errors,
             cache_hits,
@@ -255,8 +328,66 @@ impl Metrics {
         }
     }
 
+    /// Moves the last-success and last-failure gauges up to what the database's shared
+    /// history says, so that they are right after a restart and on a runner that did not run
+    /// the job or backup itself (an alert on "no backup for 26 h" must not fire because this
+    /// replica has just started). Run at startup and every `HISTORY_REFRESH`.
+    async fn seed_from_history(&self, runtime: &Runtime) {
+        let at = |text: Option<&str>| {
+            text.and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.timestamp_millis() as f64 / 1000.0)
+        };
+        let raise = |gauge: &Gauge<f64, AtomicU64>, value: Option<f64>| {
+            if let Some(v) = value.filter(|v| *v > gauge.get()) {
+                gauge.set(v);
+            }
+        };
+        for job in runtime.scheduler.all_status() {
+            let Ok(stats) = runtime.scheduler.statistics(&job.name).await else {
+                continue;
+            };
+            let labels = JobLabels {
+                job_name: job.name.clone(),
+            };
+            // A series only for what happened: a job that never failed has no failure time.
+            for (family, when) in [
+                (&self.job_last_success, &stats.last_success),
+                (&self.job_last_failure, &stats.last_error),
+            ] {
+                if let Some(t) = at(when.as_deref()) {
+                    raise(&family.get_or_create(&labels), Some(t));
+                }
+            }
+        }
+        if let Some(backup) = runtime.backup() {
+            if let Ok(list) = backup.list_backups(None, None).await {
+                let done = |status: &str| {
+                    list.iter()
+                        .filter(|b| b.status == status)
+                        .filter_map(|b| b.completed_at.or(Some(b.started_at)))
+                        .max()
+                        .map(|t| t.timestamp_millis() as f64 / 1000.0)
+                };
+                raise(&self.backup_last_success, done("completed"));
+                raise(&self.backup_last_failure, done("failed"));
+            }
+        }
+    }
+
     /// Follows the plugins' events for as long as the runtime lives.
-    pub fn follow(self: &Arc<Self>, runtime: &Runtime) {
+    pub fn follow(self: &Arc<Self>, runtime: &Arc<Runtime>) {
+        {
+            let this = self.clone();
+            let runtime = Arc::downgrade(runtime);
+            tokio::spawn(async move {
+                loop {
+                    let Some(rt) = runtime.upgrade() else { return };
+                    this.seed_from_history(&rt).await;
+                    drop(rt);
+                    tokio::time::sleep(HISTORY_REFRESH).await;
+                }
+            });
+        }
         let mut jobs = runtime.scheduler.subscribe();
         let this = self.clone();
         tokio::spawn(async move {
@@ -278,12 +409,14 @@ impl Metrics {
                                 job_name: job.clone(),
                             })
                             .observe(duration_ms as f64 / 1000.0);
-                        if status == "success" {
-                            let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
-                            this.job_last_success
-                                .get_or_create(&JobLabels { job_name: job })
-                                .set(now);
-                        }
+                        let gauge = if status == "success" {
+                            &this.job_last_success
+                        } else {
+                            &this.job_last_failure
+                        };
+                        gauge
+                            .get_or_create(&JobLabels { job_name: job })
+                            .set(unix_now());
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
@@ -298,6 +431,28 @@ impl Metrics {
                 loop {
                     match events.recv().await {
                         Ok(e) => {
+                            match e.event {
+                                "restore_complete" | "restore_error" => {
+                                    let status = if e.event == "restore_complete" {
+                                        "completed"
+                                    } else {
+                                        "failed"
+                                    };
+                                    this.restores
+                                        .get_or_create(&RestoreLabels {
+                                            status: status.into(),
+                                        })
+                                        .inc();
+                                    if let Some(ms) = e.detail["durationMs"].as_u64() {
+                                        this.restore_duration.observe(ms as f64 / 1000.0);
+                                    }
+                                    continue;
+                                }
+                                "backup_error" => {
+                                    this.backup_last_failure.set(unix_now());
+                                }
+                                _ => {}
+                            }
                             let status = match e.event {
                                 "backup_complete" => "completed",
                                 "backup_error" => "failed",
@@ -365,6 +520,17 @@ impl Metrics {
             };
             add(&self.cache_hits, &self.seen_hits, s.hits);
             add(&self.cache_misses, &self.seen_misses, s.misses);
+        }
+        let running = runtime
+            .scheduler
+            .all_status()
+            .iter()
+            .filter(|j| j.running)
+            .count();
+        self.jobs_running.set(running as i64);
+        if let Some(machines) = &runtime.machines {
+            self.deadlines_pending
+                .set(machines.pending_deadlines() as i64);
         }
         self.sample_process();
         let mut out = String::new();

@@ -20,6 +20,21 @@ use crate::manifest::model::{BuiltinCall, HookDef, HookRef, LogLevel, Manifest, 
 use crate::manifest::types::Command;
 use crate::types::retry::RetryPolicy;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct HookLabels {
+    pub hook: String,
+    pub kind: String,
+}
+
+/// Hook calls that failed after their retries, for `/metrics` (`s3db_hook_failures_total`):
+/// process-wide, because every plugin's hooks run through a runner of their own.
+pub static HOOK_FAILURES: std::sync::LazyLock<
+    prometheus_client::metrics::family::Family<
+        HookLabels,
+        prometheus_client::metrics::counter::Counter,
+    >,
+> = std::sync::LazyLock::new(Default::default);
+
 /// What a plugin's operation failed with, as the built-in reports it.
 pub type OpsError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -270,6 +285,12 @@ impl HookRunner {
                 }
                 Err(e) => {
                     tracing::warn!(hook = %hook.name, attempts = attempt - first + 1, error = %e, "hook failed");
+                    HOOK_FAILURES
+                        .get_or_create(&HookLabels {
+                            hook: hook.name.clone(),
+                            kind: input.kind.as_str().to_string(),
+                        })
+                        .inc();
                     return Err(e);
                 }
                 ok => return ok,

@@ -8,6 +8,7 @@ pub mod counting;
 pub mod fs;
 pub mod memory;
 pub mod s3;
+pub mod s3_metrics;
 
 use std::fmt;
 use std::sync::Arc;

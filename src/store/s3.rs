@@ -90,8 +90,9 @@ impl S3Store {
             ));
         }
         let shared = loader.load().await;
-        let mut config =
-            aws_sdk_s3::config::Builder::from(&shared).force_path_style(location.force_path_style);
+        let mut config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(location.force_path_style)
+            .interceptor(super::s3_metrics::RequestMetrics);
         if let Some(endpoint) = &location.endpoint {
             config = config.endpoint_url(endpoint);
         }

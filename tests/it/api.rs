@@ -993,3 +993,135 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
         "{failed}"
     );
 }
+
+async fn metrics_text(s: &Server, until: &[&str]) -> String {
+    let mut text = String::new();
+    for _ in 0..200 {
+        text = call(s, "GET", "/metrics", T, None).await.2;
+        if until.iter().all(|n| text.contains(n)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    text
+}
+
+/// The value of the series that starts with `series` (its labels included).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// On S3: requests by operation and outcome with latency histograms, hook failures by hook,
+/// running jobs, pending deadlines; and after a restart the last-success and last-failure gauges
+/// come from the shared history instead of reading 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_cover_s3_hooks_deadlines_and_survive_a_restart() {
+    let connection = crate::support::s3::connection_string().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let manifest = format!(
+        r#"version: 1
+database: {{ connection: "{connection}" }}
+actions:
+  broken: {{ run: ["/bin/sh", "-c", "exit 4"] }}
+jobs:
+  good: {{ schedule: "0 9 * * MON", catchUp: none, action: {{ run: ["true"] }} }}
+  bad: {{ schedule: "0 9 * * MON", catchUp: none, action: broken }}
+machines:
+  order:
+    initialState: pending
+    states:
+      pending: {{ on: {{ PAY: paid }}, after: {{ 1h: expired }} }}
+      paid: {{ type: final }}
+      expired: {{ type: final }}
+server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
+"#
+    );
+    std::fs::write(dir.path().join("s3db.yaml"), &manifest).unwrap();
+    let s = serve(dir, port);
+    assert_eq!(
+        call(&s, "POST", "/api/v1/jobs/good/run", T, None).await.0,
+        200
+    );
+    call(&s, "POST", "/api/v1/jobs/bad/run", T, None).await;
+    let (status, body, _) = call(
+        &s,
+        "POST",
+        "/api/v1/machines/order/entities/o1",
+        T,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let text = metrics_text(
+        &s,
+        &["s3db_hook_failures_total", "s3db_deadlines_pending 1"],
+    )
+    .await;
+    for needed in [
+        "s3db_s3_requests_total{operation=\"PutObject\",outcome=\"success\"}",
+        "s3db_s3_requests_total{operation=\"GetObject\",outcome=\"not_found\"}",
+        "s3db_s3_request_duration_seconds_bucket{le=\"+Inf\",operation=\"PutObject\"}",
+        "s3db_s3_request_duration_seconds_count{operation=\"ListObjectsV2\"}",
+        "s3db_deadlines_pending 1",
+        "s3db_jobs_running 0",
+        "# HELP s3db_s3_requests_total S3 operations",
+    ] {
+        assert!(text.contains(needed), "missing {needed} in\n{text}");
+    }
+    // Each failed attempt of the job (it is retried once by default) is one failed hook call.
+    assert_eq!(
+        sample(
+            &text,
+            "s3db_hook_failures_total{hook=\"broken\",kind=\"job\"}"
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    check_with_promtool(&text);
+    let success = sample(
+        &text,
+        "s3db_job_last_success_timestamp_seconds{job_name=\"good\"}",
+    )
+    .expect("good succeeded");
+    let failure = sample(
+        &text,
+        "s3db_job_last_failure_timestamp_seconds{job_name=\"bad\"}",
+    )
+    .expect("bad failed");
+    drop(s);
+
+    // A new runner (as after a restart, or another replica) on the same database: the gauges
+    // come from the history, not from 0.
+    let again = tempfile::tempdir().unwrap();
+    std::fs::write(again.path().join("s3db.yaml"), &manifest).unwrap();
+    let s = serve(again, port);
+    let text = metrics_text(
+        &s,
+        &[
+            "s3db_job_last_success_timestamp_seconds{job_name=\"good\"}",
+            "s3db_job_last_failure_timestamp_seconds{job_name=\"bad\"}",
+        ],
+    )
+    .await;
+    let seeded = sample(
+        &text,
+        "s3db_job_last_success_timestamp_seconds{job_name=\"good\"}",
+    );
+    let seeded_failure = sample(
+        &text,
+        "s3db_job_last_failure_timestamp_seconds{job_name=\"bad\"}",
+    );
+    // The history's time is the run's end, the gauge's the event's: within a second.
+    assert!(
+        seeded.is_some_and(|v| (v - success).abs() < 1.0),
+        "{seeded:?} vs {success}\n{text}"
+    );
+    assert!(
+        seeded_failure.is_some_and(|v| (v - failure).abs() < 1.0),
+        "{seeded_failure:?} vs {failure}"
+    );
+}

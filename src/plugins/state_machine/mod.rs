@@ -428,6 +428,15 @@ impl StateMachines {
         Ok(plugin)
     }
 
+    /// How many `after` deadlines this runner is waiting for.
+    pub fn pending_deadlines(&self) -> usize {
+        self.inner
+            .deadlines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
+
     /// The plugin's options.
     pub fn config(&self) -> &StateMachineConfig {
         &self.inner.config
