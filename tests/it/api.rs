@@ -1125,3 +1125,187 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
         "{seeded_failure:?} vs {failure}"
     );
 }
+
+/// The document's template that a concrete path matches (`{x}` matches one segment).
+fn template_of<'a>(doc: &'a Value, path: &str) -> Option<&'a str> {
+    let segments: Vec<&str> = path.split('?').next().unwrap().split('/').collect();
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .find(|t| {
+            let parts: Vec<&str> = t.split('/').collect();
+            parts.len() == segments.len()
+                && parts
+                    .iter()
+                    .zip(&segments)
+                    .all(|(p, s)| p.starts_with('{') || p == s)
+        })
+}
+
+/// The OpenAPI document passes an independent validator (openapi-spec-validator), names every
+/// route the router serves, and declares every status each route answers: every route is
+/// called, with good and bad input, and each answer checked against the document.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_of_every_route_is_declared_in_a_valid_openapi_document() {
+    let s = start();
+    let (status, doc, text) = call(&s, "GET", "/api/v1/openapi.json", T, None).await;
+    assert_eq!(status, 200);
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &text).unwrap();
+    let validator = crate::support::repo().join(".venv/bin/openapi-spec-validator");
+    let out = std::process::Command::new(&validator)
+        .arg(file.path())
+        .output()
+        .unwrap_or_else(|e| panic!("{} (scripts/test installs it): {e}", validator.display()));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Every route of the router, however its `.route(` call is laid out.
+    let source = std::fs::read_to_string(crate::support::repo().join("src/api/mod.rs")).unwrap();
+    let routes: Vec<&str> = source
+        .split(".route(")
+        .skip(1)
+        .filter_map(|r| r.split('"').nth(1))
+        .collect();
+    for route in &routes {
+        assert!(
+            doc["paths"].get(*route).is_some(),
+            "{route} is undocumented"
+        );
+    }
+    // And nothing is documented that the router does not serve.
+    assert_eq!(
+        routes.len(),
+        doc["paths"].as_object().unwrap().len(),
+        "{routes:?}"
+    );
+
+    let ready_deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while call(&s, "GET", "/readyz", None, None).await.0 != 200 {
+        assert!(std::time::Instant::now() < ready_deadline, "not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let client = reqwest::Client::new();
+    let raw = |method: &str, path: &str, body: &'static str, content_type: &'static str| {
+        client
+            .request(method.parse().unwrap(), format!("{}{path}", s.base))
+            .bearer_auth("s3cr3t-token")
+            .header("content-type", content_type)
+            .body(body)
+    };
+    let mut checked = 0;
+    let mut check = |method: &str, path: &str, status: u16| {
+        let template = template_of(&doc, path).unwrap_or_else(|| panic!("{path} matches no path"));
+        let responses = &doc["paths"][template][method.to_lowercase()]["responses"];
+        assert!(
+            responses.get(status.to_string()).is_some(),
+            "{method} {path} answered {status}, which {template} does not declare: {responses}"
+        );
+        checked += 1;
+    };
+    let calls: Vec<(&str, &str, Option<Value>)> = vec![
+        ("GET", "/healthz", None),
+        ("GET", "/readyz", None),
+        ("GET", "/metrics", None),
+        ("GET", "/api/v1/manifest", None),
+        ("GET", "/api/v1/jobs", None),
+        ("GET", "/api/v1/jobs/hello", None),
+        ("GET", "/api/v1/jobs/nope", None),
+        ("POST", "/api/v1/jobs/hello/run", Some(json!({}))),
+        ("POST", "/api/v1/jobs/nope/run", None),
+        ("POST", "/api/v1/jobs/hello/disable", None),
+        ("POST", "/api/v1/jobs/hello/enable", None),
+        ("GET", "/api/v1/jobs/hello/history?limit=2", None),
+        ("GET", "/api/v1/jobs/hello/stats", None),
+        ("GET", "/api/v1/machines", None),
+        ("GET", "/api/v1/machines/order", None),
+        ("GET", "/api/v1/machines/nope", None),
+        ("GET", "/api/v1/machines/order/graph?format=mermaid", None),
+        ("GET", "/api/v1/machines/order/entities/c1", None),
+        (
+            "POST",
+            "/api/v1/machines/order/entities/c1",
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/api/v1/machines/order/entities/c1",
+            Some(json!({})),
+        ),
+        (
+            "POST",
+            "/api/v1/machines/order/entities/c1/events",
+            Some(json!({ "event": "PAY" })),
+        ),
+        (
+            "POST",
+            "/api/v1/machines/order/entities/c1/events",
+            Some(json!({ "event": "PAY" })),
+        ),
+        ("GET", "/api/v1/machines/order/entities/c1/history", None),
+        ("GET", "/api/v1/machines/order/entities/%01/history", None),
+        ("GET", "/api/v1/backups", None),
+        (
+            "POST",
+            "/api/v1/backups",
+            Some(json!({ "type": "../../x" })),
+        ),
+        ("GET", "/api/v1/backups/nope", None),
+        ("POST", "/api/v1/backups/nope/restore", None),
+        ("GET", "/api/v1/restores", None),
+        ("GET", "/api/v1/restores/nope", None),
+        ("GET", "/api/v1/cache", None),
+        ("POST", "/api/v1/cache/clear", None),
+        ("GET", "/api/v1/reload", None),
+        ("POST", "/api/v1/reload", None),
+        ("GET", "/api/v1/openapi.json", None),
+    ];
+    for (method, path, body) in calls {
+        let (status, answer, _) = call(&s, method, path, T, body).await;
+        check(method, path, status);
+        if status >= 400 {
+            assert!(answer["code"].is_string(), "{method} {path}: {answer}");
+        }
+    }
+    // A backup, then its restore with and without waiting.
+    let (status, started, _) = call(&s, "POST", "/api/v1/backups", T, Some(json!({}))).await;
+    check("POST", "/api/v1/backups", status);
+    let id = started["id"].as_str().unwrap().to_string();
+    let mut done = false;
+    for _ in 0..400 {
+        let (status, body, _) = call(&s, "GET", &format!("/api/v1/backups/{id}"), T, None).await;
+        check("GET", "/api/v1/backups/x", status);
+        if body["status"] == "completed" {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(done);
+    for wait in ["", "?wait=true"] {
+        let path = format!("/api/v1/backups/{id}/restore{wait}");
+        let status = call(&s, "POST", &path, T, Some(json!({}))).await.0;
+        check("POST", &path, status);
+    }
+    // Bodies refused: malformed, of the wrong shape, not JSON.
+    for (body, content_type, want) in [
+        ("{not json", "application/json", 400),
+        (r#"{"event": 5}"#, "application/json", 422),
+        ("event=PAY", "text/plain", 415),
+    ] {
+        let path = "/api/v1/machines/order/entities/c1/events";
+        let resp = raw("POST", path, body, content_type).send().await.unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(status, want, "{body}");
+        let answer: Value = resp.json().await.unwrap();
+        assert!(answer["code"].is_string(), "{answer}");
+        check("POST", path, status);
+    }
+    assert!(checked >= 40, "{checked}");
+}
