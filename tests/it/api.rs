@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 struct Server {
     _process: crate::support::Process,
     base: String,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A loopback port nothing listens on.
@@ -46,6 +46,14 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
     serve(dir, port)
 }
 
+/// Serves the manifest `text(port)` from a fresh folder on a free port.
+fn serve_text(text: impl FnOnce(u16) -> String) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    std::fs::write(dir.path().join("s3db.yaml"), text(port)).unwrap();
+    serve(dir, port)
+}
+
 /// Runs the `s3db.yaml` in `dir` and waits until its API on `port` accepts connections.
 fn serve(dir: tempfile::TempDir, port: u16) -> Server {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_s3db-run"))
@@ -65,7 +73,7 @@ fn serve(dir: tempfile::TempDir, port: u16) -> Server {
     Server {
         _process: crate::support::Process(child),
         base,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -473,7 +481,7 @@ async fn a_backup_refused_by_the_lock_or_its_type_is_answered_at_once() {
     let store = "file://./data"
         .parse::<s3db_run::store::Connection>()
         .unwrap()
-        .open(s._dir.path())
+        .open(s.dir.path())
         .await
         .unwrap();
     let until = s3db_run::types::time::rfc3339(chrono::Utc::now() + chrono::Duration::minutes(5));
@@ -736,10 +744,7 @@ fn cli_in(dir: &std::path::Path, args: &[&str]) -> String {
 /// not a fresh cache of their own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_stats_and_clear_reach_the_runner_s_memory_cache() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("s3db.yaml"),
+    let s = serve_text(|port| {
         format!(
             r#"version: 1
 database:
@@ -757,15 +762,14 @@ machines:
       paid: {{ type: final }}
 server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
 "#
-        ),
-    )
-    .unwrap();
+        )
+    });
+    // The guard's item, written by the command line on the runner's manifest.
+    let path = s.dir.path().to_path_buf();
     cli_in(
-        dir.path(),
+        &path,
         &["db", "put", "items", r#"{"id":"i1","name":"pen"}"#],
     );
-    let path = dir.path().to_path_buf();
-    let s = serve(dir, port);
     // The guard reads the item through the runner's cache: a miss, then a hit.
     for entity in ["o1", "o2"] {
         let base = format!("/api/v1/machines/order/entities/{entity}");
@@ -890,10 +894,7 @@ async fn read_events(resp: &mut reqwest::Response, want: usize) -> Vec<(String, 
 /// failed action without a hook in each state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_stream_over_sse_and_reach_the_state_machine_callbacks() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    std::fs::write(
-        dir.path().join("s3db.yaml"),
+    let s = serve_text(|port| {
         format!(
             r#"version: 1
 database: {{ connection: file://./data }}
@@ -910,11 +911,9 @@ machines:
       shipped: {{ type: final }}
 server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
 "#
-        ),
-    )
-    .unwrap();
-    let path = dir.path().to_path_buf();
-    let s = serve(dir, port);
+        )
+    });
+    let path = s.dir.path().to_path_buf();
     let client = reqwest::Client::new();
     let mut all = client
         .get(format!("{}/api/v1/events", s.base))
@@ -1154,17 +1153,7 @@ async fn every_answer_of_every_route_is_declared_in_a_valid_openapi_document() {
     assert_eq!(status, 200);
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &text).unwrap();
-    let validator = crate::support::repo().join(".venv/bin/openapi-spec-validator");
-    let out = std::process::Command::new(&validator)
-        .arg(file.path())
-        .output()
-        .unwrap_or_else(|e| panic!("{} (scripts/test installs it): {e}", validator.display()));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::venv_tool_passes("openapi-spec-validator", [file.path()]);
 
     // Every route of the router, however its `.route(` call is laid out.
     let source = std::fs::read_to_string(crate::support::repo().join("src/api/mod.rs")).unwrap();

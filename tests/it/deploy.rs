@@ -74,17 +74,13 @@ fn kubernetes_documents() -> Vec<serde_json::Value> {
 
 #[test]
 fn the_kubernetes_example_passes_kubernetes_validate_strict() {
-    let validator = repo().join(".venv/bin/kubernetes-validate");
-    let out = Command::new(&validator)
-        .args(["--strict", "--quiet"])
-        .arg(repo().join("examples/deploy/kubernetes.yaml"))
-        .output()
-        .unwrap_or_else(|e| panic!("{} (scripts/test installs it): {e}", validator.display()));
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    crate::support::venv_tool_passes(
+        "kubernetes-validate",
+        [
+            std::ffi::OsStr::new("--strict"),
+            std::ffi::OsStr::new("--quiet"),
+            repo().join("examples/deploy/kubernetes.yaml").as_os_str(),
+        ],
     );
 }
 

@@ -175,3 +175,23 @@ macro_rules! per_backend {
         }
     };
 }
+
+/// Runs a checker that scripts/test installs into `.venv` (kubernetes-validate,
+/// openapi-spec-validator) and fails the test with its output unless it passes.
+pub fn venv_tool_passes<I, S>(tool: &str, args: I)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let path = repo().join(".venv/bin").join(tool);
+    let out = std::process::Command::new(&path)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{} (scripts/test installs it): {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "{tool}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
