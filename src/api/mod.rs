@@ -351,8 +351,8 @@ async fn job_status(State(s): State<Shared>, Path(name): Path<String>) -> ApiRes
     Ok(Json(status))
 }
 
-#[derive(Deserialize, Default)]
-struct RunBody {
+#[derive(Deserialize, schemars::JsonSchema, Default)]
+pub(crate) struct RunBody {
     #[serde(default)]
     context: Value,
 }
@@ -445,8 +445,8 @@ async fn machine_graph(
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
-#[derive(Deserialize, Default)]
-struct InitBody {
+#[derive(Deserialize, schemars::JsonSchema, Default)]
+pub(crate) struct InitBody {
     #[serde(default)]
     context: Value,
 }
@@ -462,9 +462,9 @@ async fn init_entity(
     )))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct EventBody {
+pub(crate) struct EventBody {
     event: String,
     #[serde(default)]
     context: Value,
@@ -547,8 +547,8 @@ async fn list_backups(State(s): State<Shared>, Query(q): Query<BackupListQuery>)
     Ok(Json(json!(list)))
 }
 
-#[derive(Deserialize, Default)]
-struct BackupBody {
+#[derive(Deserialize, schemars::JsonSchema, Default)]
+pub(crate) struct BackupBody {
     #[serde(rename = "type", default)]
     kind: Option<String>,
     #[serde(default)]
@@ -618,8 +618,8 @@ async fn backup_status(State(s): State<Shared>, Path(id): Path<String>) -> ApiRe
     Ok(Json(json!(plugin.status(&id).await?)))
 }
 
-#[derive(Deserialize, Default)]
-struct RestoreBody {
+#[derive(Deserialize, schemars::JsonSchema, Default)]
+pub(crate) struct RestoreBody {
     #[serde(default)]
     overwrite: bool,
     #[serde(default)]

@@ -5,6 +5,37 @@
 
 use serde_json::{json, Map, Value};
 
+/// The JSON Schemas of the handlers' own body types and of the plugins' types a handler
+/// answers as they are (schemars, draft 2020-12 as OpenAPI 3.1 uses it), with the error body:
+/// the document's components, each type once, referenced as `#/components/schemas/NAME`.
+fn components() -> Value {
+    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
+    settings.definitions_path = "/components/schemas".into();
+    let mut generator = settings.into_generator();
+    generator.subschema_for::<super::RunBody>();
+    generator.subschema_for::<super::InitBody>();
+    generator.subschema_for::<super::EventBody>();
+    generator.subschema_for::<super::BackupBody>();
+    generator.subschema_for::<super::RestoreBody>();
+    generator.subschema_for::<crate::plugins::scheduler::jobs::JobStatus>();
+    generator.subschema_for::<crate::plugins::scheduler::jobs::JobStatistics>();
+    generator.subschema_for::<crate::plugins::cache::StatsSnapshot>();
+    let mut schemas = generator.take_definitions(true);
+    schemas.insert(
+        "Error".into(),
+        json!({
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": { "code": { "type": "string" }, "message": { "type": "string" } }
+        }),
+    );
+    Value::Object(schemas.into_iter().collect())
+}
+
+fn reference(name: &str) -> Value {
+    json!({ "$ref": format!("#/components/schemas/{name}") })
+}
+
 /// What an operation answers besides its success and the errors every route can give (401
 /// without the token, 500).
 #[derive(Clone, Copy, Default)]
@@ -91,7 +122,40 @@ fn op(summary: &str, tag: &str, params: &[&str], body: Option<Value>, a: Answers
 }
 
 pub fn document() -> Value {
-    let context = json!({ "type": "object", "properties": { "context": { "type": "object" } } });
+    let mut doc = untyped();
+    let mut answer = |path: &str, method: &str, schema: Value| {
+        doc["paths"][path][method]["responses"]["200"]["content"]["application/json"]["schema"] =
+            schema;
+    };
+    answer(
+        "/api/v1/jobs",
+        "get",
+        json!({ "type": "array", "items": reference("JobStatus") }),
+    );
+    answer("/api/v1/jobs/{name}", "get", reference("JobStatus"));
+    answer(
+        "/api/v1/jobs/{name}/stats",
+        "get",
+        reference("JobStatistics"),
+    );
+    answer(
+        "/api/v1/cache",
+        "get",
+        json!({
+            "type": "object",
+            "required": ["driver", "entries", "bytes", "process"],
+            "properties": {
+                "driver": { "type": "string" },
+                "entries": { "type": "integer", "minimum": 0 },
+                "bytes": { "type": "integer", "minimum": 0 },
+                "process": reference("StatsSnapshot")
+            }
+        }),
+    );
+    doc
+}
+
+fn untyped() -> Value {
     let read = Answers::default();
     let named = Answers {
         bad_input: true,
@@ -130,13 +194,7 @@ pub fn document() -> Value {
         "security": [{ "bearer": [] }],
         "components": {
             "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer" } },
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "properties": { "code": { "type": "string" }, "message": { "type": "string" } }
-                }
-            }
+            "schemas": components()
         },
         "paths": {
             "/healthz": health("Liveness", false),
@@ -156,7 +214,7 @@ pub fn document() -> Value {
             "/api/v1/manifest": { "get": op("The effective manifest, secrets redacted, and its SHA-256", "meta", &[], None, read) },
             "/api/v1/jobs": { "get": op("Every job with its next run", "jobs", &[], None, read) },
             "/api/v1/jobs/{name}": { "get": op("A job's status", "jobs", &["name"], None, named) },
-            "/api/v1/jobs/{name}/run": { "post": op("Run a job now and answer its run record", "jobs", &["name"], Some(context.clone()), job_run) },
+            "/api/v1/jobs/{name}/run": { "post": op("Run a job now and answer its run record", "jobs", &["name"], Some(reference("RunBody")), job_run) },
             "/api/v1/jobs/{name}/enable": { "post": op("Enable a job on every runner", "jobs", &["name"], None, job_switch) },
             "/api/v1/jobs/{name}/disable": { "post": op("Disable a job on every runner", "jobs", &["name"], None, job_switch) },
             "/api/v1/jobs/{name}/history": { "get": op("A job's runs, newest first", "jobs", &["name", "?status", "?limit"], None, named) },
@@ -166,14 +224,10 @@ pub fn document() -> Value {
             "/api/v1/machines/{machine}/graph": { "get": op("A machine's diagram (dot or mermaid)", "machines", &["machine", "?format"], None, named) },
             "/api/v1/machines/{machine}/entities/{entity}": {
                 "get": op("An entity's state and valid events", "machines", &["machine", "entity"], None, named),
-                "post": op("Initialize an entity", "machines", &["machine", "entity"], Some(context.clone()), entity_write)
+                "post": op("Initialize an entity", "machines", &["machine", "entity"], Some(reference("InitBody")), entity_write)
             },
             "/api/v1/machines/{machine}/entities/{entity}/events": {
-                "post": op("Send an event", "machines", &["machine", "entity"], Some(json!({
-                    "type": "object",
-                    "required": ["event"],
-                    "properties": { "event": { "type": "string" }, "context": { "type": "object" }, "eventId": { "type": "string" } }
-                })), entity_write)
+                "post": op("Send an event", "machines", &["machine", "entity"], Some(reference("EventBody")), entity_write)
             },
             "/api/v1/machines/{machine}/entities/{entity}/history": { "get": op("An entity's transitions, newest first", "machines", &["machine", "entity", "?limit", "?offset"], None, named) },
             "/api/v1/events": { "get": {
@@ -187,16 +241,10 @@ pub fn document() -> Value {
             } },
             "/api/v1/backups": {
                 "get": op("Backups at the destinations, newest first", "backups", &["?limit", "?prefix"], None, no_machines),
-                "post": op("Start a backup (202 with its id; 409 while another runs)", "backups", &[], Some(json!({
-                    "type": "object",
-                    "properties": { "type": { "type": "string", "default": "full" }, "resources": { "type": "array", "items": { "type": "string" } } }
-                })), Answers { ok: Some(202), body: true, conflict: true, not_found: true, ..read })
+                "post": op("Start a backup (202 with its id; 409 while another runs)", "backups", &[], Some(reference("BackupBody")), Answers { ok: Some(202), body: true, conflict: true, not_found: true, ..read })
             },
             "/api/v1/backups/{id}": { "get": op("A backup's status (with progress while it runs)", "backups", &["id"], None, named) },
-            "/api/v1/backups/{id}/restore": { "post": op("Start a restore of a backup, verified before any write (202 with its id; with ?wait=true, 200 with its statistics when done)", "backups", &["id", "?wait"], Some(json!({
-                "type": "object",
-                "properties": { "overwrite": { "type": "boolean", "default": false }, "resources": { "type": "array", "items": { "type": "string" } } }
-            })), Answers { ok: Some(202), also_200: true, body: true, conflict: true, unprocessable: true, unavailable: true, ..named }) },
+            "/api/v1/backups/{id}/restore": { "post": op("Start a restore of a backup, verified before any write (202 with its id; with ?wait=true, 200 with its statistics when done)", "backups", &["id", "?wait"], Some(reference("RestoreBody")), Answers { ok: Some(202), also_200: true, body: true, conflict: true, unprocessable: true, unavailable: true, ..named }) },
             "/api/v1/restores": { "get": op("Restores started over this runner's API, newest first", "backups", &[], None, read) },
             "/api/v1/restores/{id}": { "get": op("A restore's status: running, completed (with its statistics) or failed (with its error)", "backups", &["id"], None, named) },
             "/api/v1/cache": { "get": op("The runner's cache: driver, entries, bytes and its hit/miss counters", "cache", &[], None, no_machines) },

@@ -1255,13 +1255,37 @@ async fn every_answer_of_every_route_is_declared_in_a_valid_openapi_document() {
         ("POST", "/api/v1/reload", None),
         ("GET", "/api/v1/openapi.json", None),
     ];
+    // A typed answer must match its declared schema: the document itself is the schema's
+    // root, so its `$ref`s resolve to its components.
+    let conforms = |method: &str, path: &str, answer: &Value| {
+        let template = template_of(&doc, path).unwrap();
+        let declared = &doc["paths"][template][method.to_lowercase()]["responses"]["200"]
+            ["content"]["application/json"]["schema"];
+        if declared.as_object().is_none_or(|o| o.is_empty()) {
+            return false;
+        }
+        let mut root = doc.clone();
+        root["$defs"] = json!({ "answer": declared });
+        root["$ref"] = json!("#/$defs/answer");
+        let validator = jsonschema::draft202012::new(&root).expect("the schema compiles");
+        let errors: Vec<String> = validator
+            .iter_errors(answer)
+            .map(|e| e.to_string())
+            .collect();
+        assert!(errors.is_empty(), "{method} {path}: {errors:?}\n{answer}");
+        true
+    };
+    let mut typed = 0;
     for (method, path, body) in calls {
         let (status, answer, _) = call(&s, method, path, T, body).await;
         check(method, path, status);
         if status >= 400 {
             assert!(answer["code"].is_string(), "{method} {path}: {answer}");
+        } else if conforms(method, path, &answer) {
+            typed += 1;
         }
     }
+    assert!(typed >= 4, "{typed} typed answers checked");
     // A backup, then its restore with and without waiting.
     let (status, started, _) = call(&s, "POST", "/api/v1/backups", T, Some(json!({}))).await;
     check("POST", "/api/v1/backups", status);

@@ -62,7 +62,7 @@ pub struct CacheStats {
     pub compression_saved: AtomicU64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsSnapshot {
     pub driver: String,

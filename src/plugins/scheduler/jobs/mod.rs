@@ -107,7 +107,7 @@ struct JobState {
     next: Mutex<Option<(DateTime<Utc>, DateTime<Utc>)>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatus {
     pub name: String,
@@ -121,7 +121,7 @@ pub struct JobStatus {
     pub meta: Option<Map<String, Value>>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobStatistics {
     pub runs: usize,
