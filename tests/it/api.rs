@@ -408,6 +408,13 @@ async fn every_endpoint_answers_and_needs_the_token() {
         text.contains("s3db_backup_last_success_timestamp_seconds"),
         "{text}"
     );
+    // The two restores above (one followed, one waited for) both completed.
+    let text = metrics_text(&s, &["s3db_restores_total{status=\"completed\"} 2"]).await;
+    assert!(
+        text.contains("s3db_restores_total{status=\"completed\"} 2")
+            && text.contains("s3db_restore_duration_seconds_count 2"),
+        "{text}"
+    );
 
     let (status, reload, _) = call(&s, "POST", "/api/v1/reload", T, None).await;
     assert_eq!(
