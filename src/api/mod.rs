@@ -228,12 +228,7 @@ async fn cache_stats(State(s): State<Shared>) -> ApiResult {
 }
 
 async fn cache_clear(State(s): State<Shared>) -> ApiResult {
-    let cache = cache(&s)?;
-    let (entries, bytes) = cache.usage().await;
-    cache.clear().await;
-    Ok(Json(
-        json!({ "cleared": true, "entries": entries, "bytes": bytes }),
-    ))
+    Ok(Json(cache(&s)?.clear_reporting().await))
 }
 
 /// The router, with the token check when a token is configured.

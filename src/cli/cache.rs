@@ -12,7 +12,8 @@ use super::exit;
 pub struct Args {
     #[command(flatten)]
     pub target: super::DatabaseArgs,
-    /// Use this process's own view of the cache even when a runner answers.
+    /// Use this process's own view of the cache even when a runner answers (as `--connection`
+    /// does: the runner serves the manifest's database, not that one).
     #[arg(long, global = true)]
     pub local: bool,
     #[command(subcommand)]
@@ -51,7 +52,8 @@ pub fn run(args: &Args) -> u8 {
             return exit::INVALID;
         }
         let server = &checked.manifest.server;
-        if !args.local && server.enabled {
+        // `--connection` names another database than the runner's: never ask the runner then.
+        if !args.local && args.target.connection.is_none() && server.enabled {
             match from_runner(args, server).await {
                 Ok(Some((base, body))) => return print(args, &Reached::Runner(base), body),
                 Ok(None) => {}
@@ -77,11 +79,7 @@ pub fn run(args: &Args) -> u8 {
         };
         let body = match &args.command {
             CacheCommand::Stats { .. } => cache.report().await,
-            CacheCommand::Clear => {
-                let (entries, bytes) = cache.usage().await;
-                cache.clear().await;
-                json!({ "cleared": true, "entries": entries, "bytes": bytes })
-            }
+            CacheCommand::Clear => cache.clear_reporting().await,
         };
         print(args, &Reached::Local, body)
     })

@@ -810,6 +810,20 @@ server: {{ listen: "127.0.0.1:{port}", token: s3cr3t-token }}
     .unwrap();
     assert_eq!(local["entries"], 0, "{local}");
     assert_eq!(local["runner"], Value::Null, "{local}");
+    // Another database than the runner's is never the runner's business.
+    let other: Value = serde_json::from_str(&cli_in(
+        &path,
+        &[
+            "cache",
+            "stats",
+            "--connection",
+            "file://./elsewhere",
+            "--output",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert_eq!(other["runner"], Value::Null, "{other}");
 
     let cleared = cli_in(&path, &["cache", "clear"]);
     assert!(cleared.contains(&s.base), "{cleared}");

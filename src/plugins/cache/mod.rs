@@ -400,6 +400,14 @@ impl Cache {
         self.active().driver.clear().await;
     }
 
+    /// Empties the cache and says what it held: what `cache clear` and
+    /// `POST /api/v1/cache/clear` answer.
+    pub async fn clear_reporting(&self) -> serde_json::Value {
+        let (entries, bytes) = self.usage().await;
+        self.clear().await;
+        serde_json::json!({ "cleared": true, "entries": entries, "bytes": bytes })
+    }
+
     pub async fn usage(&self) -> (u64, u64) {
         self.active().driver.usage().await
     }

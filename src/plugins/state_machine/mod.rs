@@ -574,6 +574,14 @@ impl MachineOps for StateMachines {
     }
 }
 
+/// A callback's input about one entity; the hook's name is set once it is resolved.
+fn callback_input(machine: String, entity: String) -> HookInput {
+    let mut input = HookInput::new("", HookKind::Callback);
+    input.machine = Some(machine);
+    input.entity = Some(entity);
+    input
+}
+
 /// Calls `stateMachine.onTransition` and `onActionError` for the plugin's events, in order, on
 /// a task of their own: a slow hook delays the next call, never a transition. The task holds
 /// only the event queue, so it ends when the plugin is dropped.
@@ -597,9 +605,7 @@ fn spawn_event_hooks(
                     let Some(hook) = &config.on_transition else {
                         continue;
                     };
-                    let mut input = HookInput::new("", HookKind::Callback);
-                    input.machine = Some(machine);
-                    input.entity = Some(entity);
+                    let mut input = callback_input(machine, entity);
                     input.event = Some(event);
                     input.from = Some(from);
                     input.to = Some(to);
@@ -615,9 +621,7 @@ fn spawn_event_hooks(
                     let Some(hook) = &config.on_action_error else {
                         continue;
                     };
-                    let mut input = HookInput::new("", HookKind::Callback);
-                    input.machine = Some(machine);
-                    input.entity = Some(entity);
+                    let mut input = callback_input(machine, entity);
                     input.stats = Some(serde_json::json!({ "action": action, "error": error }));
                     ("onActionError", hook, input)
                 }
