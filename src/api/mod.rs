@@ -3,25 +3,38 @@
 //! `server.token` is set, every endpoint but `/healthz` and `/readyz` needs it as a bearer token.
 //! Errors are JSON: `{"code": "...", "message": "..."}`.
 
+pub mod answers;
 pub mod events;
 pub mod metrics;
 pub mod openapi;
 pub mod restores;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use axum::extract::{Path, Query, Request, State};
+use aide::axum::routing::{get_with, post_with};
+use aide::axum::ApiRouter;
+use aide::generate::GenContext;
+use aide::openapi::{Operation, StatusCode as Code};
+use aide::{OperationInput, OperationOutput};
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
-use crate::plugins::backup::{Backup, BackupError, RestoreOptions};
-use crate::plugins::scheduler::jobs::JobError;
-use crate::plugins::state_machine::MachineError;
+use answers::{
+    typed, Accepted, BackupAnswer, BackupStarted, Document, EntityPath, ErrorBody, EventsMedia,
+    GraphMedia, Health, IdPath, JobAnswer, JobPath, JobRun, LastReload, MachinePath,
+    ManifestAnswer, MetricsMedia, Readiness, ReadinessAnswer, ReloadAnswer, RestoreAnswer,
+    RunLease, Text, TransitionEntry,
+};
+use openapi::{doc, optional_body, Answers};
+
+use crate::plugins::backup::{Backup, BackupError, BackupInfo, RestoreOptions, RestoreStats};
+use crate::plugins::scheduler::jobs::{JobError, JobStatistics, JobStatus};
+use crate::plugins::state_machine::{EntityStatus, MachineError, TransitionResult};
 use crate::runtime::reload::Reloader;
 use crate::runtime::Runtime;
 
@@ -44,6 +57,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    details: Map<String, Value>,
 }
 
 impl ApiError {
@@ -52,13 +66,16 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            details: Map::new(),
         }
     }
-}
 
-impl ApiError {
-    fn body(&self) -> Value {
-        json!({ "code": self.code, "message": self.message })
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
+            code: self.code.to_string(),
+            message: self.message.clone(),
+            details: self.details.clone(),
+        }
     }
 }
 
@@ -108,9 +125,85 @@ where
     }
 }
 
+impl<T: schemars::JsonSchema> OperationInput for Body<T> {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        <Json<T> as OperationInput>::operation_input(ctx, operation);
+        openapi::body_errors(ctx, operation);
+    }
+}
+
+/// A path's parameters; a refusal (a segment that is not UTF-8) is a JSON error like any other.
+pub struct Path<T>(pub T);
+
+/// A query string's parameters; a refusal (`?limit=abc`) is a JSON error like any other.
+pub struct Query<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for Path<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(Path(v)),
+            Err(r) => Err(ApiError::new(r.status(), "invalid_path", r.body_text())),
+        }
+    }
+}
+
+impl<S, T> FromRequestParts<S> for Query<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, ApiError> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(Query(v)),
+            Err(r) => Err(ApiError::new(r.status(), "invalid_query", r.body_text())),
+        }
+    }
+}
+
+impl<T: schemars::JsonSchema> OperationInput for Path<T> {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        <axum::extract::Path<T> as OperationInput>::operation_input(ctx, operation);
+        openapi::params_error(ctx, operation, "An invalid id or name");
+    }
+}
+
+impl<T: schemars::JsonSchema> OperationInput for Query<T> {
+    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
+        <axum::extract::Query<T> as OperationInput>::operation_input(ctx, operation);
+        openapi::params_error(ctx, operation, "An invalid query parameter");
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(self.body())).into_response()
+    }
+}
+
+/// Which errors an operation answers is declared with it (`openapi::doc`): a handler's error
+/// type cannot say which of its variants that route can reach.
+impl OperationOutput for ApiError {
+    type Inner = ErrorBody;
+
+    fn inferred_responses(
+        _: &mut GenContext,
+        _: &mut Operation,
+    ) -> Vec<(Option<Code>, aide::openapi::Response)> {
+        Vec::new()
     }
 }
 
@@ -169,7 +262,7 @@ impl From<BackupError> for ApiError {
     }
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
+type ApiResult<T> = Result<Json<T>, ApiError>;
 
 fn backup(state: &ApiState) -> Result<Backup, ApiError> {
     state.runtime.backup().ok_or_else(|| {
@@ -191,26 +284,6 @@ fn machines(state: &ApiState) -> Result<&crate::plugins::state_machine::StateMac
     })
 }
 
-#[derive(Deserialize)]
-struct EventsQuery {
-    /// Comma-separated event types to keep.
-    types: Option<String>,
-}
-
-async fn event_stream(State(s): State<Shared>, Query(q): Query<EventsQuery>) -> Response {
-    let types = q
-        .types
-        .map(|t| {
-            t.split(',')
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
-    s.events.stream(types).into_response()
-}
-
 fn cache(state: &ApiState) -> Result<&crate::plugins::cache::Cache, ApiError> {
     state.runtime.cache.as_deref().ok_or_else(|| {
         ApiError::new(
@@ -221,81 +294,211 @@ fn cache(state: &ApiState) -> Result<&crate::plugins::cache::Cache, ApiError> {
     })
 }
 
-/// The runner's own cache: a memory cache lives only in this process, so `cache stats` and
-/// `cache clear` come here rather than opening a cache of their own.
-async fn cache_stats(State(s): State<Shared>) -> ApiResult {
-    Ok(Json(cache(&s)?.report().await))
-}
-
-async fn cache_clear(State(s): State<Shared>) -> ApiResult {
-    Ok(Json(cache(&s)?.clear_reporting().await))
-}
-
-/// The router, with the token check when a token is configured.
+/// The router, with the token check when a token is configured, and the OpenAPI document
+/// built from it.
 pub fn router(state: Shared) -> Router {
-    let api = Router::new()
-        .route("/api/v1/jobs", get(list_jobs))
-        .route("/api/v1/jobs/{name}", get(job_status))
-        .route("/api/v1/jobs/{name}/run", post(run_job))
-        .route("/api/v1/jobs/{name}/enable", post(enable_job))
-        .route("/api/v1/jobs/{name}/disable", post(disable_job))
-        .route("/api/v1/jobs/{name}/history", get(job_history))
-        .route("/api/v1/jobs/{name}/stats", get(job_stats))
-        .route("/api/v1/machines", get(list_machines))
-        .route("/api/v1/machines/{machine}", get(machine_definition))
-        .route("/api/v1/machines/{machine}/graph", get(machine_graph))
-        .route(
-            "/api/v1/machines/{machine}/entities/{entity}",
-            get(entity_state).post(init_entity),
-        )
-        .route(
-            "/api/v1/machines/{machine}/entities/{entity}/events",
-            post(send_event),
-        )
-        .route(
-            "/api/v1/machines/{machine}/entities/{entity}/history",
-            get(entity_history),
-        )
-        .route("/api/v1/backups", get(list_backups).post(start_backup))
-        .route("/api/v1/backups/{id}", get(backup_status))
-        .route("/api/v1/backups/{id}/restore", post(restore_backup))
-        .route("/api/v1/restores", get(list_restores))
-        .route("/api/v1/restores/{id}", get(restore_status))
-        .route("/api/v1/events", get(event_stream))
-        .route("/api/v1/cache", get(cache_stats))
-        .route("/api/v1/cache/clear", post(cache_clear))
-        .route("/api/v1/manifest", get(effective_manifest))
-        .route("/api/v1/reload", get(last_reload).post(reload_now))
-        .route("/metrics", get(render_metrics))
-        .route(
+    let named = Answers::NAMED;
+    let job_switch = Answers {
+        unavailable: true,
+        ..named
+    };
+    let job_run = Answers {
+        conflict: true,
+        ..job_switch
+    };
+    let entity_write = Answers {
+        conflict: true,
+        unavailable: true,
+        ..named
+    };
+    let plugin = Answers::PLUGIN;
+    let none = Answers::default();
+    // Filled once the router is built: the document describes the router it is served by.
+    let document: Arc<OnceLock<Arc<Value>>> = Arc::default();
+    let served = document.clone();
+    let api = ApiRouter::new()
+        .api_route(
             "/api/v1/openapi.json",
-            get(|| async { Json(openapi::document()) }),
+            get_with(
+                move || {
+                    let doc = served.get().cloned().unwrap_or_default();
+                    async move { Document(doc) }
+                },
+                doc("openapi", "meta", "This document", none),
+            ),
+        )
+        .api_route(
+            "/api/v1/manifest",
+            get_with(
+                effective_manifest,
+                doc("manifest", "meta", "The effective manifest, secrets redacted, and its SHA-256", none),
+            ),
+        )
+        .api_route(
+            "/api/v1/jobs",
+            get_with(list_jobs, doc("listJobs", "jobs", "Every job with its next run", none)),
+        )
+        .api_route(
+            "/api/v1/jobs/{name}",
+            get_with(job_status, doc("getJob", "jobs", "A job's status, and who runs it now", named)),
+        )
+        .api_route(
+            "/api/v1/jobs/{name}/run",
+            post_with(run_job, |t| {
+                optional_body(doc("runJob", "jobs", "Run a job now and answer its run record", job_run)(t))
+            }),
+        )
+        .api_route(
+            "/api/v1/jobs/{name}/enable",
+            post_with(enable_job, doc("enableJob", "jobs", "Enable a job on every runner", job_switch)),
+        )
+        .api_route(
+            "/api/v1/jobs/{name}/disable",
+            post_with(disable_job, doc("disableJob", "jobs", "Disable a job on every runner", job_switch)),
+        )
+        .api_route(
+            "/api/v1/jobs/{name}/history",
+            get_with(job_history, doc("jobHistory", "jobs", "A job's runs, newest first", named)),
+        )
+        .api_route(
+            "/api/v1/jobs/{name}/stats",
+            get_with(job_stats, doc("jobStatistics", "jobs", "A job's statistics from the shared history", named)),
+        )
+        .api_route(
+            "/api/v1/machines",
+            get_with(list_machines, doc("listMachines", "machines", "Machine names", none)),
+        )
+        .api_route(
+            "/api/v1/machines/{machine}",
+            get_with(machine_definition, doc("getMachine", "machines", "A machine's definition", named)),
+        )
+        .api_route(
+            "/api/v1/machines/{machine}/graph",
+            get_with(machine_graph, doc("machineGraph", "machines", "A machine's diagram (dot or mermaid)", named)),
+        )
+        .api_route(
+            "/api/v1/machines/{machine}/entities/{entity}",
+            get_with(entity_state, doc("getEntity", "machines", "An entity's state and valid events", named))
+                .post_with(init_entity, |t| {
+                    optional_body(doc("initEntity", "machines", "Initialize an entity", entity_write)(t))
+                }),
+        )
+        .api_route(
+            "/api/v1/machines/{machine}/entities/{entity}/events",
+            post_with(send_event, doc("sendEvent", "machines", "Send an event", entity_write)),
+        )
+        .api_route(
+            "/api/v1/machines/{machine}/entities/{entity}/history",
+            get_with(entity_history, doc("entityHistory", "machines", "An entity's transitions, newest first", named)),
+        )
+        .api_route(
+            "/api/v1/events",
+            get_with(event_stream, doc("events", "events", "The runner's events as Server-Sent Events", none)),
+        )
+        .api_route(
+            "/api/v1/backups",
+            get_with(list_backups, doc("listBackups", "backups", "Backups at the destinations, newest first", plugin))
+                .post_with(start_backup, |t| {
+                    optional_body(doc(
+                        "startBackup",
+                        "backups",
+                        "Start a backup (202 with its id; 409 while another runs)",
+                        Answers { conflict: true, bad_input: true, ..plugin },
+                    )(t))
+                }),
+        )
+        .api_route(
+            "/api/v1/backups/{id}",
+            get_with(backup_status, doc("getBackup", "backups", "A backup's status (with progress while it runs)", named)),
+        )
+        .api_route(
+            "/api/v1/backups/{id}/restore",
+            post_with(restore_backup, |t| {
+                optional_body(doc(
+                    "restoreBackup",
+                    "backups",
+                    "Start a restore of a backup, verified before any write (202 with its id; with ?wait=true, 200 with its statistics when done)",
+                    Answers { conflict: true, unprocessable: true, unavailable: true, ..named },
+                )(t))
+            }),
+        )
+        .api_route(
+            "/api/v1/restores",
+            get_with(list_restores, doc("listRestores", "backups", "Restores started over this runner's API, newest first", none)),
+        )
+        .api_route(
+            "/api/v1/restores/{id}",
+            get_with(restore_status, doc("getRestore", "backups", "A restore's status: running, completed (with its statistics) or failed (with its error)", named)),
+        )
+        .api_route(
+            "/api/v1/cache",
+            get_with(cache_stats, doc("cacheStats", "cache", "The runner's cache: driver, entries, bytes and its hit/miss counters", plugin)),
+        )
+        .api_route(
+            "/api/v1/cache/clear",
+            post_with(cache_clear, doc("clearCache", "cache", "Empty the runner's cache (its memory too)", plugin)),
+        )
+        .api_route(
+            "/api/v1/reload",
+            get_with(last_reload, doc("lastReload", "runner", "The last reload's result and diagnostics", none))
+                .post_with(reload_now, doc("reload", "runner", "Reload the manifest now (422 when it is refused and the old one keeps running)", none)),
+        )
+        .api_route(
+            "/metrics",
+            get_with(render_metrics, doc("metrics", "metrics", "Prometheus metrics: the text format 0.0.4, or OpenMetrics when `Accept` asks for it", none)),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
-    Router::new()
-        .route(
+    let mut generated = aide::openapi::OpenApi::default();
+    let router = ApiRouter::new()
+        .api_route(
             "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
+            get_with(
+                || async { Json(Health { status: "ok" }) },
+                doc("health", "health", "Liveness", none),
+            ),
         )
-        .route("/readyz", get(readiness))
+        .api_route(
+            "/readyz",
+            get_with(
+                readiness,
+                doc(
+                    "ready",
+                    "health",
+                    "Readiness: the scheduler runs and the store answers",
+                    none,
+                ),
+            ),
+        )
         .merge(api)
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+        })
+        .finish_api(&mut generated);
+    let _ = document.set(Arc::new(openapi::finish(generated)));
+    router
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this endpoint does not take that method",
+            )
         })
         .with_state(state)
 }
 
 /// 200 while the scheduler runs and the store answers; 503 with the reason otherwise, so that
 /// a load balancer or Kubernetes stops sending work to a runner cut off from its store.
-async fn readiness(State(state): State<Shared>) -> Response {
-    match state.runtime.readiness.check() {
-        Ok(()) => Json(json!({ "status": "ready" })).into_response(),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "reason": reason.to_string() })),
-        )
-            .into_response(),
-    }
+async fn readiness(State(state): State<Shared>) -> ReadinessAnswer {
+    ReadinessAnswer(match state.runtime.readiness.check() {
+        Ok(()) => Ok(Readiness {
+            status: "ready",
+            reason: None,
+        }),
+        Err(reason) => Err(Readiness {
+            status: "unavailable",
+            reason: Some(reason.to_string()),
+        }),
+    })
 }
 
 async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
@@ -331,100 +534,153 @@ async fn require_token(State(state): State<Shared>, request: Request, next: Next
     }
 }
 
-async fn list_jobs(State(s): State<Shared>) -> ApiResult {
-    Ok(Json(json!(s.runtime.scheduler.all_status())))
+#[derive(Deserialize, schemars::JsonSchema)]
+struct EventsQuery {
+    /// Comma-separated event types to keep (`transition,job_error`); all when absent.
+    types: Option<String>,
+}
+
+async fn event_stream(State(s): State<Shared>, Query(q): Query<EventsQuery>) -> Text<EventsMedia> {
+    let types = q
+        .types
+        .map(|t| {
+            t.split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Text::new(s.events.stream(types))
+}
+
+/// The runner's own cache: a memory cache lives only in this process, so `cache stats` and
+/// `cache clear` come here rather than opening a cache of their own.
+async fn cache_stats(State(s): State<Shared>) -> ApiResult<crate::plugins::cache::CacheReport> {
+    Ok(Json(cache(&s)?.report().await))
+}
+
+async fn cache_clear(State(s): State<Shared>) -> ApiResult<crate::plugins::cache::Cleared> {
+    Ok(Json(cache(&s)?.clear_reporting().await))
+}
+
+async fn list_jobs(State(s): State<Shared>) -> ApiResult<Vec<JobStatus>> {
+    Ok(Json(s.runtime.scheduler.all_status()))
 }
 
 /// A job's status; `run` says who holds its run lease when a run is going on any runner (a
 /// job with `overlap: allow` takes no lease, so it shows only this runner's runs).
-async fn job_status(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    let mut status = json!(s.runtime.scheduler.status(&name)?);
-    if let Some(holder) = s.runtime.scheduler.run_holder(&name).await? {
-        status["running"] = json!(true);
-        status["run"] = json!({ "holder": holder.holder, "until": holder.until });
-    }
-    Ok(Json(status))
+async fn job_status(
+    State(s): State<Shared>,
+    Path(JobPath { name }): Path<JobPath>,
+) -> ApiResult<JobAnswer> {
+    let mut status = s.runtime.scheduler.status(&name)?;
+    let run = s.runtime.scheduler.run_holder(&name).await?.map(|h| {
+        status.running = true;
+        RunLease {
+            holder: h.holder,
+            until: h.until,
+        }
+    });
+    Ok(Json(JobAnswer { status, run }))
 }
 
 #[derive(Deserialize, schemars::JsonSchema, Default)]
 pub(crate) struct RunBody {
+    /// Handed to the job's action as its context.
     #[serde(default)]
     context: Value,
 }
 
 async fn run_job(
     State(s): State<Shared>,
-    Path(name): Path<String>,
+    Path(JobPath { name }): Path<JobPath>,
     body: Option<Body<RunBody>>,
-) -> ApiResult {
+) -> ApiResult<JobRun> {
     let context = body
         .map(|b| b.0.context)
         .filter(|c| !c.is_null())
         .unwrap_or_else(|| json!({}));
-    Ok(Json(s.runtime.scheduler.run_now(&name, context).await?))
+    Ok(Json(typed(
+        s.runtime.scheduler.run_now(&name, context).await?,
+    )?))
 }
 
 /// getJobStatistics: runs, successes, errors, success rate, average duration, last success and
 /// error, from the shared history (the same on every runner).
-async fn job_stats(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
-    Ok(Json(json!(s.runtime.scheduler.statistics(&name).await?)))
+async fn job_stats(
+    State(s): State<Shared>,
+    Path(JobPath { name }): Path<JobPath>,
+) -> ApiResult<JobStatistics> {
+    Ok(Json(s.runtime.scheduler.statistics(&name).await?))
 }
 
-async fn enable_job(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+async fn enable_job(
+    State(s): State<Shared>,
+    Path(JobPath { name }): Path<JobPath>,
+) -> ApiResult<JobStatus> {
     s.runtime.scheduler.enable(&name).await?;
-    Ok(Json(json!(s.runtime.scheduler.status(&name)?)))
+    Ok(Json(s.runtime.scheduler.status(&name)?))
 }
 
-async fn disable_job(State(s): State<Shared>, Path(name): Path<String>) -> ApiResult {
+async fn disable_job(
+    State(s): State<Shared>,
+    Path(JobPath { name }): Path<JobPath>,
+) -> ApiResult<JobStatus> {
     s.runtime.scheduler.disable(&name).await?;
-    Ok(Json(json!(s.runtime.scheduler.status(&name)?)))
+    Ok(Json(s.runtime.scheduler.status(&name)?))
 }
 
-#[derive(Deserialize)]
-struct HistoryQuery {
+#[derive(Deserialize, schemars::JsonSchema)]
+struct JobHistoryQuery {
+    /// Only runs of this status (`success`, `error`, `timeout`, …).
     status: Option<String>,
+    /// At most this many runs.
     limit: Option<usize>,
-    offset: Option<usize>,
 }
 
 async fn job_history(
     State(s): State<Shared>,
-    Path(name): Path<String>,
-    Query(q): Query<HistoryQuery>,
-) -> ApiResult {
+    Path(JobPath { name }): Path<JobPath>,
+    Query(q): Query<JobHistoryQuery>,
+) -> ApiResult<Vec<JobRun>> {
     s.runtime.scheduler.status(&name)?;
-    Ok(Json(json!(
-        s.runtime
-            .scheduler
-            .history(&name, q.status.as_deref(), q.limit)
-            .await?
-    )))
+    let runs = s
+        .runtime
+        .scheduler
+        .history(&name, q.status.as_deref(), q.limit)
+        .await?;
+    Ok(Json(runs.into_iter().map(typed).collect::<Result<_, _>>()?))
 }
 
-async fn list_machines(State(s): State<Shared>) -> ApiResult {
+async fn list_machines(State(s): State<Shared>) -> ApiResult<Vec<String>> {
     let names = s
         .runtime
         .machines
         .as_ref()
         .map(|m| m.machine_names())
         .unwrap_or_default();
-    Ok(Json(json!(names)))
+    Ok(Json(names))
 }
 
-async fn machine_definition(State(s): State<Shared>, Path(machine): Path<String>) -> ApiResult {
-    Ok(Json(json!(machines(&s)?.definition(&machine)?)))
+async fn machine_definition(
+    State(s): State<Shared>,
+    Path(MachinePath { machine }): Path<MachinePath>,
+) -> ApiResult<crate::manifest::model::MachineDef> {
+    Ok(Json(machines(&s)?.definition(&machine)?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, schemars::JsonSchema)]
 struct GraphQuery {
+    /// `dot` (the default) or `mermaid`.
     format: Option<String>,
 }
 
 async fn machine_graph(
     State(s): State<Shared>,
-    Path(machine): Path<String>,
+    Path(MachinePath { machine }): Path<MachinePath>,
     Query(q): Query<GraphQuery>,
-) -> Result<Response, ApiError> {
+) -> Result<Text<GraphMedia>, ApiError> {
     let sm = machines(&s)?;
     let (body, content_type) = match q.format.as_deref().unwrap_or("dot") {
         "dot" => (sm.graph_dot(&machine)?, "text/vnd.graphviz"),
@@ -437,40 +693,44 @@ async fn machine_graph(
             ))
         }
     };
-    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+    Ok(Text::new(([(header::CONTENT_TYPE, content_type)], body)))
 }
 
 #[derive(Deserialize, schemars::JsonSchema, Default)]
 pub(crate) struct InitBody {
+    /// The entity's context (the machine's `initialContext` when absent).
     #[serde(default)]
     context: Value,
 }
 
 async fn init_entity(
     State(s): State<Shared>,
-    Path((machine, entity)): Path<(String, String)>,
+    Path(EntityPath { machine, entity }): Path<EntityPath>,
     body: Option<Body<InitBody>>,
-) -> ApiResult {
+) -> ApiResult<EntityStatus> {
     let context = body.map(|b| b.0.context).unwrap_or(Value::Null);
-    Ok(Json(json!(
-        machines(&s)?.initialize(&machine, &entity, context).await?
-    )))
+    Ok(Json(
+        machines(&s)?.initialize(&machine, &entity, context).await?,
+    ))
 }
 
 #[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct EventBody {
+    /// The event's name.
     event: String,
+    /// Merged into the entity's context.
     #[serde(default)]
     context: Value,
+    /// Makes the send idempotent: the same id again answers the first result.
     event_id: Option<String>,
 }
 
 async fn send_event(
     State(s): State<Shared>,
-    Path((machine, entity)): Path<(String, String)>,
+    Path(EntityPath { machine, entity }): Path<EntityPath>,
     Body(body): Body<EventBody>,
-) -> ApiResult {
+) -> ApiResult<TransitionResult> {
     let r = machines(&s)?
         .send(
             &machine,
@@ -480,31 +740,40 @@ async fn send_event(
             body.event_id.as_deref(),
         )
         .await?;
-    Ok(Json(json!(r)))
+    Ok(Json(r))
 }
 
 async fn entity_state(
     State(s): State<Shared>,
-    Path((machine, entity)): Path<(String, String)>,
-) -> ApiResult {
-    Ok(Json(json!(machines(&s)?.state(&machine, &entity).await?)))
+    Path(EntityPath { machine, entity }): Path<EntityPath>,
+) -> ApiResult<EntityStatus> {
+    Ok(Json(machines(&s)?.state(&machine, &entity).await?))
+}
+
+#[derive(Deserialize, schemars::JsonSchema)]
+struct EntityHistoryQuery {
+    /// At most this many transitions.
+    limit: Option<usize>,
+    /// Skip this many of the newest first.
+    offset: Option<usize>,
 }
 
 async fn entity_history(
     State(s): State<Shared>,
-    Path((machine, entity)): Path<(String, String)>,
-    Query(q): Query<HistoryQuery>,
-) -> ApiResult {
-    Ok(Json(json!(
-        machines(&s)?
-            .history(&machine, &entity, q.limit, q.offset.unwrap_or(0))
-            .await?
-    )))
+    Path(EntityPath { machine, entity }): Path<EntityPath>,
+    Query(q): Query<EntityHistoryQuery>,
+) -> ApiResult<Vec<TransitionEntry>> {
+    let entries = machines(&s)?
+        .history(&machine, &entity, q.limit, q.offset.unwrap_or(0))
+        .await?;
+    Ok(Json(
+        entries.into_iter().map(typed).collect::<Result<_, _>>()?,
+    ))
 }
 
 /// OpenMetrics to a scraper that asks for it (Prometheus does, first), the Prometheus text
 /// format to everyone else.
-async fn render_metrics(State(s): State<Shared>, headers: header::HeaderMap) -> Response {
+async fn render_metrics(State(s): State<Shared>, headers: header::HeaderMap) -> Text<MetricsMedia> {
     let openmetrics = headers
         .get_all(header::ACCEPT)
         .iter()
@@ -515,113 +784,132 @@ async fn render_metrics(State(s): State<Shared>, headers: header::HeaderMap) -> 
     } else {
         "text/plain; version=0.0.4; charset=utf-8"
     };
-    (
+    Text::new((
         [(header::CONTENT_TYPE, content_type)],
         s.metrics.render(&s.runtime, openmetrics),
-    )
-        .into_response()
-}
-
-async fn effective_manifest(State(s): State<Shared>) -> ApiResult {
-    let manifest = s.reloader.manifest();
-    Ok(Json(
-        json!({ "sha256": manifest.sha256, "manifest": manifest.manifest }),
     ))
 }
 
-#[derive(Deserialize, Default)]
+async fn effective_manifest(State(s): State<Shared>) -> ApiResult<ManifestAnswer> {
+    let manifest = s.reloader.manifest();
+    Ok(Json(ManifestAnswer {
+        sha256: manifest.sha256,
+        manifest: manifest.manifest,
+    }))
+}
+
+#[derive(Deserialize, schemars::JsonSchema, Default)]
 struct BackupListQuery {
+    /// At most this many backups.
     limit: Option<usize>,
+    /// Only backups whose id starts with this.
     prefix: Option<String>,
 }
 
-async fn list_backups(State(s): State<Shared>, Query(q): Query<BackupListQuery>) -> ApiResult {
+async fn list_backups(
+    State(s): State<Shared>,
+    Query(q): Query<BackupListQuery>,
+) -> ApiResult<Vec<BackupInfo>> {
     let list = backup(&s)?
         .list_backups(q.limit, q.prefix.as_deref())
         .await?;
-    Ok(Json(json!(list)))
+    Ok(Json(list))
 }
 
 #[derive(Deserialize, schemars::JsonSchema, Default)]
 pub(crate) struct BackupBody {
+    /// `full` (the default), `incremental`, or a label of your own.
     #[serde(rename = "type", default)]
     kind: Option<String>,
+    /// Only these resources (such a backup is never an incremental's parent).
     #[serde(default)]
     resources: Option<Vec<String>>,
 }
 
 /// Starts a backup and answers at once (202) with its id; `GET /api/v1/backups/{id}` follows it.
-async fn start_backup(State(s): State<Shared>, body: Option<Body<BackupBody>>) -> Response {
-    let plugin = match backup(&s) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+async fn start_backup(
+    State(s): State<Shared>,
+    body: Option<Body<BackupBody>>,
+) -> Result<Accepted<BackupStarted>, ApiError> {
+    let plugin = backup(&s)?;
     let body = body.map(|b| b.0).unwrap_or_default();
     let label = body.kind.unwrap_or_else(|| "full".into());
     // Refusals the caller can act on are answered now, not as a failed backup later.
     if let Err(e) = Backup::check_label(&label) {
-        return ApiError::new(
+        return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_backup_type",
             e.to_string(),
-        )
-        .into_response();
+        ));
     }
-    match plugin.lock_holder().await {
-        Ok(Some((holder, until))) => {
-            return (
-                StatusCode::CONFLICT,
-                Json(json!({
-                    "code": "backup_locked",
-                    "message": format!("another backup, prune or restore is running ({holder}, lease until {until})"),
-                    "holder": holder,
-                    "until": until,
-                })),
-            )
-                .into_response()
-        }
-        Ok(None) => {}
-        Err(e) => return ApiError::from(e).into_response(),
+    if let Some((holder, until)) = plugin.lock_holder().await? {
+        let mut e = ApiError::new(
+            StatusCode::CONFLICT,
+            "backup_locked",
+            format!("another backup, prune or restore is running ({holder}, lease until {until})"),
+        );
+        e.details.insert("holder".into(), json!(holder));
+        e.details.insert("until".into(), json!(until));
+        return Err(e);
     }
     let id = Backup::new_id(&label);
-    let answer = json!({ "id": id, "type": label, "status": "running" });
+    let answer = BackupStarted {
+        id: id.clone(),
+        label: label.clone(),
+        status: "running",
+    };
     tokio::spawn(async move {
         // Failures are logged, emitted as events and written to the backup's metadata.
         let _ = plugin.backup_with_id(id, &label, body.resources).await;
     });
-    (StatusCode::ACCEPTED, Json(answer)).into_response()
+    Ok(Accepted(answer))
 }
 
-async fn backup_status(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
+async fn backup_status(
+    State(s): State<Shared>,
+    Path(IdPath { id }): Path<IdPath>,
+) -> ApiResult<BackupAnswer> {
     let plugin = backup(&s)?;
     if plugin.running().contains(&id) {
-        let progress = plugin.live_progress().unwrap_or(Value::Null);
+        let progress = plugin.live_progress();
         // The stored metadata may be slow to read while the backup itself keeps the store
         // busy (or stalled); what this process knows is answered regardless.
         let stored =
             tokio::time::timeout(std::time::Duration::from_secs(2), plugin.status(&id)).await;
-        let mut answer = match stored {
-            Ok(Ok(info)) => json!(info),
-            _ => json!({ "id": id, "status": "running" }),
-        };
-        // This process runs it: whatever the stored metadata says (its lease may look stale
-        // while the store is slow), it is running.
-        answer["status"] = json!("running");
-        answer["progress"] = progress;
-        return Ok(Json(answer));
+        return Ok(Json(match stored {
+            Ok(Ok(mut info)) => {
+                // This process runs it: whatever the stored metadata says (its lease may look
+                // stale while the store is slow), it is running.
+                info.status = "running".into();
+                BackupAnswer::Stored {
+                    info: Box::new(info),
+                    progress,
+                }
+            }
+            _ => BackupAnswer::Unread {
+                id,
+                status: "running",
+                progress,
+            },
+        }));
     }
-    Ok(Json(json!(plugin.status(&id).await?)))
+    Ok(Json(BackupAnswer::Stored {
+        info: Box::new(plugin.status(&id).await?),
+        progress: None,
+    }))
 }
 
 #[derive(Deserialize, schemars::JsonSchema, Default)]
 pub(crate) struct RestoreBody {
+    /// Replace records that exist (and apply the backup's deletions); kept otherwise.
     #[serde(default)]
     overwrite: bool,
+    /// Only these resources.
     #[serde(default)]
     resources: Option<Vec<String>>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, schemars::JsonSchema, Default)]
 struct RestoreQuery {
     /// Answer when the restore is done, with its statistics, instead of at once.
     #[serde(default)]
@@ -632,19 +920,14 @@ struct RestoreQuery {
 /// it. With `?wait=true`, answers when it is done, with its statistics or its error.
 async fn restore_backup(
     State(s): State<Shared>,
-    Path(id): Path<String>,
+    Path(IdPath { id }): Path<IdPath>,
     Query(q): Query<RestoreQuery>,
     body: Option<Body<RestoreBody>>,
-) -> Response {
+) -> Result<RestoreAnswer, ApiError> {
     let body = body.map(|b| b.0).unwrap_or_default();
-    let plugin = match backup(&s) {
-        Ok(b) => b,
-        Err(e) => return e.into_response(),
-    };
+    let plugin = backup(&s)?;
     // An unknown backup is refused now rather than reported as a failed restore later.
-    if let Err(e) = plugin.status(&id).await {
-        return ApiError::from(e).into_response();
-    }
+    plugin.status(&id).await?;
     let run = s.restores.start(&id);
     // In a task of its own: a client that gives up does not cut a restore off half-way.
     let task = tokio::spawn({
@@ -656,71 +939,59 @@ async fn restore_backup(
                 resources: body.resources,
                 dry_run: false,
             };
-            let outcome = plugin
-                .restore(&id, options)
-                .await
-                .map(|stats| json!(stats))
-                .map_err(ApiError::from);
+            let outcome = plugin.restore(&id, options).await.map_err(ApiError::from);
             s.restores.finish(
                 &restore_id,
-                outcome.as_ref().map(Value::clone).map_err(ApiError::body),
+                outcome
+                    .as_ref()
+                    .map(RestoreStats::clone)
+                    .map_err(ApiError::body),
             );
             outcome
         }
     });
     if !q.wait {
-        let location = format!("/api/v1/restores/{}", run.restore_id);
-        return (
-            StatusCode::ACCEPTED,
-            [(header::LOCATION, location)],
-            Json(json!(run)),
-        )
-            .into_response();
+        return Ok(RestoreAnswer::Started(Box::new(run)));
     }
     match task.await {
-        Ok(Ok(stats)) => Json(stats).into_response(),
-        Ok(Err(e)) => e.into_response(),
-        Err(e) => ApiError::new(
+        Ok(outcome) => outcome.map(RestoreAnswer::Done),
+        Err(e) => Err(ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "restore_failed",
             e.to_string(),
-        )
-        .into_response(),
+        )),
     }
 }
 
-async fn list_restores(State(s): State<Shared>) -> ApiResult {
-    Ok(Json(json!(s.restores.list())))
+async fn list_restores(State(s): State<Shared>) -> ApiResult<Vec<restores::RestoreRun>> {
+    Ok(Json(s.restores.list()))
 }
 
-async fn restore_status(State(s): State<Shared>, Path(id): Path<String>) -> ApiResult {
-    s.restores
-        .get(&id)
-        .map(|run| Json(json!(run)))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "restore_not_found",
-                format!("no restore `{id}` was started over this runner's API"),
-            )
-        })
+async fn restore_status(
+    State(s): State<Shared>,
+    Path(IdPath { id }): Path<IdPath>,
+) -> ApiResult<restores::RestoreRun> {
+    s.restores.get(&id).map(Json).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "restore_not_found",
+            format!("no restore `{id}` was started over this runner's API"),
+        )
+    })
 }
 
 /// Reloads the manifest now; answers with the result and any diagnostics (422 when the new
 /// manifest was refused and the old one keeps running).
-async fn reload_now(State(s): State<Shared>) -> Response {
-    let result = s.reloader.reload("api").await;
-    let status = if result.result == "failed" {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        StatusCode::OK
-    };
-    (status, Json(json!(result))).into_response()
+async fn reload_now(State(s): State<Shared>) -> ReloadAnswer {
+    ReloadAnswer(s.reloader.reload("api").await)
 }
 
-async fn last_reload(State(s): State<Shared>) -> ApiResult {
+async fn last_reload(State(s): State<Shared>) -> ApiResult<LastReload> {
     Ok(Json(match s.reloader.last() {
-        Some(r) => json!(r),
-        None => json!({ "result": "none", "sha256": s.reloader.manifest().sha256 }),
+        Some(r) => LastReload::Reload(r),
+        None => LastReload::None {
+            result: "none",
+            sha256: s.reloader.manifest().sha256,
+        },
     }))
 }

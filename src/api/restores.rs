@@ -5,15 +5,15 @@
 
 use std::sync::Mutex;
 
+use crate::plugins::backup::RestoreStats;
 use chrono::Utc;
 use indexmap::IndexMap;
 use serde::Serialize;
-use serde_json::Value;
 
 /// How many restores are remembered; the oldest finished ones are forgotten first.
 const KEPT: usize = 100;
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreRun {
     pub restore_id: String,
@@ -25,10 +25,10 @@ pub struct RestoreRun {
     pub finished_at: Option<String>,
     /// The restore's statistics, once completed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<RestoreStats>,
     /// Why it failed: the error's code and message, as the API's errors give them.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<Value>,
+    pub error: Option<super::ErrorBody>,
 }
 
 #[derive(Default)]
@@ -66,7 +66,7 @@ impl Restores {
     }
 
     /// Records how a restore ended: its statistics, or its error.
-    pub fn finish(&self, restore_id: &str, outcome: Result<Value, Value>) {
+    pub fn finish(&self, restore_id: &str, outcome: Result<RestoreStats, super::ErrorBody>) {
         let mut runs = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(run) = runs.get_mut(restore_id) {
             run.finished_at = Some(now());
@@ -101,17 +101,30 @@ impl Restores {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+
+    fn stats(records: u64) -> RestoreStats {
+        RestoreStats {
+            records,
+            ..RestoreStats::default()
+        }
+    }
 
     #[test]
     fn runs_are_followed_and_the_oldest_finished_forgotten() {
         let r = Restores::default();
         let first = r.start("b0");
         let kept = r.start("b1");
-        r.finish(&first.restore_id, Err(json!({ "code": "x" })));
+        r.finish(
+            &first.restore_id,
+            Err(crate::api::ErrorBody {
+                code: "x".into(),
+                message: "failed".into(),
+                details: Default::default(),
+            }),
+        );
         for i in 2..=KEPT {
             let run = r.start(&format!("b{i}"));
-            r.finish(&run.restore_id, Ok(json!({ "records": i })));
+            r.finish(&run.restore_id, Ok(stats(i as u64)));
         }
         let list = r.list();
         assert_eq!(list.len(), KEPT);
@@ -122,6 +135,6 @@ mod tests {
         assert_eq!(r.get(&kept.restore_id).unwrap().status, "running");
         assert_eq!(list[0].backup_id, format!("b{KEPT}"));
         assert_eq!(list[0].status, "completed");
-        assert_eq!(list[0].result, Some(json!({ "records": KEPT })));
+        assert_eq!(list[0].result, Some(stats(KEPT as u64)));
     }
 }

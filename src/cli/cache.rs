@@ -78,8 +78,8 @@ pub fn run(args: &Args) -> u8 {
             return exit::INVALID;
         };
         let body = match &args.command {
-            CacheCommand::Stats { .. } => cache.report().await,
-            CacheCommand::Clear => cache.clear_reporting().await,
+            CacheCommand::Stats { .. } => serde_json::json!(cache.report().await),
+            CacheCommand::Clear => serde_json::json!(cache.clear_reporting().await),
         };
         print(args, &Reached::Local, body)
     })

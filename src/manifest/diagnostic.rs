@@ -23,7 +23,7 @@ impl Span {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Severity {
     Warning,
@@ -124,7 +124,7 @@ impl<'a> LineIndex<'a> {
 }
 
 /// One diagnostic as a JSON object: the `--format json` line of `validate`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct DiagnosticRecord {
     pub code: String,
     pub severity: Severity,

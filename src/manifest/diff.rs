@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::model::Manifest;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ChangeKind {
     Added,
@@ -17,7 +17,7 @@ pub enum ChangeKind {
 }
 
 /// One changed field: its path inside the item and the old and new values.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct FieldChange {
     pub path: String,
     pub old: Option<Value>,
@@ -25,7 +25,7 @@ pub struct FieldChange {
 }
 
 /// How a running runner takes a change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Apply {
     /// Applied by a reload, without stopping anything.
@@ -36,7 +36,7 @@ pub enum Apply {
     Restart,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 pub struct Change {
     /// `job`, `machine`, `guard`, `action`, `resource`, or a section (`database`, `backup`,
     /// `cache`, `scheduler`, `stateMachine`, `server`).

@@ -26,7 +26,7 @@ use crate::manifest::diff::{diff, Apply, Change, ChangeKind};
 use crate::manifest::CheckedManifest;
 
 /// What the last reload did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReloadResult {
     /// `applied`, `unchanged` or `failed`.

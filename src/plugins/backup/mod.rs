@@ -119,7 +119,7 @@ impl From<StoreError> for BackupError {
 }
 
 /// What a backup's metadata object says (and what `listBackups` / `getBackupStatus` return).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BackupInfo {
     pub id: String,
@@ -170,7 +170,7 @@ impl BackupInfo {
 }
 
 /// What a restore did.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RestoreStats {
     pub backup_id: String,
@@ -207,6 +207,21 @@ pub struct BackupEvent {
     #[serde(rename = "type")]
     pub label: String,
     pub detail: Value,
+}
+
+/// A running backup's progress as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveProgress {
+    /// `listing`, `archiving`, `uploading`, …
+    pub phase: String,
+    /// Records done so far.
+    pub done: u64,
+    /// Records in all, once the listing has counted them.
+    pub total: Option<u64>,
+    pub per_second: f64,
+    /// Seconds left at the current rate, when the total is known.
+    pub eta_seconds: Option<u64>,
 }
 
 /// Progress of a running operation, for a progress bar.
@@ -695,7 +710,7 @@ impl Backup {
 
     /// The running backup's progress, as the terminal shows it: phase, records done, total
     /// when known, rate and time left. None when nothing runs.
-    pub fn live_progress(&self) -> Option<Value> {
+    pub fn live_progress(&self) -> Option<LiveProgress> {
         let live = self
             .inner
             .shared
@@ -713,13 +728,13 @@ impl Backup {
             .total
             .filter(|_| rate > 0.0)
             .map(|t| (t.saturating_sub(l.done) as f64 / rate).ceil() as u64);
-        Some(json!({
-            "phase": l.phase,
-            "done": l.done,
-            "total": l.total,
-            "perSecond": (rate * 10.0).round() / 10.0,
-            "etaSeconds": eta,
-        }))
+        Some(LiveProgress {
+            phase: l.phase.to_string(),
+            done: l.done,
+            total: l.total,
+            per_second: (rate * 10.0).round() / 10.0,
+            eta_seconds: eta,
+        })
     }
 
     pub fn running(&self) -> Vec<String> {

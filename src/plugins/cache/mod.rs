@@ -62,6 +62,26 @@ pub struct CacheStats {
     pub compression_saved: AtomicU64,
 }
 
+/// What `cache stats` and `GET /api/v1/cache` show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct CacheReport {
+    /// `memory`, `filesystem` or `s3`.
+    pub driver: String,
+    /// Entries and bytes the driver holds now (for s3, what its listing counts).
+    pub entries: u64,
+    pub bytes: u64,
+    /// This process's counters since it started.
+    pub process: StatsSnapshot,
+}
+
+/// What `cache clear` and `POST /api/v1/cache/clear` answer: what the cache held.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Cleared {
+    pub cleared: bool,
+    pub entries: u64,
+    pub bytes: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StatsSnapshot {
@@ -402,10 +422,14 @@ impl Cache {
 
     /// Empties the cache and says what it held: what `cache clear` and
     /// `POST /api/v1/cache/clear` answer.
-    pub async fn clear_reporting(&self) -> serde_json::Value {
+    pub async fn clear_reporting(&self) -> Cleared {
         let (entries, bytes) = self.usage().await;
         self.clear().await;
-        serde_json::json!({ "cleared": true, "entries": entries, "bytes": bytes })
+        Cleared {
+            cleared: true,
+            entries,
+            bytes,
+        }
     }
 
     pub async fn usage(&self) -> (u64, u64) {
@@ -414,10 +438,15 @@ impl Cache {
 
     /// What `cache stats` and `GET /api/v1/cache` show: the driver's entries and bytes and this
     /// process's counters.
-    pub async fn report(&self) -> serde_json::Value {
+    pub async fn report(&self) -> CacheReport {
         let (entries, bytes) = self.usage().await;
-        let stats = self.snapshot();
-        serde_json::json!({ "driver": stats.driver, "entries": entries, "bytes": bytes, "process": stats })
+        let process = self.snapshot();
+        CacheReport {
+            driver: process.driver.clone(),
+            entries,
+            bytes,
+            process,
+        }
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {

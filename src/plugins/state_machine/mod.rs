@@ -71,7 +71,7 @@ pub enum MachineEvent {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ActionFailure {
     pub action: String,
@@ -79,7 +79,7 @@ pub struct ActionFailure {
 }
 
 /// What `send` returns.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TransitionResult {
     pub machine: String,
@@ -158,7 +158,7 @@ impl MachineError {
 }
 
 /// An entity's current state, as `getState` reports it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EntityStatus {
     pub machine: String,
@@ -173,7 +173,7 @@ pub struct EntityStatus {
 }
 
 /// A pending `after` transition.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Deadline {
     pub at: String,
