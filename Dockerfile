@@ -16,6 +16,9 @@ RUN cargo build --release --locked \
 # Debian slim rather than distroless: shell hooks need /bin/sh and the tools a hook calls; tini
 # reaps the processes hooks leave behind (the runner is otherwise PID 1).
 FROM debian:bookworm-slim
+# Unpinned on purpose: a pinned Debian version is gone from the mirror after its next security
+# update, and the build breaks; the suite (bookworm) is what is pinned.
+# hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates tini \
     && rm -rf /var/lib/apt/lists/* \

@@ -84,6 +84,20 @@ fn the_kubernetes_example_passes_kubernetes_validate_strict() {
     );
 }
 
+/// The Dockerfile cannot be built here (no container daemon, no registry); hadolint checks it
+/// as a reviewer would (pinned base images, no root, shell pitfalls in RUN lines).
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    crate::support::venv_tool_passes(
+        "hadolint",
+        [
+            std::ffi::OsStr::new("--failure-threshold"),
+            std::ffi::OsStr::new("info"),
+            repo().join("Dockerfile").as_os_str(),
+        ],
+    );
+}
+
 #[test]
 fn the_kubernetes_example_runs_the_dockerfile_s_image_locked_down() {
     let docs = kubernetes_documents();
