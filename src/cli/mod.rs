@@ -215,10 +215,17 @@ pub fn report(code: &str, error: &dyn std::fmt::Display, help: Option<&str>) {
     }
 }
 
+/// Threads for blocking work (the filesystem store's reads and writes, archives). tokio's
+/// default, 512, let a 1M-record backup on file:// grow to 224 threads, each keeping its
+/// allocator's pages: 144 MiB at peak in 68 s; with 32, 62 MiB in 57 s (and `db export` 93 →
+/// 59 MiB), since the work is bounded by the store's concurrency (32 in flight) anyway.
+const BLOCKING_THREADS: usize = 32;
+
 /// Runs an async command to completion on a multi-threaded runtime.
 pub fn block_on(command: impl std::future::Future<Output = u8>) -> u8 {
     match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
         .build()
     {
         Ok(rt) => {
