@@ -4,7 +4,9 @@
 //! Errors are JSON: `{"code": "...", "message": "..."}`.
 
 pub mod answers;
+mod error;
 pub mod events;
+mod extract;
 pub mod metrics;
 pub mod openapi;
 pub mod restores;
@@ -13,16 +15,16 @@ use std::sync::{Arc, OnceLock};
 
 use aide::axum::routing::{get_with, post_with};
 use aide::axum::ApiRouter;
-use aide::generate::GenContext;
-use aide::openapi::{Operation, StatusCode as Code};
-use aide::{OperationInput, OperationOutput};
-use axum::extract::{FromRequestParts, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+
+pub use error::ApiError;
+use extract::{Body, Path, Query};
 
 use answers::{
     typed, Accepted, BackupAnswer, BackupStarted, Document, EntityPath, ErrorBody, EventsMedia,
@@ -32,9 +34,9 @@ use answers::{
 };
 use openapi::{doc, optional_body, Answers};
 
-use crate::plugins::backup::{Backup, BackupError, BackupInfo, RestoreOptions, RestoreStats};
-use crate::plugins::scheduler::jobs::{JobError, JobStatistics, JobStatus};
-use crate::plugins::state_machine::{EntityStatus, MachineError, TransitionResult};
+use crate::plugins::backup::{Backup, BackupInfo, RestoreOptions, RestoreStats};
+use crate::plugins::scheduler::jobs::{JobStatistics, JobStatus};
+use crate::plugins::state_machine::{EntityStatus, TransitionResult};
 use crate::runtime::reload::Reloader;
 use crate::runtime::Runtime;
 
@@ -51,216 +53,6 @@ pub struct ApiState {
 }
 
 type Shared = Arc<ApiState>;
-
-/// A JSON error with a code and an HTTP status.
-pub struct ApiError {
-    status: StatusCode,
-    code: &'static str,
-    message: String,
-    details: Map<String, Value>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            code,
-            message: message.into(),
-            details: Map::new(),
-        }
-    }
-
-    fn body(&self) -> ErrorBody {
-        ErrorBody {
-            code: self.code.to_string(),
-            message: self.message.clone(),
-            details: self.details.clone(),
-        }
-    }
-}
-
-/// A JSON request body whose refusals (malformed JSON, wrong types, another content type, too
-/// large) are answered as every other error, `{"code","message"}`, with axum's status.
-pub struct Body<T>(pub T);
-
-fn body_rejection(r: axum::extract::rejection::JsonRejection) -> ApiError {
-    use axum::extract::rejection::JsonRejection as R;
-    let code = match &r {
-        R::JsonDataError(_) => "invalid_body",
-        R::JsonSyntaxError(_) => "malformed_body",
-        R::MissingJsonContentType(_) => "unsupported_media_type",
-        R::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => "body_too_large",
-        _ => "unreadable_body",
-    };
-    ApiError::new(r.status(), code, r.body_text())
-}
-
-impl<S, T> axum::extract::FromRequest<S> for Body<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        match <Json<T> as axum::extract::FromRequest<S>>::from_request(req, state).await {
-            Ok(Json(v)) => Ok(Body(v)),
-            Err(r) => Err(body_rejection(r)),
-        }
-    }
-}
-
-impl<S, T> axum::extract::OptionalFromRequest<S> for Body<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request(req: Request, state: &S) -> Result<Option<Self>, ApiError> {
-        match <Json<T> as axum::extract::OptionalFromRequest<S>>::from_request(req, state).await {
-            Ok(v) => Ok(v.map(|Json(v)| Body(v))),
-            Err(r) => Err(body_rejection(r)),
-        }
-    }
-}
-
-impl<T: schemars::JsonSchema> OperationInput for Body<T> {
-    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
-        <Json<T> as OperationInput>::operation_input(ctx, operation);
-        openapi::body_errors(ctx, operation);
-    }
-}
-
-/// A path's parameters; a refusal (a segment that is not UTF-8) is a JSON error like any other.
-pub struct Path<T>(pub T);
-
-/// A query string's parameters; a refusal (`?limit=abc`) is a JSON error like any other.
-pub struct Query<T>(pub T);
-
-impl<S, T> FromRequestParts<S> for Path<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned + Send,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, ApiError> {
-        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Path(v)) => Ok(Path(v)),
-            Err(r) => Err(ApiError::new(r.status(), "invalid_path", r.body_text())),
-        }
-    }
-}
-
-impl<S, T> FromRequestParts<S> for Query<T>
-where
-    S: Send + Sync,
-    T: serde::de::DeserializeOwned,
-{
-    type Rejection = ApiError;
-
-    async fn from_request_parts(
-        parts: &mut axum::http::request::Parts,
-        state: &S,
-    ) -> Result<Self, ApiError> {
-        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
-            Ok(axum::extract::Query(v)) => Ok(Query(v)),
-            Err(r) => Err(ApiError::new(r.status(), "invalid_query", r.body_text())),
-        }
-    }
-}
-
-impl<T: schemars::JsonSchema> OperationInput for Path<T> {
-    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
-        <axum::extract::Path<T> as OperationInput>::operation_input(ctx, operation);
-        openapi::params_error(ctx, operation, "An invalid id or name");
-    }
-}
-
-impl<T: schemars::JsonSchema> OperationInput for Query<T> {
-    fn operation_input(ctx: &mut GenContext, operation: &mut Operation) {
-        <axum::extract::Query<T> as OperationInput>::operation_input(ctx, operation);
-        openapi::params_error(ctx, operation, "An invalid query parameter");
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.status, Json(self.body())).into_response()
-    }
-}
-
-/// Which errors an operation answers is declared with it (`openapi::doc`): a handler's error
-/// type cannot say which of its variants that route can reach.
-impl OperationOutput for ApiError {
-    type Inner = ErrorBody;
-
-    fn inferred_responses(
-        _: &mut GenContext,
-        _: &mut Operation,
-    ) -> Vec<(Option<Code>, aide::openapi::Response)> {
-        Vec::new()
-    }
-}
-
-impl From<JobError> for ApiError {
-    fn from(e: JobError) -> Self {
-        let (status, code) = match &e {
-            JobError::Unknown(..) => (StatusCode::NOT_FOUND, "job_not_found"),
-            JobError::Exists(_) => (StatusCode::CONFLICT, "job_exists"),
-            JobError::Running(_) | JobError::RunningElsewhere { .. } => {
-                (StatusCode::CONFLICT, "job_running")
-            }
-            JobError::Lease { .. } => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-            JobError::Db(_) => (StatusCode::INTERNAL_SERVER_ERROR, "database_error"),
-        };
-        Self::new(status, code, e.to_string())
-    }
-}
-
-impl From<MachineError> for ApiError {
-    fn from(e: MachineError) -> Self {
-        let (status, code) = match &e {
-            MachineError::UnknownMachine(..) => (StatusCode::NOT_FOUND, "machine_not_found"),
-            MachineError::NotInitialized { .. } => (StatusCode::NOT_FOUND, "entity_not_found"),
-            MachineError::AlreadyInitialized { .. } => (StatusCode::CONFLICT, "entity_exists"),
-            MachineError::InvalidEvent { .. } | MachineError::FinalState { .. } => {
-                (StatusCode::CONFLICT, "event_refused")
-            }
-            MachineError::GuardDenied { .. } | MachineError::GuardFailed { .. } => {
-                (StatusCode::CONFLICT, "guard_denied")
-            }
-            MachineError::Contention { .. } => (StatusCode::SERVICE_UNAVAILABLE, "contention"),
-            // An id the database refuses (empty, too long, a control character) is the
-            // caller's to fix.
-            MachineError::Db(crate::db::DbError::InvalidId { .. }) => {
-                (StatusCode::BAD_REQUEST, "invalid_id")
-            }
-            MachineError::Corrupt(..) | MachineError::Db(_) => {
-                (StatusCode::INTERNAL_SERVER_ERROR, "database_error")
-            }
-        };
-        Self::new(status, code, e.to_string())
-    }
-}
-
-impl From<BackupError> for ApiError {
-    fn from(e: BackupError) -> Self {
-        let status = match &e {
-            BackupError::NotFound(_) => StatusCode::NOT_FOUND,
-            BackupError::Locked { .. } => StatusCode::CONFLICT,
-            BackupError::Config(_) => StatusCode::BAD_REQUEST,
-            BackupError::Unusable { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            BackupError::Cancelled(_) => StatusCode::SERVICE_UNAVAILABLE,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        Self::new(status, e.code(), e.to_string())
-    }
-}
 
 type ApiResult<T> = Result<Json<T>, ApiError>;
 
