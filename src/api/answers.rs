@@ -208,7 +208,7 @@ pub fn typed<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, super::ApiEr
 }
 
 /// A JSON response of `T`'s schema, described.
-fn json_response<T: JsonSchema>(ctx: &mut GenContext, description: &str) -> Response {
+pub(super) fn json_response<T: JsonSchema>(ctx: &mut GenContext, description: &str) -> Response {
     let mut response =
         <Json<T> as OperationOutput>::operation_response(ctx, &mut Operation::default())
             .unwrap_or_default();

@@ -5,13 +5,11 @@
 //! body is `{"code","message"}`), the bearer token, and the document's header.
 
 use aide::generate::{in_context, GenContext};
-use aide::openapi::{Operation, ReferenceOr, Response, StatusCode as Code};
+use aide::openapi::{Operation, ReferenceOr, StatusCode as Code};
 use aide::transform::TransformOperation;
-use aide::OperationOutput;
-use axum::Json;
 use serde_json::{json, Value};
 
-use super::answers::ErrorBody;
+use super::answers::{json_response, ErrorBody};
 
 /// The errors an operation answers besides those every route can give (401 without the token,
 /// 500) and those of a JSON body (which `Body` declares).
@@ -48,20 +46,12 @@ impl Answers {
     };
 }
 
-fn error_response(ctx: &mut GenContext, description: &str) -> Response {
-    let mut response =
-        <Json<ErrorBody> as OperationOutput>::operation_response(ctx, &mut Operation::default())
-            .unwrap_or_default();
-    response.description = description.into();
-    response
-}
-
 fn add_error(op: &mut Operation, code: u16, description: &str) {
     in_context(|ctx| add_error_in(ctx, op, code, description));
 }
 
 fn add_error_in(ctx: &mut GenContext, op: &mut Operation, code: u16, description: &str) {
-    let response = error_response(ctx, description);
+    let response = json_response::<ErrorBody>(ctx, description);
     let responses = op.responses.get_or_insert_with(Default::default);
     // A status the handler's own type declares (a reload's 422 carries its result) stays.
     responses
@@ -123,7 +113,10 @@ const PUBLIC: [&str; 2] = ["/healthz", "/readyz"];
 /// The document as served: the generated paths and components, with the header, the bearer
 /// token on every path but the probes, and the errors every protected operation can give.
 pub fn finish(api: aide::openapi::OpenApi) -> Value {
-    let mut doc = serde_json::to_value(api).unwrap_or_else(|_| json!({}));
+    let mut doc = serde_json::to_value(api).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the OpenAPI document cannot be serialized");
+        json!({})
+    });
     doc["openapi"] = json!("3.1.0");
     doc["info"] = json!({
         "title": "s3db-run control API",

@@ -215,10 +215,11 @@ pub fn report(code: &str, error: &dyn std::fmt::Display, help: Option<&str>) {
     }
 }
 
-/// Threads for blocking work (the filesystem store's reads and writes, archives). tokio's
-/// default, 512, let a 1M-record backup on file:// grow to 224 threads, each keeping its
-/// allocator's pages: 144 MiB at peak in 68 s; with 32, 62 MiB in 57 s (and `db export` 93 →
-/// 59 MiB), since the work is bounded by the store's concurrency (32 in flight) anyway.
+/// Threads for blocking work (the filesystem store's reads and writes, archives). With tokio's
+/// default, 512, a 1M-record backup on file:// grew to 224 threads, each keeping its
+/// allocator's pages: 141 MiB at peak in 68 s; with 32, 62 MiB in 57 s (`db export`: 91 MiB
+/// with 512, 58 with 16). The work is bounded by the store's concurrency (32 in flight) anyway,
+/// and no blocking task waits on another, so a cap cannot deadlock.
 const BLOCKING_THREADS: usize = 32;
 
 /// Runs an async command to completion on a multi-threaded runtime.
