@@ -14,7 +14,7 @@ use super::codec;
 use super::query::{apply_update, Filter};
 use super::schema::{Partition, ResourceSchema};
 use super::{Database, DbError, DbResult};
-use crate::store::{list_all, ETag, PutMode, PutOptions, StoreError};
+use crate::store::{list_all, BulkPut, ETag, PutMode, PutOptions, StoreError};
 
 /// A record with the version it was read at.
 #[derive(Debug, Clone, PartialEq)]
@@ -201,14 +201,11 @@ impl Resource {
     }
 
     async fn put_refs(&self, keys: &[String]) -> DbResult<()> {
-        self.put_refs_with(keys, &PutOptions::default()).await
-    }
-
-    async fn put_refs_with(&self, keys: &[String], options: &PutOptions) -> DbResult<()> {
         let store = self.db.store();
+        let options = PutOptions::default();
         futures::future::try_join_all(
             keys.iter()
-                .map(|k| store.put(k, bytes::Bytes::new(), PutMode::Overwrite, options)),
+                .map(|k| store.put(k, bytes::Bytes::new(), PutMode::Overwrite, &options)),
         )
         .await?;
         Ok(())
@@ -448,36 +445,80 @@ impl Resource {
     pub async fn restore(
         &self,
         id: &str,
-        mut data: Map<String, Value>,
+        data: Map<String, Value>,
         overwrite: bool,
     ) -> DbResult<bool> {
-        Self::check_id(id)?;
-        data.insert("id".into(), Value::String(id.to_string()));
-        let (body, mut options) = self.encode(&data)?;
-        // A restore is a bulk load: the store may make many writes durable at once (the
-        // restore syncs the store when done).
-        options.bulk = true;
-        let refs_options = PutOptions {
-            bulk: true,
-            ..Default::default()
+        let (refs, record) = self.restore_puts(id, data, overwrite)?;
+        let store = self.db.store();
+        futures::future::try_join_all(
+            refs.iter()
+                .map(|r| store.put(&r.key, r.body.clone(), PutMode::Overwrite, &r.options)),
+        )
+        .await?;
+        let mode = match overwrite {
+            true => PutMode::Overwrite,
+            false => PutMode::Create,
         };
-        self.put_refs_with(&self.refs(&data, id), &refs_options)
-            .await?;
-        let mode = if overwrite {
-            PutMode::Overwrite
-        } else {
-            PutMode::Create
-        };
-        match self
-            .db
-            .store()
-            .put(&self.key(id), body, mode, &options)
+        match store
+            .put(&record.key, record.body, mode, &record.options)
             .await
         {
             Ok(_) => Ok(true),
             Err(StoreError::AlreadyExists { .. }) => Ok(false),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `restore` of a batch of records in one bulk write (`ObjectStore::put_bulk`): answers,
+    /// for each, whether it was written.
+    pub async fn restore_many(
+        &self,
+        records: Vec<(String, Map<String, Value>)>,
+        overwrite: bool,
+    ) -> DbResult<Vec<bool>> {
+        let mut puts = Vec::with_capacity(records.len());
+        let mut refs = Vec::new();
+        for (id, data) in records {
+            let (r, record) = self.restore_puts(&id, data, overwrite)?;
+            refs.extend(r);
+            puts.push(record);
+        }
+        // The references first, in the batch's order of renames: a crash between them leaves
+        // a reference without its record (which readers skip), never the other way round.
+        let n = refs.len();
+        refs.extend(puts);
+        let mut written = self.db.store().put_bulk(refs).await?;
+        Ok(written.split_off(n))
+    }
+
+    /// A restored record's writes: its partition references, then the record. They are bulk
+    /// writes: the store may make many durable at once (the restore syncs it when done).
+    fn restore_puts(
+        &self,
+        id: &str,
+        mut data: Map<String, Value>,
+        overwrite: bool,
+    ) -> DbResult<(Vec<BulkPut>, BulkPut)> {
+        Self::check_id(id)?;
+        data.insert("id".into(), Value::String(id.to_string()));
+        let (body, mut options) = self.encode(&data)?;
+        options.bulk = true;
+        let refs = self.refs(&data, id).into_iter().map(|key| BulkPut {
+            key,
+            body: bytes::Bytes::new(),
+            overwrite: true,
+            options: PutOptions {
+                bulk: true,
+                ..Default::default()
+            },
+        });
+        let record = BulkPut {
+            key: self.key(id),
+            body,
+            overwrite,
+            options,
+        };
+        Ok((refs.collect(), record))
     }
 
     /// Deletes a record; returns whether it existed. With `expected`, only at that version.

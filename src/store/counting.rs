@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    DynStore, ETag, ListPage, Object, ObjectMeta, ObjectStore, PutMode, PutOptions, StoreResult,
+    BulkPut, DynStore, ETag, ListPage, Object, ObjectMeta, ObjectStore, PutMode, PutOptions,
+    StoreResult,
 };
 
 #[derive(Debug, Default)]
@@ -94,5 +95,15 @@ impl ObjectStore for CountingStore {
 
     async fn sync(&self) -> StoreResult<()> {
         self.inner.sync().await
+    }
+
+    fn writes_batches(&self) -> bool {
+        self.inner.writes_batches()
+    }
+
+    async fn put_bulk(&self, items: Vec<BulkPut>) -> StoreResult<Vec<bool>> {
+        let n = items.len() as u64;
+        self.counts.puts.fetch_add(n, Ordering::Relaxed);
+        self.inner.put_bulk(items).await
     }
 }

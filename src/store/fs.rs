@@ -14,8 +14,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::{
-    validate_key, ETag, ListPage, Object, ObjectMeta, ObjectStore, PutMode, PutOptions, StoreError,
-    StoreResult,
+    validate_key, BulkPut, ETag, ListPage, Object, ObjectMeta, ObjectStore, PutMode, PutOptions,
+    StoreError, StoreResult,
 };
 
 const TMP_DIR: &str = ".s3db-tmp";
@@ -217,25 +217,102 @@ impl FsStore {
         let parent = target.parent().unwrap_or(&self.root).to_path_buf();
         fs::create_dir_all(&parent).map_err(|e| io_error(key, e))?;
         let tmp = self.root.join(TMP_DIR).join(crate::types::fs::temp_name());
+        // Create-only even in the rename: the key's lock does not hold off a bulk batch's
+        // creates, which take none (`bulk_blocking`).
+        let create_only = *mode == PutMode::Create;
+        let refused = |e: io::Error| match e.kind() {
+            // A folder there holds other keys: no object, and none can be written there.
+            io::ErrorKind::AlreadyExists if target.is_dir() => {
+                io_error(key, io::ErrorKind::IsADirectory.into())
+            }
+            io::ErrorKind::AlreadyExists => StoreError::AlreadyExists {
+                key: key.to_string(),
+            },
+            _ => io_error(key, e),
+        };
         if bulk {
             // The data is durable (a group sync) before the rename makes it the object, so a
             // crash leaves the old object or the new one; the folder is synced by `sync`.
             let written = fs::write(&tmp, body)
                 .and_then(|()| self.group.wait(&self.root))
-                .and_then(|()| fs::rename(&tmp, &target));
+                .and_then(|()| match create_only {
+                    // Checked under the lock already where the flag is unsupported.
+                    true => rename_new(&tmp, &target).or_else(|e| match e.kind() {
+                        io::ErrorKind::Unsupported => fs::rename(&tmp, &target),
+                        _ => Err(e),
+                    }),
+                    false => fs::rename(&tmp, &target),
+                });
             if let Err(e) = written {
                 let _ = fs::remove_file(&tmp);
-                return Err(io_error(key, e));
+                return Err(refused(e));
             }
             return Ok(ETag::of(body));
         }
         let durable = crate::types::fs::WriteOptions {
             mode: None,
             durable: true,
+            create_only,
         };
         crate::types::fs::write_atomically(&target, &tmp, durable, |f| f.write_all(body))
-            .map_err(|e| io_error(key, e))?;
+            .map_err(refused)?;
         Ok(ETag::of(body))
+    }
+
+    /// A batch of a bulk load: every body to a temporary file, one group sync for them all,
+    /// then the renames in order. ~4 system calls an object instead of ~12, and one sync a
+    /// batch instead of one for every few objects: what makes a restore as fast as restic's.
+    fn bulk_blocking(&self, items: &[BulkPut]) -> StoreResult<Vec<bool>> {
+        let tmp_dir = self.root.join(TMP_DIR);
+        let mut staged = Staged(Vec::with_capacity(items.len()));
+        let mut folders = std::collections::HashSet::new();
+        for item in items {
+            validate_key(&item.key)?;
+            if !item.options.metadata.is_empty() {
+                return Err(no_metadata(&item.key));
+            }
+            let target = self.path(&item.key);
+            let parent = target.parent().unwrap_or(&self.root);
+            if !folders.contains(parent) {
+                fs::create_dir_all(parent).map_err(|e| io_error(&item.key, e))?;
+                folders.insert(parent.to_path_buf());
+            }
+            let tmp = tmp_dir.join(crate::types::fs::temp_name());
+            let mut file = File::create_new(&tmp).map_err(|e| io_error(&item.key, e))?;
+            staged.0.push((tmp, false));
+            file.write_all(&item.body)
+                .map_err(|e| io_error(&item.key, e))?;
+        }
+        self.group
+            .wait(&self.root)
+            .map_err(|e| io_error(&items[0].key, e))?;
+        let mut written = Vec::with_capacity(items.len());
+        for (item, (from, moved)) in items.iter().zip(&mut staged.0) {
+            let target = self.path(&item.key);
+            *moved = match item.overwrite {
+                true => {
+                    // Under the key's lock: ordered with compare-and-swap writers of the key.
+                    let _lock = self.lock(&item.key)?;
+                    fs::rename(&*from, &target).map_err(|e| io_error(&item.key, e))?;
+                    true
+                }
+                false => match rename_new(from, &target) {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        let _lock = self.lock(&item.key)?;
+                        let free = !target.is_file();
+                        if free {
+                            fs::rename(&*from, &target).map_err(|e| io_error(&item.key, e))?;
+                        }
+                        free
+                    }
+                    Err(e) => return Err(io_error(&item.key, e)),
+                },
+            };
+            written.push(*moved);
+        }
+        Ok(written)
     }
 
     fn delete_blocking(&self, key: &str, if_match: Option<&ETag>) -> StoreResult<()> {
@@ -422,6 +499,42 @@ fn io_error(key: &str, e: io::Error) -> StoreError {
     StoreError::backend("filesystem", key, e)
 }
 
+/// Renames `from` to `to` unless an object is there (`AlreadyExists`), in one step that needs
+/// no lock (`RENAME_NOREPLACE`): a writer holding the key's lock finds the object there or
+/// not, as if this came before or after it. Every create-only write renames this way, since a
+/// bulk batch's creates take no lock. `Unsupported` where the filesystem lacks the flag.
+fn rename_new(from: &Path, to: &Path) -> io::Result<()> {
+    match crate::types::fs::rename_no_replace(from, to)? {
+        true => Ok(()),
+        // A folder there holds other keys: no object, and none can be written there.
+        false if to.is_dir() => Err(io::ErrorKind::IsADirectory.into()),
+        false => Err(io::ErrorKind::AlreadyExists.into()),
+    }
+}
+
+/// The temporary files of a bulk batch not (yet) renamed into place, removed when it ends:
+/// those of objects kept as they were, or all of them when the batch fails.
+struct Staged(Vec<(PathBuf, bool)>);
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        for (tmp, moved) in &self.0 {
+            if !moved {
+                let _ = fs::remove_file(tmp);
+            }
+        }
+    }
+}
+
+/// Dropping it would lose the values of an s3db.js record.
+fn no_metadata(key: &str) -> StoreError {
+    StoreError::backend(
+        "fs",
+        key,
+        "the filesystem store cannot keep object metadata (the s3db.js record format needs an S3 or memory store)",
+    )
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> StoreResult<T> + Send + 'static,
 ) -> StoreResult<T> {
@@ -464,15 +577,22 @@ impl ObjectStore for FsStore {
     ) -> StoreResult<ETag> {
         validate_key(key)?;
         if !options.metadata.is_empty() {
-            // Dropping it would lose the values of an s3db.js record.
-            return Err(StoreError::backend(
-                "fs",
-                key,
-                "the filesystem store cannot keep object metadata (the s3db.js record format needs an S3 or memory store)",
-            ));
+            return Err(no_metadata(key));
         }
         let (this, k, bulk) = (self.clone(), key.to_string(), options.bulk);
         blocking(move || this.write_blocking(&k, &body, &mode, bulk)).await
+    }
+
+    fn writes_batches(&self) -> bool {
+        true
+    }
+
+    async fn put_bulk(&self, items: Vec<BulkPut>) -> StoreResult<Vec<bool>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let this = self.clone();
+        blocking(move || this.bulk_blocking(&items)).await
     }
 
     async fn sync(&self) -> StoreResult<()> {
@@ -520,6 +640,50 @@ mod tests {
     ) -> (Vec<String>, Option<String>) {
         let page = store.list(prefix, token, 2).await.unwrap();
         (page.objects.into_iter().map(|o| o.key).collect(), page.next)
+    }
+
+    fn item(key: &str, overwrite: bool, metadata: bool) -> BulkPut {
+        let mut options = PutOptions::default();
+        if metadata {
+            options.metadata.insert("0".into(), "v".into());
+        }
+        BulkPut {
+            key: key.into(),
+            body: Bytes::from(key.to_string()),
+            overwrite,
+            options,
+        }
+    }
+
+    fn temp_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join(TMP_DIR)).unwrap().count()
+    }
+
+    /// A bulk batch stages every object as a temporary file: none may stay behind, whether
+    /// its object was kept as it was or the batch failed half-way.
+    #[tokio::test]
+    async fn bulk_batches_leave_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        put(&store, "r/kept").await;
+        let items = vec![item("r/new", false, false), item("r/kept", false, false)];
+        assert_eq!(store.put_bulk(items).await.unwrap(), [true, false]);
+        assert_eq!(temp_files(dir.path()), 0);
+        assert_eq!(store.get("r/kept").await.unwrap().unwrap().body, "x");
+
+        let items = vec![item("r/one", false, false), item("r/two", false, true)];
+        let err = store.put_bulk(items).await.unwrap_err().to_string();
+        assert!(err.contains("cannot keep object metadata"), "{err}");
+        assert_eq!(store.get("r/one").await.unwrap(), None);
+        assert_eq!(temp_files(dir.path()), 0);
+
+        // A folder at the key's path (it holds `r/dir/x`) is no object, and none can be
+        // written there: an error, not a record "kept as it was".
+        put(&store, "r/dir/x").await;
+        let items = vec![item("r/a", false, false), item("r/dir", false, false)];
+        let err = store.put_bulk(items).await.unwrap_err().to_string();
+        assert!(err.contains("r/dir"), "{err}");
+        assert_eq!(temp_files(dir.path()), 0);
     }
 
     #[tokio::test]

@@ -15,6 +15,10 @@ pub struct WriteOptions {
     pub mode: Option<u32>,
     /// Sync the file and its folder before returning (what a cache can skip).
     pub durable: bool,
+    /// Fail with `AlreadyExists` rather than replace a file at the target, in the rename
+    /// itself (see `rename_no_replace`; where that is unsupported the caller must exclude
+    /// other writers of the target).
+    pub create_only: bool,
 }
 
 /// Writes `target` through `temp` (which must be on the same filesystem); `fill` writes the
@@ -35,7 +39,15 @@ pub fn write_atomically(
         if options.durable {
             file.sync_all()?;
         }
-        std::fs::rename(temp, target)?;
+        match options.create_only {
+            true => match rename_no_replace(temp, target) {
+                Ok(true) => {}
+                Ok(false) => return Err(io::ErrorKind::AlreadyExists.into()),
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => std::fs::rename(temp, target)?,
+                Err(e) => return Err(e),
+            },
+            false => std::fs::rename(temp, target)?,
+        }
         if options.durable {
             if let Some(folder) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
                 File::open(folder)?.sync_all()?;
@@ -47,6 +59,28 @@ pub fn write_atomically(
         let _ = std::fs::remove_file(temp);
     }
     written
+}
+
+/// Renames `from` to `to` unless something is at `to`, in one atomic step
+/// (`renameat2(RENAME_NOREPLACE)`): false when something is. `Unsupported` where the system or
+/// the filesystem does not have it.
+pub fn rename_no_replace(from: &Path, to: &Path) -> io::Result<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::errno::Errno;
+        use nix::fcntl::{renameat2, RenameFlags, AT_FDCWD};
+        match renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => Ok(true),
+            Err(Errno::EEXIST) => Ok(false),
+            Err(Errno::EINVAL | Errno::ENOSYS) => Err(io::ErrorKind::Unsupported.into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        let _ = (from, to);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 /// A name for a temporary file that no other write, in this process or another, is using:
@@ -132,6 +166,7 @@ mod tests {
         let options = WriteOptions {
             mode: Some(0o600),
             durable: true,
+            create_only: false,
         };
         write_atomically(&target, &temp, options, |f| {
             use std::io::Write;

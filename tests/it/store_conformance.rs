@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use s3db_run::store::{list_all, ETag, ObjectStore, PutMode, PutOptions, StoreError};
+use s3db_run::store::{list_all, BulkPut, ETag, ObjectStore, PutMode, PutOptions, StoreError};
 
 use crate::per_backend;
 use crate::support::Backend;
@@ -25,7 +25,111 @@ per_backend!(
     invalid_keys_are_rejected,
     user_metadata_is_kept_or_refused_never_dropped,
     bulk_puts_keep_their_modes_and_are_durable_after_sync,
+    bulk_batches_keep_objects_unless_told_and_race_fairly_with_creates,
 );
+
+fn bulk_item(key: &str, body: &str, overwrite: bool) -> BulkPut {
+    BulkPut {
+        key: key.into(),
+        body: Bytes::from(body.to_string()),
+        overwrite,
+        options: PutOptions {
+            bulk: true,
+            ..opts()
+        },
+    }
+}
+
+/// A restore's batches (`put_bulk`, one sync and no lock per create on the filesystem): an
+/// existing object is kept unless its item overwrites it, and create-only items racing plain
+/// creates of the same keys leave exactly one winner a key.
+async fn bulk_batches_keep_objects_unless_told_and_race_fairly_with_creates(b: Backend) {
+    let store: Arc<dyn ObjectStore> = b.store.clone();
+    for key in ["pb/kept", "pb/replaced"] {
+        let old = Bytes::from_static(b"old");
+        store.put(key, old, PutMode::Create, &opts()).await.unwrap();
+    }
+    let written = store
+        .put_bulk(vec![
+            bulk_item("pb/a", "a", false),
+            bulk_item("pb/kept", "new", false),
+            bulk_item("pb/replaced", "new", true),
+            bulk_item("pb/deep/er/b", "b", false),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(written, [true, false, true, true]);
+    store.sync().await.unwrap();
+    for (key, body) in [
+        ("pb/a", "a"),
+        ("pb/kept", "old"),
+        ("pb/replaced", "new"),
+        ("pb/deep/er/b", "b"),
+    ] {
+        let got = store.get(key).await.unwrap().expect(key);
+        assert_eq!(got.body, Bytes::from(body), "{key}");
+    }
+    assert_eq!(
+        store.put_bulk(Vec::new()).await.unwrap(),
+        Vec::<bool>::new()
+    );
+
+    let keys: Vec<String> = (0..32).map(|k| format!("pb/race/{k:02}")).collect();
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let (s, mine) = (store.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let who = format!("batch {w}");
+            let items = mine.iter().map(|k| bulk_item(k, &who, false)).collect();
+            let written = s.put_bulk(items).await.unwrap();
+            mine.into_iter()
+                .zip(written)
+                .filter(|(_, w)| *w)
+                .map(|(k, _)| (k, who.clone()))
+                .collect::<Vec<_>>()
+        }));
+        let (s, mine) = (store.clone(), keys.clone());
+        tasks.push(tokio::spawn(async move {
+            let who = format!("single {w}");
+            let mut won = Vec::new();
+            for k in mine {
+                let body = Bytes::from(who.clone());
+                match s.put(&k, body, PutMode::Create, &opts()).await {
+                    Ok(_) => won.push((k, who.clone())),
+                    Err(StoreError::AlreadyExists { .. }) => {}
+                    Err(e) => panic!("unexpected error: {e}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut winners = std::collections::BTreeMap::new();
+    for t in tasks {
+        for (key, who) in t.await.expect("task") {
+            assert!(
+                winners.insert(key.clone(), who).is_none(),
+                "two writers won {key}"
+            );
+        }
+    }
+    assert_eq!(winners.len(), keys.len(), "{winners:?}");
+    store.sync().await.unwrap();
+    for (key, who) in &winners {
+        let got = store.get(key).await.unwrap().expect("the winner's object");
+        assert_eq!(got.body, Bytes::from(who.clone()), "{key}");
+    }
+
+    let refused = store
+        .put_bulk(vec![
+            bulk_item("pb/z", "z", false),
+            bulk_item("/bad", "y", false),
+        ])
+        .await;
+    assert!(
+        matches!(refused, Err(StoreError::InvalidKey { .. })),
+        "{refused:?}"
+    );
+}
 
 /// A restore's bulk writes (the filesystem store's group commit): many at once, each whole,
 /// create-only ones still refused over an existing object, every one there after `sync`.

@@ -233,6 +233,7 @@ impl FsDestination {
         let options = crate::types::fs::WriteOptions {
             mode: self.file_mode,
             durable: true,
+            create_only: false,
         };
         let result = crate::types::fs::write_atomically(path, &tmp, options, fill);
         result.map_err(|e| DestinationError::io("write", path, &e))

@@ -1,6 +1,9 @@
-//! Restoring: a backup and the chain of incrementals it needs, verified, then applied record by record.
+//! Restoring: a backup and the chain of incrementals it needs, verified, then applied in batches.
+
+use futures::TryStreamExt;
 
 use super::*;
+use crate::db::Resource;
 
 /// The definitions a verified archive holds.
 pub(super) struct Verified {
@@ -317,96 +320,72 @@ impl Backup {
         // What this archive holds for the wanted resources: the progress total (records a
         // newer backup of the chain already restored are skipped without being counted).
         let stats_total = stats.records + stats.skipped + stats.deleted + lines;
-        // One stream of writes across the reader's batches, `concurrency` always in flight (a
-        // batch's last writes do not hold the next batch back).
         let db = self.inner.db.clone();
         let batches = futures::stream::unfold(rx, |mut rx| async move {
             rx.recv().await.map(|batch| (batch, rx))
         });
-        let mut parsed = Vec::new();
-        let work = batches
-            .flat_map(|(resource, raw_lines)| {
-                // A dry run registers nothing: a resource this database does not know has no
-                // records yet, so everything in it would be written.
-                let res = match db.resource(&resource) {
-                    Ok(r) => Ok(Some(r)),
-                    Err(_) if dry_run => Ok(None),
-                    Err(e) => Err(BackupError::from(e)),
-                };
-                parsed.clear();
-                for raw in raw_lines {
-                    let line = res.clone().and_then(|res| {
-                        let line: Line = serde_json::from_slice(&raw).map_err(|e| {
-                            BackupError::Archive(format!("damaged record line: {e}"))
-                        })?;
-                        Ok((res, line))
-                    });
-                    match line {
-                        Ok((_, line))
-                            if dedupe && !seen.insert(record_digest(&resource, &line.id)) => {}
-                        other => parsed.push(other),
-                    }
-                }
-                futures::stream::iter(std::mem::take(&mut parsed))
-            })
-            .map(|item| async move {
-                let (res, line) = item?;
-                let Some(res) = res else {
-                    return Ok::<_, BackupError>((u64::from(!line.deleted), 0, 0));
-                };
-                if dry_run {
-                    let exists = res.exists(&line.id).await?;
-                    return Ok(match (line.deleted, exists, overwrite) {
-                        (true, true, true) => (0, 0, 1),
-                        (true, true, false) | (false, true, false) => (0, 1, 0),
-                        (true, false, _) => (0, 0, 0),
-                        (false, _, _) => (1, 0, 0),
-                    });
-                }
-                if line.deleted {
-                    if !overwrite {
-                        // Kept only if there is something to keep: a delete marker for a record
-                        // the database does not have leaves it as the backup does.
-                        let kept = res.exists(&line.id).await?;
-                        return Ok((0, u64::from(kept), 0));
-                    }
-                    let gone = res.delete(&line.id, None).await?;
-                    return Ok((0, 0, u64::from(gone)));
-                }
-                let data: Map<String, Value> = line
-                    .data
-                    .as_ref()
-                    .map(|d| serde_json::from_str(d.get()))
-                    .transpose()
-                    .map_err(|e| BackupError::Archive(format!("damaged record: {e}")))?
-                    .unwrap_or_default();
-                let written = res.restore(&line.id, data, overwrite).await?;
-                Ok(if written { (1, 0, 0) } else { (0, 1, 0) })
-            })
-            .buffer_unordered(concurrency);
+        // A dry run registers nothing: a resource this database does not know has no records
+        // yet, so everything in it would be written.
+        let resolve = move |name: &str| match db.resource(name) {
+            Ok(r) => Ok(Some(r)),
+            Err(_) if dry_run => Ok(None),
+            Err(e) => Err(BackupError::from(e)),
+        };
         // Boxed, so dropping it (and the receiver in it) lets a reader blocked on a full
         // channel end when a write fails.
-        let mut work = Box::pin(work);
-        let mut n = 0u64;
+        let mut work = if !dry_run && self.inner.db.store().writes_batches() {
+            // A store that writes batches (the filesystem) gets the reader's whole batches, a
+            // few at once: each is one blocking task and one sync.
+            batches
+                .map(|(resource, raw)| {
+                    let res = resolve(&resource);
+                    let lines = parse_batch(raw, &resource, dedupe, seen);
+                    async move {
+                        let res = res?.ok_or_else(|| {
+                            BackupError::Config(format!("no resource `{resource}` to restore"))
+                        })?;
+                        apply_batch(&res, lines, overwrite, concurrency).await
+                    }
+                })
+                .buffer_unordered(BULK_BATCHES)
+                .boxed()
+        } else {
+            // One stream of writes across the reader's batches, `concurrency` always in
+            // flight (a batch's last writes do not hold the next batch back).
+            batches
+                .flat_map(|(resource, raw)| {
+                    let res = resolve(&resource);
+                    let lines = parse_batch(raw, &resource, dedupe, seen);
+                    futures::stream::iter(
+                        lines
+                            .into_iter()
+                            .map(move |l| Ok::<_, BackupError>((res.clone()?, l?))),
+                    )
+                })
+                .map(|item| async move {
+                    let (res, line) = item?;
+                    apply_line(res.as_ref(), line, overwrite, dry_run).await
+                })
+                .buffer_unordered(concurrency)
+                .boxed()
+        };
+        let mut reported = 0u64;
         while let Some(r) = work.next().await {
             match r {
-                Ok((w, s, d)) => {
-                    stats.records += w;
-                    stats.skipped += s;
-                    stats.deleted += d;
+                Ok(t) => {
+                    stats.records += t.written;
+                    stats.skipped += t.kept;
+                    stats.deleted += t.deleted;
                 }
                 Err(e) => {
                     failure.get_or_insert(e);
                     break;
                 }
             }
-            n += 1;
-            if n.is_multiple_of(256) {
-                self.progress_of(
-                    "restore",
-                    stats.records + stats.skipped + stats.deleted,
-                    Some(stats_total),
-                );
+            let done = stats.records + stats.skipped + stats.deleted;
+            if done >= reported + 256 {
+                reported = done;
+                self.progress_of("restore", done, Some(stats_total));
             }
         }
         drop(work);
@@ -423,6 +402,131 @@ impl Backup {
         }
         read.map_err(|e| BackupError::Archive(e.to_string()))
     }
+}
+
+/// Batches of a bulk load in flight at once: while one waits for its sync, another writes.
+const BULK_BATCHES: usize = 4;
+
+/// What a restore did with some lines of an archive.
+#[derive(Debug, Default, Clone, Copy)]
+struct Tally {
+    written: u64,
+    kept: u64,
+    deleted: u64,
+}
+
+/// A batch's lines, parsed, without the records a newer backup of the chain restored already.
+fn parse_batch(
+    raw: Vec<Vec<u8>>,
+    resource: &str,
+    dedupe: bool,
+    seen: &mut HashSet<u128>,
+) -> Vec<Result<Line, BackupError>> {
+    let mut lines = Vec::with_capacity(raw.len());
+    for raw in raw {
+        match serde_json::from_slice::<Line>(&raw) {
+            Ok(line) if dedupe && !seen.insert(record_digest(resource, &line.id)) => {}
+            Ok(line) => lines.push(Ok(line)),
+            Err(e) => lines.push(Err(BackupError::Archive(format!(
+                "damaged record line: {e}"
+            )))),
+        }
+    }
+    lines
+}
+
+/// A record's values as the archive holds them.
+fn line_data(line: &Line) -> Result<Map<String, Value>, BackupError> {
+    Ok(line
+        .data
+        .as_ref()
+        .map(|d| serde_json::from_str(d.get()))
+        .transpose()
+        .map_err(|e| BackupError::Archive(format!("damaged record: {e}")))?
+        .unwrap_or_default())
+}
+
+/// Restores one line (or, in a dry run, finds what restoring it would do). `res` is None in
+/// a dry run of a resource the database does not have yet.
+async fn apply_line(
+    res: Option<&Resource>,
+    line: Line,
+    overwrite: bool,
+    dry_run: bool,
+) -> Result<Tally, BackupError> {
+    let tally = |written, kept, deleted| Tally {
+        written,
+        kept,
+        deleted,
+    };
+    let Some(res) = res else {
+        return Ok(tally(u64::from(!line.deleted), 0, 0));
+    };
+    if dry_run {
+        let exists = res.exists(&line.id).await?;
+        return Ok(match (line.deleted, exists, overwrite) {
+            (true, true, true) => tally(0, 0, 1),
+            (true, true, false) | (false, true, false) => tally(0, 1, 0),
+            (true, false, _) => tally(0, 0, 0),
+            (false, _, _) => tally(1, 0, 0),
+        });
+    }
+    if line.deleted {
+        if !overwrite {
+            // Kept only if there is something to keep: a delete marker for a record the
+            // database does not have leaves it as the backup does.
+            let kept = res.exists(&line.id).await?;
+            return Ok(tally(0, u64::from(kept), 0));
+        }
+        let gone = res.delete(&line.id, None).await?;
+        return Ok(tally(0, 0, u64::from(gone)));
+    }
+    let data = line_data(&line)?;
+    Ok(match res.restore(&line.id, data, overwrite).await? {
+        true => tally(1, 0, 0),
+        false => tally(0, 1, 0),
+    })
+}
+
+/// Restores a batch of one resource's lines: its records in one bulk write, its delete
+/// markers one by one.
+async fn apply_batch(
+    res: &Resource,
+    lines: Vec<Result<Line, BackupError>>,
+    overwrite: bool,
+    concurrency: usize,
+) -> Result<Tally, BackupError> {
+    let mut records = Vec::with_capacity(lines.len());
+    let mut markers = Vec::new();
+    for line in lines {
+        let line = line?;
+        match line.deleted {
+            true => markers.push(line),
+            false => {
+                let data = line_data(&line)?;
+                records.push((line.id, data));
+            }
+        }
+    }
+    let written = res.restore_many(records, overwrite).await?;
+    let mut tally = Tally::default();
+    for w in written {
+        match w {
+            true => tally.written += 1,
+            false => tally.kept += 1,
+        }
+    }
+    futures::stream::iter(markers)
+        .map(|line| apply_line(Some(res), line, overwrite, false))
+        .buffer_unordered(concurrency)
+        .try_fold(tally, |sum, t| async move {
+            Ok(Tally {
+                written: sum.written + t.written,
+                kept: sum.kept + t.kept,
+                deleted: sum.deleted + t.deleted,
+            })
+        })
+        .await
 }
 
 /// A record's identity in a restore's dedupe set: a collision (odds about n²/2¹²⁹) is the
