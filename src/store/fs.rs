@@ -138,6 +138,7 @@ impl FsStore {
         for dir in [root.join(TMP_DIR), root.join(LOCK_DIR)] {
             fs::create_dir_all(&dir).map_err(|e| io_error(&dir.display().to_string(), e))?;
         }
+        remove_stale_temps(&root.join(TMP_DIR));
         Ok(Self {
             root,
             walked: Default::default(),
@@ -499,6 +500,25 @@ fn io_error(key: &str, e: io::Error) -> StoreError {
     StoreError::backend("filesystem", key, e)
 }
 
+/// A temporary file lives for one write (milliseconds; a bulk batch's, its sync): one older
+/// than this is a killed writer's.
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes killed writers' temporary files (a restore killed mid-batch leaves up to a
+/// thousand), when a store opens: every command and every runner start.
+fn remove_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = std::time::SystemTime::now();
+    for entry in entries.flatten() {
+        let age = entry.metadata().and_then(|m| m.modified()).ok();
+        if age.and_then(|t| now.duration_since(t).ok()) > Some(STALE_TEMP) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// Renames `from` to `to` unless an object is there (`AlreadyExists`), in one step that needs
 /// no lock (`RENAME_NOREPLACE`): a writer holding the key's lock finds the object there or
 /// not, as if this came before or after it. Every create-only write renames this way, since a
@@ -684,6 +704,30 @@ mod tests {
         let err = store.put_bulk(items).await.unwrap_err().to_string();
         assert!(err.contains("r/dir"), "{err}");
         assert_eq!(temp_files(dir.path()), 0);
+    }
+
+    /// A killed writer's temporary files go when the store next opens; a live writer's stay.
+    #[tokio::test]
+    async fn opening_removes_killed_writers_temporary_files() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(FsStore::open(dir.path()).unwrap());
+        let (killed, live) = (
+            dir.path().join(TMP_DIR).join("1-killed"),
+            dir.path().join(TMP_DIR).join("2-live"),
+        );
+        for f in [&killed, &live] {
+            fs::write(f, b"half").unwrap();
+        }
+        let two_hours_ago = std::time::SystemTime::now() - 2 * STALE_TEMP;
+        File::options()
+            .write(true)
+            .open(&killed)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        drop(FsStore::open(dir.path()).unwrap());
+        assert!(!killed.exists());
+        assert!(live.exists());
     }
 
     #[tokio::test]
