@@ -284,9 +284,10 @@ impl FsStore {
             file.write_all(&item.body)
                 .map_err(|e| io_error(&item.key, e))?;
         }
+        let first = items.first().map_or("", |i| i.key.as_str());
         self.group
             .wait(&self.root)
-            .map_err(|e| io_error(&items[0].key, e))?;
+            .map_err(|e| io_error(first, e))?;
         let mut written = Vec::with_capacity(items.len());
         for (item, (from, moved)) in items.iter().zip(&mut staged.0) {
             let target = self.path(&item.key);
